@@ -1,0 +1,1 @@
+"""3D Gaussian splatting: the Gaussian model, rasterizers, PLY, densification, trainers."""
