@@ -1,0 +1,87 @@
+"""Optimisers and schedules of 3DGS: per-parameter Adam learning rates, the exponential decay of the
+position learning rate, and the SH degree that grows by one every 1000 iterations.
+
+Design: one ``torch.optim.Adam`` per Gaussian field (``dict[name, Adam]`` with a single param group each, the
+layout of gsplat's strategies), so densification can swap one field's tensor and its Adam moments without
+touching the others.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lift3d_core.errors import Lift3DError
+
+
+@dataclass(frozen=True)
+class LearningRates:
+    """3DGS learning rates (``arguments/__init__.py`` of graphdeco-inria/gaussian-splatting).
+
+    ``means`` and ``means_final`` are multiplied by the scene extent: positions move in scene units.
+    """
+
+    means: float = 1.6e-4
+    means_final: float = 1.6e-6
+    log_scales: float = 5e-3
+    quats: float = 1e-3
+    opacity_logits: float = 5e-2  # 0.05 of the 3DGS paper release (later releases use 0.025)
+    sh0: float = 2.5e-3
+    shN: float = 2.5e-3 / 20.0  # higher SH bands 20x slower, as 3DGS
+
+    def __post_init__(self):
+        for name, value in self.__dict__.items():
+            if not (value > 0.0 and math.isfinite(value)):
+                raise Lift3DError(f"learning rate {name} must be a positive number, got {value}")
+
+    def initial(self, name: str, scene_extent: float) -> float:
+        lr = getattr(self, name)
+        return lr * scene_extent if name == "means" else lr
+
+
+# 1e-15: the Adam epsilon of 3DGS; the default 1e-8 is large next to the tiny gradients of far Gaussians.
+ADAM_EPS = 1e-15
+
+
+def make_optimizers(
+    params: dict[str, torch.nn.Parameter],
+    lrs: LearningRates,
+    scene_extent: float,
+) -> dict[str, torch.optim.Adam]:
+    """One Adam per parameter (same keys as ``params``), at the initial 3DGS learning rates."""
+    return {
+        name: torch.optim.Adam([{"params": [p], "lr": lrs.initial(name, scene_extent), "name": name}], eps=ADAM_EPS)
+        for name, p in params.items()
+    }
+
+
+def expon_lr(step: int, lr_init: float, lr_final: float, max_steps: int) -> float:
+    """Log-linear interpolation from ``lr_init`` (step 0) to ``lr_final`` (step ``max_steps`` and after)."""
+    t = min(max(step / max(max_steps, 1), 0.0), 1.0)
+    return math.exp(math.log(lr_init) * (1.0 - t) + math.log(lr_final) * t)
+
+
+def means_lr(step: int, lrs: LearningRates, scene_extent: float, max_steps: int) -> float:
+    """Position learning rate at ``step``: 1.6e-4 -> 1.6e-6 times the scene extent over ``max_steps``."""
+    return expon_lr(step, lrs.means * scene_extent, lrs.means_final * scene_extent, max_steps)
+
+
+def update_learning_rates(
+    optimizers: dict[str, torch.optim.Optimizer],
+    step: int,
+    lrs: LearningRates,
+    scene_extent: float,
+    max_steps: int,
+) -> float:
+    """Apply the schedule for ``step`` (only the means decay, as in 3DGS); returns the means learning rate."""
+    lr = means_lr(step, lrs, scene_extent, max_steps)
+    for group in optimizers["means"].param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def active_sh_degree(step: int, max_degree: int, every: int = 1000) -> int:
+    """SH degree rendered at (1-based) ``step``: 3DGS starts at 0 and adds one band every ``every`` steps."""
+    return min(max_degree, step // every)

@@ -1,0 +1,496 @@
+"""Plain 3DGS training of Gaussians on posed frames (the canonical / coarse stage of the method).
+
+The loop is the 3DGS one: sample frames, render, ``(1 - 0.2) L1 + 0.2 D-SSIM`` (+ an optional inverse-depth
+L1 with an exponentially decaying weight), backward, Adam step, densify (``strategy.DensifyStrategy``),
+learning-rate and SH-degree schedules (``optim``).
+
+Pieces meant for reuse (the distortion-aware trainer subclasses :class:`Trainer`):
+
+* :class:`GaussianParams`: ``dict[str, nn.Parameter]`` keyed like :class:`Gaussians` fields <-> ``Gaussians``.
+* :class:`Trainer`: ``render_frames(idx, sh_degree)`` (override to render deformed Gaussians; the result must be
+  one ``RenderOutput`` whose ``means2d [C, N, 2]`` rows are the canonical Gaussians' and whose ``means2d.grad``
+  is filled by backward; :func:`stack_renders` builds one from per-frame renders),
+  ``losses(idx, out)`` (override to add terms; return a dict with the total under ``"loss"``),
+  ``extra_optimizers`` (stepped and zeroed with the Gaussians' ones), ``train_step()`` and ``run()``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lift3d_core.errors import Lift3DError
+from lift3d_core.splat.gaussians import Gaussians, num_sh_bases
+from lift3d_core.splat.loss import inverse_depth_loss, photometric_loss, psnr
+from lift3d_core.splat.optim import (
+    LearningRates,
+    active_sh_degree,
+    expon_lr,
+    make_optimizers,
+    update_learning_rates,
+)
+from lift3d_core.splat.strategy import DensifyConfig, DensifyStrategy
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that changes a training result (the ``train`` section of ``params.yaml``).
+
+    Densification and learning-rate fields are flattened (``densify_*``, ``lr_*``) so ``params.yaml`` stays flat;
+    :meth:`densify_config` and :meth:`learning_rates` rebuild the nested configs. Defaults are those of 3DGS.
+    """
+
+    iterations: int = 30_000
+    batch_size: int = 1  # frames per step; the loss averages over them
+    sh_degree: int = 3
+    sh_degree_every: int = 1000  # one more SH band every 1000 steps (3DGS)
+    lambda_dssim: float = 0.2  # D-SSIM weight of 3DGS
+    depth_weight: float = 0.0  # inverse-depth L1 weight at step 1; 0 = off
+    depth_decay: float = 0.01  # weight at the last step / weight at the first (log-linear in between)
+    depth_scale_invariant: bool = False
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    seed: int = 0
+    backend: str = "torch"
+    scene_extent: float | None = None  # None: from the cameras as 3DGS does (see scene_extent_from_cameras)
+    log_every: int = 100
+    # densification (strategy.DensifyConfig)
+    grad_threshold: float = 0.0002
+    densify_from: int = 500
+    densify_until: int = 15_000
+    densify_every: int = 100
+    opacity_reset_every: int = 3000
+    prune_opacity: float = 0.005
+    grow_scale3d: float = 0.01
+    prune_scale3d: float = 0.1
+    max_gaussians: int | None = 1_000_000
+    # learning rates (optim.LearningRates); lr_means* are multiplied by the scene extent
+    lr_means: float = 1.6e-4
+    lr_means_final: float = 1.6e-6
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacity: float = 5e-2
+    lr_sh0: float = 2.5e-3
+    lr_shN: float = 2.5e-3 / 20.0
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise Lift3DError(f"train config: {msg}")
+
+        need(self.iterations > 0, f"iterations must be > 0, got {self.iterations}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(0 <= self.sh_degree <= 3, f"sh_degree must be in 0..3, got {self.sh_degree}")
+        need(self.sh_degree_every >= 1, f"sh_degree_every must be >= 1, got {self.sh_degree_every}")
+        need(0.0 <= self.lambda_dssim <= 1.0, f"lambda_dssim must be in [0, 1], got {self.lambda_dssim}")
+        need(self.depth_weight >= 0.0, f"depth_weight must be >= 0, got {self.depth_weight}")
+        need(self.depth_decay > 0.0, f"depth_decay must be > 0, got {self.depth_decay}")
+        need(
+            len(self.background) == 3 and all(0.0 <= c <= 1.0 for c in self.background),
+            f"background must be 3 floats in [0, 1], got {self.background}",
+        )
+        need(self.scene_extent is None or self.scene_extent > 0, f"scene_extent must be > 0, got {self.scene_extent}")
+        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        need(isinstance(self.backend, str), f"backend must be a name, got {self.backend!r}")
+        # Build the nested configs once so that their checks run here, at the boundary.
+        self.densify_config()
+        self.learning_rates()
+
+    def densify_config(self) -> DensifyConfig:
+        return DensifyConfig(
+            grad_threshold=self.grad_threshold,
+            densify_from=self.densify_from,
+            densify_until=self.densify_until,
+            densify_every=self.densify_every,
+            opacity_reset_every=self.opacity_reset_every,
+            prune_opacity=self.prune_opacity,
+            grow_scale3d=self.grow_scale3d,
+            prune_scale3d=self.prune_scale3d,
+            max_gaussians=self.max_gaussians,
+        )
+
+    def learning_rates(self) -> LearningRates:
+        return LearningRates(
+            means=self.lr_means,
+            means_final=self.lr_means_final,
+            log_scales=self.lr_scales,
+            quats=self.lr_quats,
+            opacity_logits=self.lr_opacity,
+            sh0=self.lr_sh0,
+            shN=self.lr_shN,
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """From a ``params.yaml`` section; unknown keys are an error (a typo must not pass silently)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise Lift3DError(f"train config: unknown keys {unknown}; valid keys: {sorted(known)}")
+        values = dict(values)
+        if "background" in values:
+            values["background"] = tuple(float(c) for c in values["background"])
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    """``gaussians``: trained, detached, on CPU. ``loss_curve``: ``(step, loss)`` for every step.
+    ``stats``: ``num_gaussians`` [(step, N)], ``seconds``, ``iterations_per_second``, ``scene_extent``,
+    ``cloned`` / ``split`` / ``pruned`` totals, ``final_psnr`` (training batch of the last step)."""
+
+    gaussians: Gaussians
+    loss_curve: list[tuple[int, float]]
+    stats: dict = field(default_factory=dict)
+
+
+class GaussianParams(dict):
+    """The trainable Gaussians: ``dict[str, torch.nn.Parameter]`` keyed by :class:`Gaussians` field names.
+
+    Densification replaces entries (new Parameter objects), so always read ``params[name]`` afresh.
+    """
+
+    @classmethod
+    def from_gaussians(cls, gaussians: Gaussians) -> "GaussianParams":
+        return cls({k: torch.nn.Parameter(v.detach().clone().float()) for k, v in gaussians.tensors().items()})
+
+    def gaussians(self) -> Gaussians:
+        """The current Gaussians, differentiable w.r.t. the Parameters."""
+        return Gaussians(**{k: self[k] for k in Gaussians.field_names()})
+
+    def detached(self) -> Gaussians:
+        """A CPU copy without autograd history."""
+        return Gaussians(**{k: self[k].detach().cpu().clone() for k in Gaussians.field_names()})
+
+    @property
+    def num(self) -> int:
+        return int(self["means"].shape[0])
+
+
+def scene_extent_from_cameras(c2w: np.ndarray | torch.Tensor, means: torch.Tensor | None = None) -> float:
+    """3DGS ``cameras_extent``: 1.1 x the largest distance of a camera centre from their mean.
+
+    When the cameras (nearly) coincide, as for one view, that is 0; then the extent falls back to the median
+    distance of the Gaussians from the camera centre (the depth scale of the scene), or 1.0 without Gaussians.
+    """
+    centres = torch.as_tensor(c2w, dtype=torch.float64)[:, :3, 3].cpu()
+    spread = 1.1 * float((centres - centres.mean(dim=0)).norm(dim=-1).max())
+    if means is None or means.shape[0] == 0:
+        return spread if spread > 0.0 else 1.0
+    depth_scale = float((means.detach().cpu().double() - centres.mean(dim=0)).norm(dim=-1).median())
+    # "Nearly coincide": a camera spread below a thousandth of the scene depth.
+    if spread > 1e-3 * depth_scale:
+        return spread
+    return depth_scale if depth_scale > 0.0 else 1.0
+
+
+def stack_renders(outs: list) -> "RenderOutput":  # noqa: F821 (render imported lazily)
+    """Concatenate renders along C (e.g. frames of differently deformed Gaussians) into one ``RenderOutput``.
+
+    The loss flows through the parts' ``means2d``, not through a concatenation of them, so the stacked
+    ``means2d [C, N, 2]`` is a fresh leaf whose ``.grad`` backward hooks on the parts fill: the strategy reads
+    it as it reads a batched render's.
+    """
+    from lift3d_core.splat.render import RenderOutput
+
+    means2d = torch.cat([o.means2d.detach() for o in outs]).requires_grad_(any(o.means2d.requires_grad for o in outs))
+    start = 0
+    for o in outs:
+        if o.means2d.requires_grad:
+            o.means2d.register_hook(_grad_writer(means2d, start, start + o.means2d.shape[0]))
+        start += o.means2d.shape[0]
+    parts = {f.name: torch.cat([getattr(o, f.name) for o in outs]) for f in fields(RenderOutput) if f.name != "means2d"}
+    return RenderOutput(means2d=means2d, **parts)
+
+
+def _grad_writer(stacked: torch.Tensor, lo: int, hi: int):
+    def write(grad: torch.Tensor) -> None:
+        if stacked.grad is None:
+            stacked.grad = torch.zeros_like(stacked)
+        stacked.grad[lo:hi] += grad
+
+    return write
+
+
+def _match_sh_degree(gaussians: Gaussians, degree: int) -> Gaussians:
+    if gaussians.sh_degree > degree:
+        raise Lift3DError(
+            f"initial Gaussians have SH degree {gaussians.sh_degree} > train sh_degree {degree}; "
+            "raise train.sh_degree or initialise with a lower degree"
+        )
+    missing = num_sh_bases(degree) - 1 - gaussians.shN.shape[1]
+    if missing == 0:
+        return gaussians
+    pad = gaussians.shN.new_zeros(gaussians.num, missing, 3)
+    return Gaussians(**{**gaussians.tensors(), "shN": torch.cat([gaussians.shN, pad], dim=1)})
+
+
+class Trainer:
+    """3DGS optimisation of Gaussians on posed frames; one :meth:`train_step` per iteration.
+
+    Args:
+        init: initial Gaussians (any device); SH coefficients are zero-padded up to ``cfg.sh_degree``.
+        frames: ``[F, H, W, 3]`` uint8 RGB targets.
+        c2w: ``[F, 4, 4]`` camera-to-world, OpenCV. K: ``[F, 3, 3]`` (or one ``[3, 3]``) pixels of the frames.
+        cfg: the training config.
+        inv_depth: optional ``[F, H, W]`` float target inverse depth; 0 (or non-finite) marks invalid pixels.
+        device: torch device; None picks CUDA when available.
+    """
+
+    def __init__(
+        self,
+        init: Gaussians,
+        frames: np.ndarray | torch.Tensor,
+        c2w: np.ndarray | torch.Tensor,
+        K: np.ndarray | torch.Tensor,
+        cfg: TrainConfig,
+        *,
+        inv_depth: np.ndarray | torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+    ):
+        self.cfg = cfg
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        frames, c2w, K, inv_depth = _validate_inputs(init, frames, c2w, K, inv_depth, cfg)
+        self.frames = frames.to(self.device)  # uint8: a quarter of the memory of float targets
+        # Cameras stay float64 on the CPU: render inverts c2w in float64 before moving it to the device.
+        self.c2w = c2w.to("cpu", torch.float64)
+        self.K = K.to("cpu", torch.float64)
+        self.inv_depth = None if inv_depth is None else inv_depth.to(self.device, torch.float32)
+        self.num_frames, self.height, self.width = frames.shape[0], frames.shape[1], frames.shape[2]
+        self.background = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)
+
+        self.scene_extent = cfg.scene_extent or scene_extent_from_cameras(c2w, init.means)
+        self.params = GaussianParams.from_gaussians(_match_sh_degree(init, cfg.sh_degree).to(self.device))
+        self.lrs = cfg.learning_rates()
+        self.optimizers = make_optimizers(self.params, self.lrs, self.scene_extent)
+        self.extra_optimizers: list[torch.optim.Optimizer] = []
+        self.strategy = DensifyStrategy(cfg.densify_config(), self.scene_extent, seed=cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # CPU: the same frame order on any device
+        self._epoch_order: list[int] = []
+        self._last_idx: torch.Tensor | None = None  # frames of the latest step, for the logged PSNR
+        self.step = 0
+
+    # -- overridable pieces ---------------------------------------------------------------------------------------
+    def sample_frames(self) -> torch.Tensor:
+        """``[batch_size]`` frame indices: shuffled epochs, every frame once per epoch (as 3DGS's view stack)."""
+        idx = []
+        while len(idx) < self.cfg.batch_size:
+            if not self._epoch_order:
+                self._epoch_order = torch.randperm(self.num_frames, generator=self.generator).tolist()
+            idx.append(self._epoch_order.pop())
+        return torch.tensor(idx, dtype=torch.long)
+
+    def render_frames(self, idx: torch.Tensor, sh_degree: int):
+        """Render frames ``idx [B]`` -> ``RenderOutput`` with C = B (rgb ``[B, H, W, 3]``)."""
+        from lift3d_core.splat.render import render
+
+        return render(
+            self.params.gaussians(),
+            self.c2w[idx],
+            self.K[idx],
+            self.width,
+            self.height,
+            backend=self.cfg.backend,
+            background=self.background,
+            sh_degree=sh_degree,
+        )
+
+    def target_rgb(self, idx: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, 3]`` float targets in [0, 1]."""
+        return self.frames[idx.to(self.device)].float() / 255.0
+
+    def depth_weight(self, step: int) -> float:
+        cfg = self.cfg
+        if cfg.depth_weight == 0.0 or self.inv_depth is None:
+            return 0.0
+        return expon_lr(step - 1, cfg.depth_weight, cfg.depth_weight * cfg.depth_decay, max(cfg.iterations - 1, 1))
+
+    def losses(self, idx: torch.Tensor, out) -> dict[str, torch.Tensor]:
+        """Loss terms of one step; ``"loss"`` is the total that is back-propagated."""
+        terms = {"photometric": photometric_loss(out.rgb, self.target_rgb(idx), self.cfg.lambda_dssim)}
+        loss = terms["photometric"]
+        weight = self.depth_weight(self.step)
+        if weight > 0.0:
+            target = self.inv_depth[idx.to(self.device)]
+            valid = (target > 0) & torch.isfinite(target)
+            terms["depth"] = inverse_depth_loss(
+                out.depth, out.alpha, torch.nan_to_num(target), valid, scale_invariant=self.cfg.depth_scale_invariant
+            )
+            loss = loss + weight * terms["depth"]
+        terms["loss"] = loss
+        return terms
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+    def all_optimizers(self) -> list[torch.optim.Optimizer]:
+        return list(self.optimizers.values()) + self.extra_optimizers
+
+    def train_step(self) -> tuple[dict[str, torch.Tensor], object, dict[str, int]]:
+        """One iteration; returns (loss terms, the render, what densification did)."""
+        self.step += 1
+        step = self.step
+        update_learning_rates(self.optimizers, step, self.lrs, self.scene_extent, self.cfg.iterations)
+        idx = self.sample_frames()
+        out = self.render_frames(idx, active_sh_degree(step, self.cfg.sh_degree, self.cfg.sh_degree_every))
+        self.strategy.step_pre_backward(out)
+        terms = self.losses(idx, out)
+        terms["loss"].backward()
+        for opt in self.all_optimizers():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        # After the Adam step (as gsplat's trainer): rows added now have no gradient yet, so no step is skipped.
+        report = self.strategy.step_post_backward(self.params, self.optimizers, out, step)
+        self._last_idx = idx
+        return terms, out, report
+
+    def run(
+        self,
+        callback: Callable[[int, dict], None] | None = None,
+        progress: bool = False,
+    ) -> TrainResult:
+        """Train up to ``cfg.iterations``; ``callback(step, metrics)`` every ``cfg.log_every`` steps and at the end."""
+        cfg = self.cfg
+        losses = torch.zeros(cfg.iterations, device=self.device)  # filled without a device sync per step
+        num_gaussians = [(self.step, self.params.num)]
+        totals = {"cloned": 0, "split": 0, "pruned": 0}
+        bar = _progress_bar(cfg.iterations - self.step) if progress else None
+        start_step, t0 = self.step, time.perf_counter()
+        metrics: dict = {}
+        while self.step < cfg.iterations:
+            terms, out, report = self.train_step()
+            losses[self.step - 1] = terms["loss"].detach()
+            for k in totals:
+                totals[k] += report[k]
+            if self.step % cfg.log_every == 0 or self.step == cfg.iterations:
+                metrics = self._metrics(terms, out, time.perf_counter() - t0)
+                num_gaussians.append((self.step, self.params.num))
+                if callback is not None:
+                    callback(self.step, metrics)
+                if bar is not None:
+                    bar.update(self.step, metrics)
+            elif bar is not None:
+                bar.advance()
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        curve = losses.cpu().tolist()
+        stats = {
+            "num_gaussians": num_gaussians,
+            "seconds": seconds,
+            "iterations_per_second": (self.step - start_step) / max(seconds, 1e-9),
+            "scene_extent": self.scene_extent,
+            **totals,
+            "final_psnr": metrics.get("psnr"),
+        }
+        return TrainResult(
+            gaussians=self.params.detached(),
+            loss_curve=[(s, curve[s - 1]) for s in range(start_step + 1, self.step + 1)],
+            stats=stats,
+        )
+
+    def _metrics(self, terms: dict, out, seconds: float) -> dict:
+        idx = self._last_idx
+        metrics = {f"loss/{k}" if k != "loss" else "loss": float(v.detach()) for k, v in terms.items()}
+        metrics.update(
+            psnr=psnr(out.rgb.detach().clamp(0, 1), self.target_rgb(idx)),
+            num_gaussians=self.params.num,
+            lr_means=self.optimizers["means"].param_groups[0]["lr"],
+            sh_degree=active_sh_degree(self.step, self.cfg.sh_degree, self.cfg.sh_degree_every),
+            seconds=seconds,
+        )
+        return metrics
+
+
+def _validate_inputs(init, frames, c2w, K, inv_depth, cfg):
+    frames = torch.as_tensor(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
+        raise Lift3DError(f"train: frames must be uint8 [F, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    num = frames.shape[0]
+    c2w = torch.as_tensor(c2w)
+    if c2w.shape != (num, 4, 4):
+        raise Lift3DError(f"train: c2w must be [F, 4, 4] with F = {num} frames, got {tuple(c2w.shape)}")
+    K = torch.as_tensor(K)
+    if K.shape == (3, 3):
+        K = K.expand(num, 3, 3)
+    if K.shape != (num, 3, 3):
+        raise Lift3DError(f"train: K must be [F, 3, 3] or [3, 3], got {tuple(K.shape)}")
+    if not (torch.isfinite(c2w).all() and torch.isfinite(K).all()):
+        raise Lift3DError("train: c2w or K contains NaN or inf")
+    if inv_depth is not None:
+        inv_depth = torch.as_tensor(inv_depth)
+        if inv_depth.shape != frames.shape[:3]:
+            want, got = tuple(frames.shape[:3]), tuple(inv_depth.shape)
+            raise Lift3DError(f"train: inv_depth must be [F, H, W] = {want}, got {got}")
+    if cfg.depth_weight > 0 and inv_depth is None:
+        raise Lift3DError("train: depth_weight > 0 needs inv_depth; pass it or set depth_weight: 0")
+    if init.num == 0:
+        raise Lift3DError("train: no initial Gaussians")
+    if cfg.batch_size > num:
+        raise Lift3DError(f"train: batch_size {cfg.batch_size} exceeds the {num} frames")
+    return frames, c2w, K, inv_depth
+
+
+class _progress_bar:
+    """A rich progress bar when rich is installed (pyproject lists it); plain silence otherwise."""
+
+    def __init__(self, total: int):
+        try:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        except ImportError:
+            warnings.warn("progress=True needs the 'rich' package; training without a progress bar")
+            self._progress = None
+            return
+        self._progress = Progress(
+            TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+        )
+        self._task = self._progress.add_task("train", total=total, info="")
+        self._progress.start()
+
+    def advance(self):
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def update(self, step: int, metrics: dict):
+        if self._progress is not None:
+            info = f"loss {metrics['loss']:.4f}  psnr {metrics['psnr']:.2f}  N {metrics['num_gaussians']}"
+            self._progress.update(self._task, advance=1, info=info)
+
+    def close(self):
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def train_gaussians(
+    init: Gaussians,
+    frames: np.ndarray | torch.Tensor,
+    c2w: np.ndarray | torch.Tensor,
+    K: np.ndarray | torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    inv_depth: np.ndarray | torch.Tensor | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+) -> TrainResult:
+    """Optimise ``init`` on posed frames with the 3DGS recipe; see :class:`Trainer` for shapes.
+
+    Deterministic for a given ``cfg.seed`` on a given device (frame order from a seeded CPU generator, split
+    samples from a seeded generator on the device).
+    """
+    trainer = Trainer(init, frames, c2w, K, cfg, inv_depth=inv_depth, device=device)
+    return trainer.run(callback=callback, progress=progress)
+
+
+__all__ = [
+    "GaussianParams",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "scene_extent_from_cameras",
+    "stack_renders",
+    "train_gaussians",
+]

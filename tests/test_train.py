@@ -1,0 +1,201 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lift3d_core.errors import Lift3DError
+from lift3d_core.splat.gaussians import Gaussians, rgb_to_sh0
+from lift3d_core.splat.loss import psnr, rendered_inverse_depth
+from lift3d_core.splat.optim import LearningRates, active_sh_degree, expon_lr, make_optimizers, means_lr
+from lift3d_core.splat.render import render
+from lift3d_core.splat.train import (
+    GaussianParams,
+    TrainConfig,
+    Trainer,
+    scene_extent_from_cameras,
+    stack_renders,
+    train_gaussians,
+)
+
+W, H = 32, 24
+
+
+def _orbit_c2w(eye) -> np.ndarray:
+    """OpenCV camera at ``eye`` looking at the origin, world up = -y."""
+    eye = np.asarray(eye, float)
+    z = -eye / np.linalg.norm(eye)
+    x = np.cross([0.0, 1.0, 0.0], z)
+    x /= np.linalg.norm(x)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, np.cross(z, x), z, eye
+    return c2w
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """300 random Gaussians seen by 6 cameras at 32x24, and a perturbed copy to start from."""
+    gen = torch.Generator().manual_seed(0)
+    n = 300
+    gt = Gaussians(
+        means=torch.rand(n, 3, generator=gen) * 2 - 1,
+        log_scales=torch.log(0.08 + 0.08 * torch.rand(n, 3, generator=gen)),
+        quats=torch.randn(n, 4, generator=gen),
+        opacity_logits=torch.full((n,), 2.0),
+        sh0=rgb_to_sh0(torch.rand(n, 3, generator=gen))[:, None],
+        shN=torch.zeros(n, 0, 3),
+    )
+    angles = np.linspace(-0.6, 0.6, 6)
+    c2w = np.stack([_orbit_c2w([4 * math.sin(a), -0.8 * math.cos(3 * a), -4 * math.cos(a)]) for a in angles])
+    f = 0.5 * W / math.tan(math.radians(30))
+    K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1.0]])
+    with torch.no_grad():
+        out = render(gt, c2w, K, W, H)
+    frames = (out.rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    inv_depth = rendered_inverse_depth(out.depth, out.alpha)[..., 0].numpy()
+    init = Gaussians(
+        means=gt.means + 0.05 * torch.randn(n, 3, generator=gen),
+        log_scales=gt.log_scales + 0.3 * torch.randn(n, 3, generator=gen),
+        quats=gt.quats,
+        opacity_logits=torch.full((n,), math.log(0.1 / 0.9)),  # the 3DGS initial opacity
+        sh0=gt.sh0 + 0.5 * torch.randn(n, 1, 3, generator=gen),
+        shN=gt.shN,
+    )
+    return init, frames, c2w, K, inv_depth
+
+
+def _training_psnr(gaussians, frames, c2w, K) -> float:
+    with torch.no_grad():
+        out = render(gaussians, c2w, K, W, H)
+    return psnr(out.rgb.clamp(0, 1), torch.from_numpy(frames).float() / 255)
+
+
+def test_fits_tiny_scene(scene):
+    init, frames, c2w, K, _ = scene
+    cfg = TrainConfig(iterations=150, sh_degree=0, densify_until=0, log_every=50)
+    logged = []
+    result = train_gaussians(init, frames, c2w, K, cfg, device="cpu", callback=lambda s, m: logged.append((s, m)))
+    losses = [loss for _, loss in result.loss_curve]
+    assert [s for s, _ in result.loss_curve] == list(range(1, 151))
+    assert np.mean(losses[-10:]) < losses[0] / 5
+    assert _training_psnr(init, frames, c2w, K) < 15
+    assert _training_psnr(result.gaussians, frames, c2w, K) > 25
+    assert [s for s, _ in logged] == [50, 100, 150]
+    assert {"loss", "loss/photometric", "psnr", "num_gaussians", "lr_means", "sh_degree"} <= set(logged[-1][1])
+    assert result.gaussians.device.type == "cpu" and not result.gaussians.means.requires_grad
+    assert result.stats["iterations_per_second"] > 0 and result.stats["num_gaussians"][-1] == (150, 300)
+    assert result.stats["scene_extent"] == pytest.approx(scene_extent_from_cameras(c2w))
+
+
+def test_deterministic_with_densification_and_batches(scene):
+    init, frames, c2w, K, _ = scene
+    # Densify at steps 10 and 20 (splits draw random samples), two frames per step.
+    cfg = TrainConfig(
+        iterations=24, batch_size=2, sh_degree=1, densify_from=9, densify_every=10, densify_until=21, log_every=8
+    )
+    a = train_gaussians(init, frames, c2w, K, cfg, device="cpu")
+    b = train_gaussians(init, frames, c2w, K, cfg, device="cpu")
+    assert a.loss_curve == b.loss_curve
+    for name in Gaussians.field_names():
+        assert torch.equal(getattr(a.gaussians, name), getattr(b.gaussians, name))
+    assert a.stats["split"] + a.stats["cloned"] > 0 and a.gaussians.num > init.num
+    assert a.gaussians.sh_degree == 1  # degree-0 init padded with zero bands
+    c = train_gaussians(init, frames, c2w, K, TrainConfig(**{**cfg.__dict__, "seed": 1}), device="cpu")
+    assert c.loss_curve != a.loss_curve
+
+
+def test_trainer_pieces_and_depth_term(scene):
+    init, frames, c2w, K, inv_depth = scene
+    cfg = TrainConfig(iterations=20, sh_degree=0, depth_weight=0.5, depth_decay=0.1, densify_from=4, densify_every=5)
+    trainer = Trainer(init, frames, c2w, K, cfg, inv_depth=inv_depth, device="cpu")
+    assert trainer.depth_weight(1) == pytest.approx(0.5) and trainer.depth_weight(20) == pytest.approx(0.05)
+    # Every frame once per epoch, in a seeded order.
+    order = torch.cat([trainer.sample_frames() for _ in range(6)])
+    assert sorted(order.tolist()) == list(range(6))
+    for _ in range(10):
+        terms, out, _ = trainer.train_step()
+        assert set(terms) == {"photometric", "depth", "loss"} and torch.isfinite(terms["loss"])
+        for name, p in trainer.params.items():  # Adam state follows densification
+            state = trainer.optimizers[name].state[p]
+            assert state["exp_avg"].shape == p.shape
+    assert trainer.params.num > init.num
+    assert trainer.optimizers["means"].param_groups[0]["lr"] == pytest.approx(
+        means_lr(10, trainer.lrs, trainer.scene_extent, 20)
+    )
+
+
+def test_gaussian_params_round_trip(scene):
+    init = scene[0]
+    params = GaussianParams.from_gaussians(init)
+    assert all(isinstance(p, torch.nn.Parameter) for p in params.values()) and params.num == init.num
+    back = params.detached()
+    for name in Gaussians.field_names():
+        assert torch.equal(getattr(back, name), getattr(init, name))
+    assert params.gaussians().means is params["means"]
+
+
+def test_stack_renders_equals_batched_render(scene):
+    init, frames, c2w, K, _ = scene
+    init = GaussianParams.from_gaussians(init).gaussians()  # differentiable
+    target = torch.from_numpy(frames[:2]).float() / 255
+    both = render(init, c2w[:2], K, W, H)
+    ((both.rgb - target) ** 2).sum().backward()
+    stacked = stack_renders([render(init, c2w[i], K, W, H) for i in range(2)])
+    ((stacked.rgb - target) ** 2).sum().backward()
+    assert stacked.means2d.shape == both.means2d.shape == (2, init.num, 2)
+    torch.testing.assert_close(stacked.rgb, both.rgb)
+    assert torch.equal(stacked.radii, both.radii)
+    # The strategy reads the stacked screen-space gradient as it reads a batched render's.
+    torch.testing.assert_close(stacked.means2d.grad, both.means2d.grad)
+
+
+def test_schedules():
+    assert [active_sh_degree(s, 3) for s in (1, 999, 1000, 2500, 3000, 30_000)] == [0, 0, 1, 2, 3, 3]
+    assert expon_lr(0, 1e-2, 1e-4, 100) == pytest.approx(1e-2)
+    assert expon_lr(50, 1e-2, 1e-4, 100) == pytest.approx(1e-3)
+    assert expon_lr(500, 1e-2, 1e-4, 100) == pytest.approx(1e-4)
+    lrs = LearningRates()
+    assert means_lr(0, lrs, 2.0, 30_000) == pytest.approx(3.2e-4)
+    assert means_lr(30_000, lrs, 2.0, 30_000) == pytest.approx(3.2e-6)
+    params = GaussianParams.from_gaussians(
+        Gaussians(
+            torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2), torch.zeros(2, 1, 3),
+            torch.zeros(2, 15, 3),
+        )
+    )
+    opts = make_optimizers(params, lrs, scene_extent=2.0)
+    lr = {k: o.param_groups[0]["lr"] for k, o in opts.items()}
+    assert lr == pytest.approx(
+        {"means": 3.2e-4, "log_scales": 5e-3, "quats": 1e-3, "opacity_logits": 5e-2, "sh0": 2.5e-3, "shN": 1.25e-4}
+    )
+    assert all(o.defaults["eps"] == 1e-15 for o in opts.values())
+
+
+def test_scene_extent():
+    c2w = np.stack([np.eye(4), np.eye(4)])
+    c2w[0, 0, 3], c2w[1, 0, 3] = -1.0, 1.0
+    assert scene_extent_from_cameras(c2w) == pytest.approx(1.1)
+    means = torch.tensor([[0.0, 0.0, 4.0], [0.0, 3.0, 0.0], [0.0, 0.0, 5.0]])
+    assert scene_extent_from_cameras(np.eye(4)[None], means) == pytest.approx(4.0)  # one camera: median depth
+    assert scene_extent_from_cameras(np.eye(4)[None]) == 1.0
+
+
+def test_config_and_input_validation(scene):
+    init, frames, c2w, K, _ = scene
+    for bad in ({"iterations": 0}, {"batch_size": 0}, {"sh_degree": 4}, {"lambda_dssim": 1.5}, {"grad_threshold": 0.0},
+                {"lr_means": 0.0}, {"background": (0.0, 2.0, 0.0)}):
+        with pytest.raises(Lift3DError):
+            TrainConfig(**bad)
+    with pytest.raises(Lift3DError, match="unknown keys"):
+        TrainConfig.from_dict({"iterations": 10, "densify_form": 100})
+    assert TrainConfig.from_dict({"iterations": 10, "background": [1, 1, 1]}).background == (1.0, 1.0, 1.0)
+    cfg = TrainConfig(iterations=1)
+    with pytest.raises(Lift3DError, match="uint8"):
+        Trainer(init, frames.astype(np.float32), c2w, K, cfg, device="cpu")
+    with pytest.raises(Lift3DError, match="c2w"):
+        Trainer(init, frames, c2w[:3], K, cfg, device="cpu")
+    with pytest.raises(Lift3DError, match="inv_depth"):
+        Trainer(init, frames, c2w, K, TrainConfig(iterations=1, depth_weight=1.0), device="cpu")
+    deg3 = Gaussians(**{**init.tensors(), "shN": torch.zeros(init.num, 15, 3)})
+    with pytest.raises(Lift3DError, match="SH degree"):
+        Trainer(deg3, frames, c2w, K, TrainConfig(iterations=1, sh_degree=1), device="cpu")
