@@ -1,0 +1,79 @@
+"""The ``gsplat`` backend: gsplat's fused CUDA kernels behind :func:`render`.
+
+gsplat (nerfstudio-project/gsplat, 1.5.x) is imported on first use, so this
+module imports fine without it. Its conventions are the ones the torch
+reference implements: world-to-camera ``viewmats``, pixel centres at u + 0.5,
+eps2d 0.3 dilation, SH colours + 0.5 clamped at 0, ``"RGB+ED"`` expected depth.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lift3d_core.errors import Lift3DError
+
+INSTALL_HINT = "gsplat backend needs CUDA and `pip install gsplat` (1.5.x; it compiles its CUDA kernels on first use)"
+
+
+def _rasterization():
+    if not torch.cuda.is_available():
+        raise Lift3DError(f"{INSTALL_HINT}; torch sees no CUDA device here. Use backend='torch' on a CPU.")
+    try:
+        from gsplat import rasterization
+    except ImportError as exc:
+        raise Lift3DError(f"{INSTALL_HINT}; importing gsplat failed: {exc}") from exc
+    return rasterization
+
+
+def rasterize_gsplat(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    sh: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int,
+    background: torch.Tensor | None,
+    near: float,
+    far: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same arguments and outputs as :func:`lift3d_core.splat.raster_torch.rasterize_torch`.
+
+    The Gaussians must be float32 tensors on a CUDA device.
+    """
+    rasterization = _rasterization()
+    if means.device.type != "cuda":
+        raise Lift3DError("gsplat backend renders Gaussians on a CUDA device: move them with gaussians.to('cuda')")
+    if means.dtype != torch.float32:
+        raise Lift3DError(f"gsplat backend renders float32 Gaussians, got {means.dtype}")
+    C = viewmats.shape[0]
+    backgrounds = None if background is None else background.expand(C, 3).contiguous()
+    colors, alphas, meta = rasterization(
+        means=means,
+        quats=quats,  # gsplat normalises them
+        scales=scales,
+        opacities=opacities,
+        colors=sh,
+        viewmats=viewmats.contiguous(),
+        Ks=Ks.contiguous(),
+        width=width,
+        height=height,
+        near_plane=near,
+        far_plane=far,
+        eps2d=0.3,
+        sh_degree=sh_degree,
+        packed=False,  # [C, N, ...] outputs, as RenderOutput promises
+        backgrounds=backgrounds,
+        render_mode="RGB+ED",
+        rasterize_mode="classic",
+    )
+    means2d = meta["means2d"]  # [C, N, 2]
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    radii = meta["radii"]
+    if radii.dim() == 3:  # gsplat >= 1.5: per-axis radii [C, N, 2]
+        radii = radii.max(dim=-1).values
+    return colors[..., :3], alphas, colors[..., 3:4], means2d, radii.to(torch.int32)
