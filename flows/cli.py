@@ -1,0 +1,220 @@
+"""``lift3d``: the command line.
+
+Every user error is one line on stderr and exit code 2; nothing is written to the
+store for an input that fails validation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows.settings import Project, boot_prefect_in_background, configure_environment, find_project
+from lift3d_core.errors import Lift3DError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lift a single image to 3D Gaussians.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect and maintain the artifact store.")
+app.add_typer(cache_app, name="cache")
+console = Console()
+
+SetOpt = typer.Option(None, "--set", help="Override params.yaml: section.key=value (repeatable).")
+StoreOpt = typer.Option(None, "--store", help="Artifact store: a path or an fsspec URL (default data/artifacts).")
+ParamsOpt = typer.Option(None, "--params", help="params.yaml to use (default: the project's).")
+
+
+def _project() -> Project:
+    project = find_project()
+    configure_environment(project)
+    return project
+
+
+def _params(project: Project, params_path: Optional[Path], overrides: list[str] | None,
+            profile: tuple[str, ...] = ()) -> dict:
+    from lift3d_core.config import apply_overrides, load_params
+    from lift3d_core.pipeline import stage_configs
+
+    params = load_params(params_path or project.params_path)
+    params = apply_overrides(params, [*profile, *(overrides or [])])
+    stage_configs(params)  # validate every section before anything runs
+    return params
+
+
+def _check_source(source: str) -> None:
+    from lift3d_core.image import load_image
+
+    load_image(source)  # a missing, truncated or non-image file fails here, before any flow or store write
+
+
+def _report(summary: dict) -> None:
+    table = Table(title=f"run {summary['run']}  ({summary['wall_seconds']:.1f} s)")
+    for col in ("stage", "cache", "seconds", "key", "why"):
+        table.add_column(col)
+    for name, s in summary["stages"].items():
+        why = "" if s["hit"] else "; ".join(s["reason"])
+        table.add_row(name, "[green]hit" if s["hit"] else "[yellow]computed", f"{s['seconds']:.1f}",
+                      s["key"][:12], why[:80])
+    console.print(table)
+    if summary["metrics"]:
+        console.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items()))
+    for name, path in summary["outputs"].items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for a bundled photograph."),
+         run_name: Optional[str] = typer.Option(None, "--run-name"), set_: Optional[list[str]] = SetOpt,
+         store: Optional[str] = StoreOpt, params: Optional[Path] = ParamsOpt,
+         no_track: bool = typer.Option(False, "--no-track", help="Do not record an MLflow run.")):
+    """Lift one image to 3D Gaussians (every stage cached in the store)."""
+    project = _project()
+    p = _params(project, params, set_)
+    _check_source(image)
+    prefect_ready = boot_prefect_in_background()
+    from flows.lift import lift as lift_flow
+
+    prefect_ready()
+    name = run_name or Path(image.replace("skimage:", "")).stem
+    summary = lift_flow(image, p, name, store or project.store_url, str(project.state_dir),
+                        str(project.runs_dir), not no_track)
+    _report(summary)
+
+
+@app.command()
+def demo(run_name: str = typer.Option("demo", "--run-name"), set_: Optional[list[str]] = SetOpt,
+         store: Optional[str] = StoreOpt, params: Optional[Path] = ParamsOpt,
+         no_track: bool = typer.Option(False, "--no-track")):
+    """The synthetic scene from a bundled photograph, with held-out ground-truth evaluation (no weights)."""
+    from flows.demo import DEMO_OVERRIDES, DEMO_SOURCE
+
+    project = _project()
+    p = _params(project, params, set_, DEMO_OVERRIDES)
+    console.print(f"demo profile over params.yaml: {' '.join(DEMO_OVERRIDES)}")
+    prefect_ready = boot_prefect_in_background()
+    from flows.demo import demo as demo_flow
+
+    prefect_ready()
+    summary = demo_flow(p, run_name, store or project.store_url, str(project.state_dir), str(project.runs_dir),
+                        DEMO_SOURCE, not no_track)
+    _report(summary)
+
+
+@app.command()
+def stage(name: str = typer.Argument(..., help="Stage to bring up to date (for dvc.yaml)."),
+          set_: Optional[list[str]] = SetOpt, store: Optional[str] = StoreOpt, params: Optional[Path] = ParamsOpt):
+    """Run one stage (and any missing upstream one) for params.yaml's `input` image; writes data/pipeline/NAME.json."""
+    from flows.lift import make_context, run_stages
+    from lift3d_core.pipeline import STAGES
+
+    if name not in STAGES:
+        raise Lift3DError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    project = _project()
+    p = _params(project, params, set_)
+    source, run_name = p["input"]["image"], p["input"].get("run_name", "dvc")
+    _check_source(source)
+    t0 = time.perf_counter()
+    ctx = make_context(source, p, run_name, store or project.store_url, str(project.state_dir), str(project.runs_dir))
+    results = run_stages(ctx, until=name, use_prefect=False)
+    r = results[name]
+    project.pipeline_dir.mkdir(parents=True, exist_ok=True)
+    pointer = {"stage": name, "key": r.key, "store": ctx.store_url, "outputs": r.outputs}
+    (project.pipeline_dir / f"{name}.json").write_text(json.dumps(pointer, indent=2, sort_keys=True) + "\n")
+    if name == "evaluate":
+        (project.pipeline_dir / "metrics.json").write_text(json.dumps(r.metrics, indent=2, sort_keys=True) + "\n")
+    console.print(f"{name}: {'hit' if r.hit else 'computed'} {r.key[:12]} ({time.perf_counter() - t0:.1f} s)")
+
+
+@app.command()
+def status(image: Optional[str] = typer.Argument(None, help="Image (default: params.yaml's input.image)."),
+           set_: Optional[list[str]] = SetOpt, store: Optional[str] = StoreOpt, params: Optional[Path] = ParamsOpt,
+           demo_profile: bool = typer.Option(False, "--demo", help="Apply the demo profile (as `lift3d demo`).")):
+    """What is cached and what would run, without running anything."""
+    from flows.demo import DEMO_OVERRIDES, DEMO_SOURCE
+    from lift3d_core.pipeline import plan
+    from lift3d_core.store import ArtifactStore
+
+    project = _project()
+    p = _params(project, params, set_, DEMO_OVERRIDES if demo_profile else ())
+    source = image or (DEMO_SOURCE if demo_profile else p["input"]["image"])
+    s = ArtifactStore(store or project.store_url)
+    table = Table(title=f"{source} -> {s.url}")
+    for col in ("stage", "key", "state"):
+        table.add_column(col)
+    for name, planned in plan(p, source).items():
+        cached = s.exists(name, planned.key)
+        table.add_row(name, planned.key[:16], "[green]cached" if cached else "[yellow]would run")
+    console.print(table)
+
+
+@cache_app.command("ls")
+def cache_ls(store: Optional[str] = StoreOpt, stage_name: Optional[str] = typer.Option(None, "--stage")):
+    """List artifacts."""
+    from lift3d_core.store import ArtifactStore
+
+    s = ArtifactStore(store or _project().store_url)
+    table = Table(title=s.url)
+    for col in ("stage", "key", "size", "created"):
+        table.add_column(col)
+    total = 0
+    for info in s.ls(stage_name):
+        total += info.size_bytes
+        table.add_row(info.stage, info.key[:16], f"{info.size_bytes / 1e6:.2f} MB", str(info.created))
+    console.print(table)
+    console.print(f"total {total / 1e6:.1f} MB")
+
+
+@cache_app.command("verify")
+def cache_verify(store: Optional[str] = StoreOpt):
+    """Check every artifact's digests; exit 1 if any is corrupt."""
+    from lift3d_core.store import ArtifactStore
+
+    s = ArtifactStore(store or _project().store_url)
+    problems = s.verify()
+    n = len(s.ls())
+    if problems:
+        for prob in problems:
+            console.print(f"[red]CORRUPT[/red] {prob}")
+        raise typer.Exit(1)
+    console.print(f"store clean: {n} artifacts verified in {s.url}")
+
+
+@cache_app.command("gc")
+def cache_gc(store: Optional[str] = StoreOpt, dry_run: bool = typer.Option(False, "--dry-run"),
+             grace_hours: float = typer.Option(1.0, "--grace-hours", help="Keep temporary files younger than this.")):
+    """Remove what crashed or killed runs left behind (never a committed artifact)."""
+    from lift3d_core.store import ArtifactStore
+
+    s = ArtifactStore(store or _project().store_url)
+    removed = s.gc(dry_run=dry_run, grace_s=grace_hours * 3600)
+    for path in removed:
+        console.print(("would remove " if dry_run else "removed ") + str(path))
+    console.print(f"{len(removed)} item(s)")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except Lift3DError as exc:
+        print(f"lift3d: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

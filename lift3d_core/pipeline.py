@@ -1,0 +1,118 @@
+"""The stage DAG as data: which stages exist, what each one's store key hashes.
+
+A stage's output is a pure function of (its params section, its upstream
+artifacts, its model checkpoints), so every key of a run is computable *before*
+running anything: that is what ``lift3d status`` shows and what makes a changed
+``train.*`` parameter move only the keys of ``train`` and what follows it.
+No Prefect or MLflow here; ``tasks/`` and ``flows/`` execute this plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lift3d_core.calibrate import CalibrateConfig
+from lift3d_core.config import build_config, config_to_dict
+from lift3d_core.depth import DepthConfig
+from lift3d_core.errors import Lift3DError
+from lift3d_core.evaluate import EvaluateConfig
+from lift3d_core.export import ExportConfig
+from lift3d_core.generate import GenerateConfig
+from lift3d_core.image import IngestConfig, input_digest
+from lift3d_core.store import artifact_key
+from lift3d_core.trajectory import TrajectoryConfig
+from lift3d_core.train import TrainStageConfig
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: its name, code version (bump it when its outputs change), config and upstream stages."""
+
+    name: str
+    version: str
+    config_cls: type
+    upstream: tuple[str, ...]
+
+
+STAGES: dict[str, StageSpec] = {
+    s.name: s
+    for s in (
+        StageSpec("ingest", "1", IngestConfig, ()),
+        StageSpec("trajectory", "1", TrajectoryConfig, ()),
+        StageSpec("generate", "1", GenerateConfig, ("ingest", "trajectory")),
+        StageSpec("calibrate", "1", CalibrateConfig, ("generate", "trajectory")),
+        StageSpec("depth", "1", DepthConfig, ("calibrate", "generate", "trajectory")),
+        StageSpec("train", "1", TrainStageConfig, ("calibrate", "depth", "generate", "trajectory")),
+        StageSpec("export", "1", ExportConfig, ("train", "calibrate")),
+        StageSpec("evaluate", "1", EvaluateConfig, ("train", "calibrate", "generate", "ingest", "trajectory")),
+    )
+}
+NON_STAGE_SECTIONS = ("input",)
+
+
+def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate every section of ``params`` and build each stage's frozen config."""
+    unknown = sorted(set(params) - set(STAGES) - set(NON_STAGE_SECTIONS))
+    if unknown:
+        raise Lift3DError(f"params: unknown section(s) {unknown}; stages are {list(STAGES)}")
+    configs = {}
+    for name, spec in STAGES.items():
+        if hasattr(spec.config_cls, "from_params"):  # a stage with its own flat-section parser
+            configs[name] = spec.config_cls.from_params(params.get(name))
+        else:
+            configs[name] = build_config(spec.config_cls, params.get(name), name)
+    return configs
+
+
+def key_params(config: Any) -> dict[str, Any]:
+    """The part of a config its key hashes (a config may narrow it, e.g. to its active backend)."""
+    return config.key_params() if hasattr(config, "key_params") else config_to_dict(config)
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    name: str
+    key: str
+    doc: dict[str, Any]
+    config: Any
+
+
+def plan(params: dict[str, Any], source: str, models: dict[str, dict[str, str]] | None = None) -> dict[str, PlannedStage]:
+    """Every stage's key for lifting ``source`` with ``params``, in execution order.
+
+    models: per stage, checkpoint name -> digest (stages without weights have none).
+    """
+    configs = stage_configs(params)
+    models = models or {}
+    planned: dict[str, PlannedStage] = {}
+    for name, spec in STAGES.items():
+        inputs = {up: planned[up].key for up in spec.upstream}
+        if name == "ingest":
+            inputs = {"image": input_digest(source)}
+        key, doc = artifact_key(name, spec.version, key_params(configs[name]), inputs, models.get(name, {}))
+        planned[name] = PlannedStage(name, key, doc, configs[name])
+    return planned
+
+
+def explain_miss(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two key documents of the same stage.
+
+    ``["train.params.iterations: 3000 -> 500", "inputs.depth changed"]``; empty when identical.
+    """
+    if previous is None:
+        return ["no earlier run of this image"]
+    changes: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{path}.{k}" if path else k)
+        elif a != b:
+            if path.startswith("inputs.") or path.startswith("models."):
+                changes.append(f"{path} changed")
+            else:
+                changes.append(f"{path}: {a!r} -> {b!r}")
+
+    walk(previous, current, "")
+    return changes

@@ -1,0 +1,151 @@
+"""The train stage: canonical Gaussians from calibrated frames, distortion-aware by default.
+
+``train.distortion: true`` trains canonical Gaussians plus the per-frame distortion
+field (``splat/train_distortion.py``); ``false`` trains plain 3DGS with the same
+budget (``splat/train.py``), for ablations. Either way the artifact holds the
+canonical Gaussians; the field is stored beside them so per-frame renders can be
+reproduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from lift3d_core.config import config_to_dict
+from lift3d_core.errors import Lift3DError
+from lift3d_core.splat.gaussians import Gaussians
+from lift3d_core.splat.init import init_gaussians
+from lift3d_core.splat.train import train_gaussians
+from lift3d_core.splat.train_distortion import DistortionTrainConfig, train_distortion_aware
+
+
+@dataclass(frozen=True)
+class TrainStageConfig:
+    """The ``train`` section: ``distortion`` plus a flat :class:`DistortionTrainConfig` section.
+
+    Its keys are the distortion trainer's own (stage lengths, field shape, regularisers)
+    and any plain :class:`TrainConfig` key (densification, learning rates, depth loss, backend).
+    ``backend: auto`` renders with gsplat when CUDA and gsplat are present, else the torch reference.
+    """
+
+    distortion: bool = True
+    schedule: DistortionTrainConfig = field(default_factory=DistortionTrainConfig)
+    init_opacity: float = 0.1
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any] | None) -> "TrainStageConfig":
+        section = dict(section or {})
+        distortion = section.pop("distortion", True)
+        init_opacity = section.pop("init_opacity", 0.1)
+        if not isinstance(distortion, bool):
+            raise Lift3DError(f"train.distortion must be true or false, got {distortion!r}")
+        if isinstance(init_opacity, bool) or not isinstance(init_opacity, (int, float)) or not 0 < init_opacity < 1:
+            raise Lift3DError(f"train.init_opacity must be a number in (0, 1), got {init_opacity!r}")
+        try:
+            schedule = DistortionTrainConfig.from_dict(section)
+        except (TypeError, ValueError) as exc:  # e.g. a string where a number belongs
+            raise Lift3DError(f"train: {exc}") from None
+        return cls(distortion=distortion, schedule=schedule, init_opacity=float(init_opacity))
+
+    def key_params(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+def resolve_backend(name: str) -> tuple[str, str]:
+    """``(render backend, torch device)`` for a backend name; ``auto`` prefers gsplat on CUDA."""
+    cuda = torch.cuda.is_available()
+    if name == "auto":
+        if cuda:
+            try:
+                import gsplat  # noqa: F401
+
+                return "gsplat", "cuda"
+            except ImportError:
+                return "torch", "cuda"
+        return "torch", "cpu"
+    if name == "gsplat" and not cuda:
+        raise Lift3DError("train.backend=gsplat needs a CUDA GPU; use backend: torch or auto")
+    return name, ("cuda" if cuda else "cpu")
+
+
+@dataclass
+class TrainedScene:
+    """Canonical Gaussians, the field state (None for plain 3DGS), the loss curve and stats."""
+
+    gaussians: Gaussians
+    field_state: dict | None
+    loss_curve: list[tuple[int, float]]
+    stats: dict
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {f"gaussians/{k}": v for k, v in self.gaussians.to_numpy().items()}
+        if self.field_state is not None:
+            for k, v in self.field_state["state_dict"].items():
+                arrays[f"field/{k}"] = v.detach().cpu().numpy()
+        arrays["loss_curve"] = np.asarray(self.loss_curve, dtype=np.float64).reshape(-1, 2)
+        return arrays
+
+    def attrs(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {"stats": _jsonable(self.stats)}
+        if self.field_state is not None:
+            attrs["field_config"] = _jsonable(self.field_state["config"])
+        return attrs
+
+
+def gaussians_from_arrays(arrays: dict[str, np.ndarray]) -> Gaussians:
+    """The canonical Gaussians of a train artifact."""
+    return Gaussians.from_numpy({k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("gaussians/")})
+
+
+def field_state_from_artifact(arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> dict | None:
+    """The distortion field state of a train artifact (``splat.distortion.load_field`` rebuilds it), or None."""
+    if "field_config" not in attrs:
+        return None
+    sd = {k.split("/", 1)[1]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("field/")}
+    return {"config": attrs["field_config"], "state_dict": sd}
+
+
+def train_scene(
+    points: np.ndarray,
+    colors: np.ndarray,
+    frames: np.ndarray,
+    c2w: np.ndarray,
+    K: np.ndarray,
+    frame_codes: np.ndarray,
+    inv_depth: np.ndarray | None,
+    cfg: TrainStageConfig,
+    *,
+    progress: bool = False,
+    callback=None,
+) -> TrainedScene:
+    """Train the scene from the calibrated point cloud and the distinct frames.
+
+    points ``float32 [P, 3]``, colors ``uint8 [P, 3]``, frames ``uint8 [F, H, W, 3]``,
+    c2w ``[F, 4, 4]`` OpenCV, K ``[F, 3, 3]``, frame_codes ``[F, 2]``, inv_depth ``[F, H, W]`` or None.
+    """
+    backend, device = resolve_backend(cfg.schedule.train.backend)
+    sched = replace(cfg.schedule, train=replace(cfg.schedule.train, backend=backend))
+    init = init_gaussians(points, colors, sh_degree=sched.train.sh_degree, init_opacity=cfg.init_opacity)
+    if cfg.distortion:
+        r = train_distortion_aware(init, frames, c2w, K, frame_codes, sched, inv_depth=inv_depth,
+                                   callback=callback, progress=progress, device=device)
+        return TrainedScene(r.gaussians, r.field_state, r.loss_curve, r.stats)
+    r = train_gaussians(init, frames, c2w, K, sched.plain_config(), inv_depth=inv_depth, callback=callback,
+                        progress=progress, device=device)
+    return TrainedScene(r.gaussians, None, r.loss_curve, r.stats)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value

@@ -1,0 +1,44 @@
+"""evaluate: held-out PSNR/SSIM against ground truth when the generator knows it."""
+
+import numpy as np
+from PIL import Image
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lift3d_core.evaluate import evaluate_synthetic, fit_to_frames
+from lift3d_core.export import image_strip
+from lift3d_core.generate import distinct_frames, synthetic_scene_config
+from lift3d_core.train import gaussians_from_arrays
+from lift3d_core.trajectory import CameraTree
+from tasks.common import RunContext, StageResult, cached_stage
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(ctx: RunContext) -> StageResult:
+    cfg = ctx.config("evaluate")
+
+    def compute():
+        gaussians = gaussians_from_arrays(ctx.read("train").arrays)
+        cal = ctx.read("calibrate").arrays
+        tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
+        frames = distinct_frames(tree, ctx.read("generate").arrays["frames"])
+        metrics = fit_to_frames(gaussians, frames, cal["c2w"], cal["K"], cfg)
+        arrays = {}
+        gen = ctx.config("generate")
+        if gen.backend == "synthetic":
+            image = ctx.read("ingest").arrays["image"]
+            ev = evaluate_synthetic(gaussians, image, tree, synthetic_scene_config(image.shape[:2], gen),
+                                    cal["center"], float(ctx.read("calibrate").attrs["scale"]), cal["K"][0], cfg)
+            metrics.update(ev.metrics)
+            arrays = {"renders": ev.renders, "targets": ev.targets}
+        return arrays or {"none": np.zeros(0, np.uint8)}, {"metrics": metrics}
+
+    result = cached_stage(ctx, "evaluate", compute)
+    artifact = ctx.read("evaluate")
+    result.metrics.update(artifact.attrs["metrics"])
+    if "renders" in artifact.arrays:
+        path = ctx.run_dir / "heldout.png"
+        grid = np.concatenate([image_strip(artifact.arrays["targets"]), image_strip(artifact.arrays["renders"])])
+        Image.fromarray(grid).save(path)
+        result.outputs["heldout"] = str(path)
+    return result

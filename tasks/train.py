@@ -1,0 +1,36 @@
+"""train: canonical Gaussians (plus the distortion field) from the calibrated frames."""
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lift3d_core.generate import distinct_frames
+from lift3d_core.train import train_scene
+from lift3d_core.trajectory import CameraTree
+from tasks.common import RunContext, StageResult, cached_stage
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(ctx: RunContext) -> StageResult:
+    def compute():
+        cal = ctx.read("calibrate").arrays
+        tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
+        per_clip = (len(tree.clips), -1)
+        result = train_scene(
+            points=cal["points"], colors=cal["colors"],
+            frames=distinct_frames(tree, ctx.read("generate").arrays["frames"]),
+            c2w=cal["c2w"], K=cal["K"],
+            frame_codes=distinct_frames(tree, tree.frame_codes().reshape(*per_clip, 2)),
+            inv_depth=ctx.read("depth").arrays["inv_depth"],
+            cfg=ctx.config("train"), progress=True,
+        )
+        return result.to_arrays(), result.attrs()
+
+    result = cached_stage(ctx, "train", compute)
+    artifact = ctx.read("train")
+    curve = artifact.arrays["loss_curve"]
+    result.metrics["num_gaussians"] = float(artifact.arrays["gaussians/means"].shape[0])
+    result.curves["train.loss"] = [(int(s), float(v)) for s, v in curve]
+    np.savetxt(ctx.run_dir / "loss_curve.csv", curve, delimiter=",", header="step,loss", comments="")
+    result.outputs["loss_curve"] = str(ctx.run_dir / "loss_curve.csv")
+    return result

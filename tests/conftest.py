@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny project (params.yaml sized for seconds on a CPU) in a temp dir."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The smallest configuration that still runs every stage for real: 2 presets x 2 levels, 4 frames
+# per clip, 48x36 frames, a few dozen training steps.
+TINY_OVERRIDES = {
+    "input": {"image": "skimage:astronaut", "run_name": "tiny"},
+    "ingest": {"width": 48, "height": 36},
+    "trajectory": {"presets": ["U", "Round-RI_90"], "levels": 2, "frames_per_clip": 4},
+    "calibrate": {"max_points": 3000},
+    "train": {"coarse_iterations": 20, "fine_iterations": 20, "densify_from": 10, "densify_every": 10,
+              "densify_until": 30, "spatial_resolution": 16, "frame_resolution": 8, "multires": [1, 2],
+              "backend": "torch"},
+    "export": {"preview_views": 2, "backend": "torch"},
+    "evaluate": {"views": 2, "train_views": 2, "backend": "torch"},
+}
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY_OVERRIDES.items():
+        params[section] = {**params[section], **copy.deepcopy(values)}
+    return params
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """A project dir with a tiny params.yaml; Prefect/MLflow state and the store live inside it."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    for var in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "LIFT3D_STORE", "PREFECT_API_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two busy-waiting torch threads on a shared 2-core machine can be 20x slower than one.
+    n = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("LIFT3D_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,183 @@
+"""The cached pipeline: key scheme, hits that skip work, miss explanations, CLI errors, one Prefect flow run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.settings import configure_environment, find_project
+from lift3d_core.config import apply_overrides
+from lift3d_core.errors import Lift3DError
+from lift3d_core.pipeline import STAGES, explain_miss, plan
+from lift3d_core.store import ArtifactStore
+from tests.conftest import tiny_params
+
+SOURCE = "skimage:astronaut"
+
+
+def _keys(params, source=SOURCE):
+    return {name: p.key for name, p in plan(params, source).items()}
+
+
+@pytest.mark.parametrize(
+    "override, moved",
+    [
+        ("train.fine_iterations=7", {"train", "export", "evaluate"}),
+        ("train.distortion=false", {"train", "export", "evaluate"}),
+        ("evaluate.views=3", {"evaluate"}),
+        ("export.preview_views=3", {"export"}),
+        ("depth.min_depth=0.01", {"depth", "train", "export", "evaluate"}),
+        ("calibrate.max_points=2000", {"calibrate", "depth", "train", "export", "evaluate"}),
+        ("generate.seed=7", {"generate", "calibrate", "depth", "train", "export", "evaluate"}),
+        ("trajectory.levels=1", {"trajectory", "generate", "calibrate", "depth", "train", "export", "evaluate"}),
+        ("ingest.width=64", {"ingest", "generate", "calibrate", "depth", "train", "export", "evaluate"}),
+    ],
+)
+def test_a_param_change_moves_exactly_its_stage_and_downstream(override, moved):
+    base = tiny_params()
+    before, after = _keys(base), _keys(apply_overrides(base, [override]))
+    assert {s for s in STAGES if before[s] != after[s]} == moved
+
+
+def test_keys_are_stable_and_input_addressed(tmp_path):
+    assert _keys(tiny_params()) == _keys(tiny_params())  # deterministic across calls
+    a = tmp_path / "a.png"
+    Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(a)
+    other = _keys(tiny_params(), str(a))
+    same = _keys(tiny_params())
+    assert other["trajectory"] == same["trajectory"] and other["ingest"] != same["ingest"]
+
+
+def test_explain_miss_names_the_changed_param():
+    base = tiny_params()
+    old = plan(base, SOURCE)["train"].doc
+    new = plan(apply_overrides(base, ["train.fine_iterations=7"]), SOURCE)["train"].doc
+    reasons = explain_miss(old, new)
+    assert any("fine_iterations: 20 -> 7" in r for r in reasons)
+    assert explain_miss(None, new) == ["no earlier run of this image"]
+    cal_old = plan(base, SOURCE)["depth"].doc
+    cal_new = plan(apply_overrides(base, ["calibrate.max_points=2000"]), SOURCE)["depth"].doc
+    assert explain_miss(cal_old, cal_new) == ["inputs.calibrate changed"]
+
+
+def test_unknown_sections_and_backends_are_rejected():
+    with pytest.raises(Lift3DError, match="unknown section"):
+        plan({**tiny_params(), "trian": {}}, SOURCE)
+    for bad in ("generate.backend=motionctrl", "calibrate.backend=nope", "depth.backend=nope"):
+        with pytest.raises(Lift3DError, match="unknown"):
+            plan(apply_overrides(tiny_params(), [bad]), SOURCE)
+    with pytest.raises(Lift3DError, match="fine_iterations must be >= 0"):
+        plan(apply_overrides(tiny_params(), ["train.fine_iterations=-5"]), SOURCE)
+
+
+def _run(project: Path, params: dict, until=None):
+    from flows.lift import make_context, run_stages
+
+    p = find_project(project)
+    ctx = make_context(SOURCE, params, "t", p.store_url, str(p.state_dir), str(p.runs_dir))
+    return run_stages(ctx, until=until, use_prefect=False)
+
+
+@pytest.mark.slow
+def test_stages_hit_after_a_run_and_a_train_change_reuses_generation(tiny_project):
+    configure_environment(find_project(tiny_project))
+    params = tiny_params()
+    first = _run(tiny_project, params)
+    assert not any(r.hit for r in first.values())
+    store = ArtifactStore(find_project(tiny_project).store_url)
+    gen_zip, _ = store.paths("generate", first["generate"].key)
+    mtime = Path(gen_zip).stat().st_mtime_ns
+
+    again = _run(tiny_project, params)
+    assert all(r.hit for r in again.values())
+    assert again["train"].seconds < 0.5 * first["train"].seconds  # a hit skipped the training
+
+    changed = _run(tiny_project, apply_overrides(params, ["train.fine_iterations=5"]))
+    hits = {n for n, r in changed.items() if r.hit}
+    assert hits == {"ingest", "trajectory", "generate", "calibrate", "depth"}
+    assert any("fine_iterations: 20 -> 5" in r for r in changed["train"].reason)
+    assert Path(gen_zip).stat().st_mtime_ns == mtime  # generation was reused, not rewritten
+    assert store.verify() == []
+    # every artifact the run made is a real result: frames and Gaussians have the expected shapes
+    frames = store.read("generate", first["generate"].key).arrays["frames"]
+    assert frames.dtype == np.uint8 and frames.shape[2:] == (36, 48, 3)
+    assert store.read("train", changed["train"].key).arrays["gaussians/means"].shape[1] == 3
+
+
+@pytest.mark.slow
+def test_corrupt_artifact_is_recomputed_not_used(tiny_project):
+    configure_environment(find_project(tiny_project))
+    params = tiny_params()
+    first = _run(tiny_project, params, until="trajectory")
+    store = ArtifactStore(find_project(tiny_project).store_url)
+    zip_path, _ = store.paths("trajectory", first["trajectory"].key)
+    data = bytearray(Path(zip_path).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    Path(zip_path).write_bytes(bytes(data))
+    assert store.verify() != []
+    again = _run(tiny_project, params, until="trajectory")
+    assert not again["trajectory"].hit  # quarantined and recomputed
+    assert store.verify() == []
+
+
+def _cli(args, capsys):
+    from flows import cli
+
+    old = sys.argv
+    sys.argv = ["lift3d", *args]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "not_image", "bad_backend", "negative_iterations"])
+def test_invalid_input_is_one_line_nonzero_and_writes_nothing(tiny_project, capsys, case):
+    png = tiny_project / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(png)
+    args = {
+        "missing": ["lift", str(tiny_project / "nope.png")],
+        "truncated": ["lift", str(tiny_project / "trunc.png")],
+        "not_image": ["lift", str(tiny_project / "notes.txt")],
+        "bad_backend": ["lift", str(png), "--set", "generate.backend=sora"],
+        "negative_iterations": ["lift", str(png), "--set", "train.fine_iterations=-5"],
+    }[case]
+    (tiny_project / "trunc.png").write_bytes(png.read_bytes()[:200])
+    (tiny_project / "notes.txt").write_text("not an image")
+    code, out = _cli(args, capsys)
+    assert code == 2
+    lines = [ln for ln in out.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lift3d: error:")
+    artifacts = tiny_project / "data" / "artifacts"
+    assert not artifacts.exists() or not any(p.is_file() for p in artifacts.rglob("*"))
+
+
+@pytest.mark.slow
+def test_flow_end_to_end_with_prefect_and_mlflow(tiny_project, capsys):
+    """The real `lift3d lift` path: Prefect (ephemeral), MLflow (SQLite), summary, PLY, previews."""
+    code, out = _cli(["lift", SOURCE, "--run-name", "e2e"], capsys)
+    assert code in (0, None), out.err[-2000:]
+    run = tiny_project / "data" / "runs" / "e2e"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run"] == "e2e" and set(summary["stages"]) == set(STAGES)
+    assert all({"key", "hit", "seconds"} <= set(s) for s in summary["stages"].values())
+    assert 10.0 < summary["metrics"]["psnr"] < 60.0 and 0.0 < summary["metrics"]["ssim"] <= 1.0
+    from lift3d_core.splat.ply import load_ply
+
+    assert load_ply(summary["outputs"]["ply"]).num > 100
+    assert (run / "preview.png").is_file() and (run / "heldout.png").is_file()
+    from mlflow.tracking import MlflowClient
+
+    mlrun = MlflowClient().get_run(summary["mlflow_run_id"])
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.tags["train.hit"] == "false" and "evaluate.seconds" in mlrun.data.metrics
+    assert len(MlflowClient().get_metric_history(mlrun.info.run_id, "train.loss")) > 10
