@@ -279,6 +279,70 @@ def parity_table(result: dict) -> str:
     return markdown_table(rows)
 
 
+def _tree_targets(g: Gaussians, width: int, height: int, frames: int, device, backend: str = "gsplat") -> tuple:
+    """Targets for a training benchmark: ``g`` rendered from ``frames`` cameras around it."""
+    c2w = torch.stack([orbit(a) for a in torch.linspace(-30.0, 30.0, frames).tolist()])
+    K = intrinsics(width, height)
+    imgs = []
+    with torch.no_grad():
+        for i in range(frames):
+            rgb = render(g, c2w[i].to(device), K.to(device), width, height, backend=backend).rgb[0]
+            imgs.append((rgb.clamp(0, 1) * 255).to(torch.uint8))
+    return torch.stack(imgs), c2w.double(), K.double()
+
+
+def _perturbed(g: Gaussians, seed: int) -> Gaussians:
+    gen = torch.Generator(device=g.device).manual_seed(seed)
+    noise = lambda t, s: t + s * torch.randn(t.shape, generator=gen, device=t.device)  # noqa: E731
+    return Gaussians(noise(g.means, 0.02), noise(g.log_scales, 0.1), g.quats, g.opacity_logits,
+                     noise(g.sh0, 0.1), g.shN)
+
+
+def time_training(sizes=((512, 288), (1024, 576)), counts=(100_000, 500_000), steps: int = 200,
+                  warmup: int = 20, distortion: bool = False, backend: str = "gsplat",
+                  device: str = "cuda") -> list[dict]:
+    """Training iterations per second with the gsplat backend (a full step: render, L1 + D-SSIM, backward,
+    Adam, densification bookkeeping; densification itself off so N stays fixed), batch 1 (plain) or the
+    reference's batch 2 with the distortion field (fine stage)."""
+    from lift3d_core.splat.train import TrainConfig, Trainer
+    from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer
+
+    rows = []
+    for width, height in sizes:
+        for n in counts:
+            g = random_scene(n, width, height, kind="heavy", seed=1, device=device)
+            frames, c2w, K = _tree_targets(g, width, height, 16, device, backend)
+            init = _perturbed(g, 2)
+            plain = TrainConfig(iterations=steps + warmup, batch_size=1, backend=backend, densify_until=0,
+                                opacity_reset_every=10**9, log_every=10**9)
+            if distortion:
+                cfg = DistortionTrainConfig(coarse_iterations=0, fine_iterations=steps + warmup, batch_size=2,
+                                            train=plain)
+                codes = torch.stack([torch.linspace(0.2, 0.8, 16), torch.full((16,), 0.5)], dim=1)
+                trainer = DistortionTrainer(init, frames, c2w, K, codes, cfg, device=device)
+            else:
+                trainer = Trainer(init, frames, c2w, K, plain, device=device)
+            for _ in range(warmup):
+                trainer.train_step()
+            _sync(device)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step()
+            _sync(device)
+            dt = time.perf_counter() - t0
+            rows.append({"trainer": "distortion (fine, batch 2)" if distortion else "plain (batch 1)",
+                         "width": width, "height": height, "n": n, "it_per_s": round(steps / dt, 1),
+                         "ms_per_it": round(1000 * dt / steps, 2),
+                         "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if device == "cuda" else None})
+            print("  " + _row_line(rows[-1]), flush=True)
+            del trainer, frames, g, init
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"), help="JSON file for the results")
@@ -286,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-only", action="store_true", help="only the CPU timings (no CUDA needed)")
     parser.add_argument("--skip-timing", action="store_true", help="GPU: parity only")
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--train", action="store_true", help="GPU: also time training iterations (plain and "
+                        "distortion-aware) at 512x288 / 1024x576 with 100k / 500k Gaussians")
     args = parser.parse_args(argv)
 
     results: dict = {"env": check_cuda(), "argv": sys.argv[1:]}
@@ -310,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
             print("## GPU timings")
             results["gpu"] = time_gpu(reps=args.reps)
             print("\n" + markdown_table(results["gpu"]) + "\n")
+        if args.train:
+            print("## Training iterations per second (gsplat)")
+            results["train"] = time_training() + time_training(distortion=True)
+            print("\n" + markdown_table(results["train"]) + "\n")
     if args.cpu or args.cpu_only:
         print("## CPU timings (torch backend)")
         results["cpu"] = time_cpu()
