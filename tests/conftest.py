@@ -19,7 +19,7 @@ TINY_OVERRIDES = {
     "ingest": {"width": 48, "height": 36},
     "trajectory": {"presets": ["U", "Round-RI_90"], "levels": 2, "frames_per_clip": 4},
     "calibrate": {"max_points": 3000},
-    "train": {"coarse_iterations": 20, "fine_iterations": 20, "densify_from": 10, "densify_every": 10,
+    "train": {"coarse_iterations": 15, "fine_iterations": 15, "densify_from": 10, "densify_every": 10,
               "densify_until": 30, "spatial_resolution": 16, "frame_resolution": 8, "multires": [1, 2],
               "backend": "torch"},
     "export": {"preview_views": 2, "backend": "torch"},

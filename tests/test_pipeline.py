@@ -58,7 +58,7 @@ def test_explain_miss_names_the_changed_param():
     old = plan(base, SOURCE)["train"].doc
     new = plan(apply_overrides(base, ["train.fine_iterations=7"]), SOURCE)["train"].doc
     reasons = explain_miss(old, new)
-    assert any("fine_iterations: 20 -> 7" in r for r in reasons)
+    assert any("fine_iterations: 15 -> 7" in r for r in reasons)
     assert explain_miss(None, new) == ["no earlier run of this image"]
     cal_old = plan(base, SOURCE)["depth"].doc
     cal_new = plan(apply_overrides(base, ["calibrate.max_points=2000"]), SOURCE)["depth"].doc
@@ -100,7 +100,7 @@ def test_stages_hit_after_a_run_and_a_train_change_reuses_generation(tiny_projec
     changed = _run(tiny_project, apply_overrides(params, ["train.fine_iterations=5"]))
     hits = {n for n, r in changed.items() if r.hit}
     assert hits == {"ingest", "trajectory", "generate", "calibrate", "depth"}
-    assert any("fine_iterations: 20 -> 5" in r for r in changed["train"].reason)
+    assert any("fine_iterations: 15 -> 5" in r for r in changed["train"].reason)
     assert Path(gen_zip).stat().st_mtime_ns == mtime  # generation was reused, not rewritten
     assert store.verify() == []
     # every artifact the run made is a real result: frames and Gaussians have the expected shapes

@@ -37,13 +37,13 @@ def test_sigkill_during_training_then_resume(tiny_project):
     log = tiny_project / "run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(BIN / "lift3d"), "lift", "skimage:astronaut", "--no-track"], cwd=tiny_project,
-                                env=_env(tiny_project), stdout=out, stderr=subprocess.STDOUT)
+                                env=_env(tiny_project), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
     while "train      MISS" not in log.read_text() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
     time.sleep(3)  # well inside training
     assert proc.poll() is None, log.read_text()[-3000:]
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group, Prefect's server subprocess included
     proc.wait()
 
     store = tiny_project / "data" / "artifacts"

@@ -6,7 +6,7 @@ import torch
 
 from lift3d_core.errors import Lift3DError
 from lift3d_core.splat.gaussians import sh0_to_rgb
-from lift3d_core.splat.init import init_gaussians, knn_mean_distance
+from lift3d_core.splat.init import in_view_mask, init_gaussians, knn_mean_distance
 from lift3d_core.splat.loss import (
     align_scale_shift,
     inverse_depth_loss,
@@ -60,6 +60,28 @@ def test_init_validates_inputs():
         init_gaussians(bad, rgb)
     with pytest.raises(Lift3DError, match="init_opacity"):
         init_gaussians(xyz, rgb, init_opacity=1.0)
+
+
+def test_in_view_mask_is_the_union_of_camera_frustums():
+    K = np.array([[10.0, 0, 8], [0, 10.0, 6], [0, 0, 1]])  # 16x12 image
+    c2w = np.stack([np.eye(4), np.eye(4)])
+    c2w[1, :3, :3] = np.diag([-1.0, 1.0, -1.0])  # the second camera looks down -z
+    xyz = np.array(
+        [
+            [0.0, 0.0, 2.0],  # ahead of camera 0
+            [0.0, 0.0, -2.0],  # ahead of camera 1
+            [0.79, 0.0, 1.0],  # u = 15.9: inside camera 0, near its right edge
+            [0.81, 0.0, 1.0],  # u = 16.1: just outside
+            [0.0, 0.0, 0.005],  # in front, but nearer than `near`
+            [5.0, 0.0, 0.0],  # beside both
+        ],
+        np.float32,
+    )
+    assert in_view_mask(xyz, c2w, K, 16, 12).tolist() == [True, True, True, False, False, False]
+    assert in_view_mask(xyz, c2w, K, 16, 12, margin_px=0.5).tolist() == [True, True, True, True, False, False]
+    assert in_view_mask(xyz, c2w[:1], K[None], 16, 12).tolist() == [True, False, True, False, False, False]
+    with pytest.raises(Lift3DError, match="K must be"):
+        in_view_mask(xyz, c2w, K[None], 16, 12)
 
 
 def _rand_img(seed, shape=(2, 40, 48, 3)):

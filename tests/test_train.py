@@ -6,13 +6,14 @@ import torch
 
 from lift3d_core.errors import Lift3DError
 from lift3d_core.splat.gaussians import Gaussians, rgb_to_sh0
-from lift3d_core.splat.loss import psnr, rendered_inverse_depth
+from lift3d_core.splat.loss import photometric_loss, psnr, rendered_inverse_depth
 from lift3d_core.splat.optim import LearningRates, active_sh_degree, expon_lr, make_optimizers, means_lr
 from lift3d_core.splat.render import render
 from lift3d_core.splat.train import (
     GaussianParams,
     TrainConfig,
     Trainer,
+    fast_photometric_loss,
     scene_extent_from_cameras,
     stack_renders,
     train_gaussians,
@@ -134,6 +135,30 @@ def test_gaussian_params_round_trip(scene):
     assert params.gaussians().means is params["means"]
 
 
+@pytest.mark.parametrize("shape", [(1, 96, 128, 3), (2, 24, 32, 3), (24, 32, 3), (2, 9, 7, 3)])
+def test_fast_photometric_loss_equals_reference(shape):
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.rand(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(shape, generator=gen, dtype=torch.float64)
+    for lam in (0.0, 0.2, 1.0):
+        ref, fast = photometric_loss(pred, target, lam), fast_photometric_loss(pred, target, lam)
+        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(torch.autograd.grad(fast, pred)[0], torch.autograd.grad(ref, pred)[0])
+
+
+def test_sh_bands_above_the_active_degree_get_no_gradient(scene):
+    init, frames, c2w, K, _ = scene
+    trainer = Trainer(init, frames, c2w, K, TrainConfig(iterations=10, sh_degree=2, sh_degree_every=3), device="cpu")
+    assert trainer.params.gaussians(0).sh_degree == 0 and trainer.params.gaussians(1).sh_degree == 1
+    assert trainer.params.gaussians().sh_degree == 2
+    for _ in range(2):  # degree 0: shN takes no part, so Adam leaves it (and its state) alone
+        trainer.train_step()
+    assert trainer.optimizers["shN"].state == {} and not trainer.params["shN"].detach().any()
+    trainer.train_step()  # step 3: degree 1, bands 1..3 move, band 4.. do not
+    moved = trainer.params["shN"].detach().abs().amax(dim=(0, 2))
+    assert (moved[:3] > 0).all() and not moved[3:].any()
+
+
 def test_stack_renders_equals_batched_render(scene):
     init, frames, c2w, K, _ = scene
     init = GaussianParams.from_gaussians(init).gaussians()  # differentiable
@@ -169,6 +194,31 @@ def test_schedules():
         {"means": 3.2e-4, "log_scales": 5e-3, "quats": 1e-3, "opacity_logits": 5e-2, "sh0": 2.5e-3, "shN": 1.25e-4}
     )
     assert all(o.defaults["eps"] == 1e-15 for o in opts.values())
+    # The fused Adam (where torch has one) takes the steps of the reference Adam.
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(50, 4, generator=gen)
+    grads = [torch.randn(50, 4, generator=gen) for _ in range(5)]
+    ours = GaussianParams({"quats": torch.nn.Parameter(start.clone())})
+    ref = torch.nn.Parameter(start.clone())
+    opt_ours = make_optimizers(ours, lrs, scene_extent=1.0)["quats"]
+    opt_ref = torch.optim.Adam([ref], lr=lrs.quats, eps=1e-15, foreach=False, fused=False)
+    for g in grads:
+        ours["quats"].grad, ref.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_ref.step()
+    torch.testing.assert_close(ours["quats"].detach(), ref.detach())
+
+
+def test_for_budget_compresses_the_3dgs_schedule():
+    assert TrainConfig.for_budget(30_000) == TrainConfig()
+    cfg = TrainConfig.for_budget(800, lr_sh0=0.01, densify_until=500)
+    assert (cfg.iterations, cfg.densify_from, cfg.densify_until, cfg.densify_every) == (800, 100, 500, 100)
+    assert cfg.sh_degree_every == 27 and cfg.lr_sh0 == 0.01 and cfg.lr_means == TrainConfig().lr_means
+    assert cfg.opacity_reset_every == 3000  # no reset within the run
+    assert TrainConfig.for_budget(60_000).opacity_reset_every == 6000
+    assert TrainConfig.for_budget(10).sh_degree_every == 1
+    with pytest.raises(Lift3DError):
+        TrainConfig.for_budget(0)
 
 
 def test_scene_extent():

@@ -74,6 +74,56 @@ def _knn_mean_distance_torch(xyz: torch.Tensor, k: int, chunk_bytes: int) -> tor
     return out
 
 
+def in_view_mask(
+    xyz: np.ndarray | torch.Tensor,
+    c2w: np.ndarray | torch.Tensor,
+    K: np.ndarray | torch.Tensor,
+    width: int,
+    height: int,
+    *,
+    near: float = 0.01,
+    margin_px: float = 0.0,
+) -> torch.Tensor:
+    """Which points some camera sees: inside its image (widened by ``margin_px``) and in front of ``near``.
+
+    A frustum test without occlusion. Training gives no gradient to a Gaussian no camera sees, so such points
+    only cost time; an SfM or depth-fused cloud has none by construction, a cloud sampled from whole surfaces
+    (the synthetic scene's) has many (walls behind the cameras).
+
+    Args:
+        xyz: ``[P, 3]`` world points.
+        c2w: ``[F, 4, 4]`` camera-to-world, OpenCV. K: ``[F, 3, 3]`` or ``[3, 3]`` pixels.
+        width, height: image size in pixels.
+
+    Returns:
+        ``[P]`` bool on the CPU.
+    """
+    pts, c2w_t, K_t = (
+        v.detach().cpu().double() if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, dtype=np.float64))
+        for v in (xyz, c2w, K)
+    )
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise Lift3DError(f"in_view_mask: xyz must be [P, 3], got {tuple(pts.shape)}")
+    if c2w_t.ndim != 3 or c2w_t.shape[1:] != (4, 4):
+        raise Lift3DError(f"in_view_mask: c2w must be [F, 4, 4], got {tuple(c2w_t.shape)}")
+    K_t = K_t.expand(c2w_t.shape[0], 3, 3) if K_t.shape == (3, 3) else K_t
+    if K_t.shape != (c2w_t.shape[0], 3, 3):
+        raise Lift3DError(f"in_view_mask: K must be [3, 3] or [F, 3, 3] like c2w, got {tuple(K_t.shape)}")
+    # Rows K [R | t] of every camera; a point is inside when z > near and -m z <= u <= (W + m) z (same for v),
+    # which needs no division. Cameras go in chunks so that one [P, 3 c] block stays near 64 MB.
+    proj = (K_t @ torch.linalg.inv(c2w_t)[:, :3, :]).to(torch.float32)  # [F, 3, 4]
+    pts_h = torch.cat([pts, torch.ones_like(pts[:, :1])], dim=1).to(torch.float32)  # [P, 4]
+    seen = torch.zeros(pts.shape[0], dtype=torch.bool)
+    chunk = max(1, (64 * 2**20) // (12 * max(pts.shape[0], 1)))
+    for start in range(0, proj.shape[0], chunk):
+        uvz = (pts_h @ proj[start : start + chunk].reshape(-1, 4).T).view(pts.shape[0], -1, 3)
+        u, v, z = uvz.unbind(-1)
+        inside = (z > near) & (u >= -margin_px * z) & (u <= (width + margin_px) * z)
+        inside &= (v >= -margin_px * z) & (v <= (height + margin_px) * z)
+        seen |= inside.any(dim=1)
+    return seen
+
+
 def init_gaussians(
     xyz: np.ndarray | torch.Tensor,
     rgb: np.ndarray | torch.Tensor,

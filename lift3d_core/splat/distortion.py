@@ -1,0 +1,410 @@
+"""The per-frame distortion field of distortion-aware 3DGS (LiftImage3D, METHOD.md section 3).
+
+Generated video frames are not 3D-consistent. Each training frame is rendered
+from *canonical* Gaussians moved by a small, frame-dependent offset
+``field(means, frame_code)``; the frame's inconsistency lands in the field and
+the exported canonical Gaussians stay sharp.
+
+The field is a k-planes / HexPlane grid over the 5-D input ``(x, y, z, u, v)``:
+``(x, y, z)`` a Gaussian's canonical centre, ``(u, v)`` the frame code in
+``[0, 1]^2`` (the frame's position on the articulated camera tree, *not* time;
+the input view is ``(0.5, 0.5)``). One 2-D plane per pair of axes, 10 planes:
+
+====  =====  ==============================
+idx   pair   kind
+====  =====  ==============================
+0     x-y    spatial
+1     x-z    spatial
+2     x-u    frame
+3     x-v    frame
+4     y-z    spatial
+5     y-u    frame
+6     y-v    frame
+7     z-u    frame
+8     z-v    frame
+9     u-v    frame (both axes frame axes)
+====  =====  ==============================
+
+(4DGS's HexPlane is the same construction over ``(x, y, z, t)``: 6 planes.) A
+point's feature at one resolution level is the *product* of its bilinear
+samples on the 10 planes (``features_per_plane`` channels each); the levels'
+features are concatenated. Spatial planes start uniform in ``[0.1, 0.5]``,
+frame planes start at 1, so at initialisation the features do not depend on
+the frame code (4DGS's multiplicative identity). An MLP (``net_depth`` linear
+layers of ``net_width``) and one two-layer head per deformed attribute decode
+the features into offsets, added to the *pre-activation* parameters as 4DGS
+does: ``means + d_means``, ``log_scales + d_log_scales``, ``quats + d_quats``
+(then normalised by the rasterizer), ``opacity_logits + d_opacity``,
+``sh0 + d_sh0``. The heads' last layers start at zero, so training starts from
+the canonical scene exactly.
+
+Plane tensor layout: the plane of pair ``(a, b)`` is ``[1, C, R_b, R_a]``, axis
+``a`` along the width (grid_sample's x) and ``b`` along the height (its y).
+Coordinates: positions are mapped by the bounds to ``[-1, 1]`` (outside the
+bounds clamped to the border), frame codes by ``2 c - 1``; samples sit on an
+``align_corners=True`` lattice, so index ``i`` of an axis of resolution ``R``
+is at ``-1 + 2 i / (R - 1)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lift3d_core.errors import Lift3DError
+from lift3d_core.splat.gaussians import Gaussians
+
+AXES = ("x", "y", "z", "u", "v")
+NUM_SPATIAL_AXES = 3
+PLANE_PAIRS: tuple[tuple[int, int], ...] = tuple(itertools.combinations(range(len(AXES)), 2))
+FRAME_PLANES: tuple[int, ...] = tuple(i for i, (a, b) in enumerate(PLANE_PAIRS) if b >= NUM_SPATIAL_AXES)
+SPATIAL_PLANES: tuple[int, ...] = tuple(i for i in range(len(PLANE_PAIRS)) if i not in FRAME_PLANES)
+INPUT_VIEW_CODE = (0.5, 0.5)
+
+
+def plane_name(index: int) -> str:
+    """``"xu"`` for plane 2, and so on (see the module table)."""
+    a, b = PLANE_PAIRS[index]
+    return AXES[a] + AXES[b]
+
+
+@dataclass(frozen=True)
+class DistortionFieldConfig:
+    """Shape of the distortion field. Defaults are LiftImage3D's (``distort-3dgs/arguments``).
+
+    Attributes:
+        bounds: ``((x0, y0, z0), (x1, y1, z1))`` world box mapped onto the spatial axes of the
+            grid; positions outside are clamped to its faces. The reference uses the
+            initial point cloud's min / max.
+        features_per_plane: channels of every plane (reference ``output_coordinate_dim`` 16).
+        spatial_resolution: base resolution of x, y, z (reference 64).
+        frame_resolution: resolution of u, v (reference 64; note that the reference feeds
+            codes in ``[0, 1]`` to a ``[-1, 1]`` lattice and so uses only its upper half;
+            here codes cover the whole axis).
+        multires: resolution multipliers, one level each, features concatenated
+            (reference ``[1, 2, 4]``); they scale the spatial axes only, as in 4DGS.
+        net_width, net_depth: the shared MLP (reference ``net_width`` 128, ``defor_depth`` 1).
+        deform_*: which heads exist (reference: position, scale, rotation on; opacity, SH off).
+        spatial_init: uniform range of the spatial planes at initialisation (k-planes 0.1..0.5).
+        frame_init: constant value of the frame planes at initialisation (1: multiplicative
+            identity, so the field starts frame-independent).
+        seed: seeds every random initial value.
+    """
+
+    bounds: tuple[tuple[float, float, float], tuple[float, float, float]]
+    features_per_plane: int = 16
+    spatial_resolution: int = 64
+    frame_resolution: int = 64
+    multires: tuple[int, ...] = (1, 2, 4)
+    net_width: int = 128
+    net_depth: int = 1
+    deform_position: bool = True
+    deform_scale: bool = True
+    deform_rotation: bool = True
+    deform_opacity: bool = False
+    deform_sh: bool = False
+    spatial_init: tuple[float, float] = (0.1, 0.5)
+    frame_init: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            lo, hi = (tuple(float(c) for c in corner) for corner in self.bounds)
+        except (TypeError, ValueError) as exc:
+            raise Lift3DError(f"DistortionFieldConfig.bounds must be ((x0,y0,z0),(x1,y1,z1)), got {self.bounds!r}") from exc
+        if len(lo) != 3 or len(hi) != 3 or not all(a < b for a, b in zip(lo, hi)):
+            raise Lift3DError(f"DistortionFieldConfig.bounds must be ((x0,y0,z0),(x1,y1,z1)) with x0<x1 etc., got {self.bounds!r}")
+        if not all(abs(c) < float("inf") for c in lo + hi):
+            raise Lift3DError(f"DistortionFieldConfig.bounds must be finite, got {self.bounds!r}")
+        object.__setattr__(self, "bounds", (lo, hi))
+        object.__setattr__(self, "multires", tuple(int(m) for m in self.multires))
+        object.__setattr__(self, "spatial_init", tuple(float(s) for s in self.spatial_init))
+        for name in ("features_per_plane", "net_width", "net_depth"):
+            if int(getattr(self, name)) < 1:
+                raise Lift3DError(f"DistortionFieldConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("spatial_resolution", "frame_resolution"):
+            if int(getattr(self, name)) < 2:
+                raise Lift3DError(f"DistortionFieldConfig.{name} must be >= 2 (a plane needs two samples per axis), got {getattr(self, name)}")
+        if not self.multires or min(self.multires) < 1:
+            raise Lift3DError(f"DistortionFieldConfig.multires must be non-empty positive integers, got {self.multires}")
+        if not (self.deform_position or self.deform_scale or self.deform_rotation or self.deform_opacity or self.deform_sh):
+            raise Lift3DError("DistortionFieldConfig: at least one deform_* head must be on")
+        if len(self.spatial_init) != 2 or not self.spatial_init[0] <= self.spatial_init[1]:
+            raise Lift3DError(f"DistortionFieldConfig.spatial_init must be (low, high) with low <= high, got {self.spatial_init}")
+
+    def to_dict(self) -> dict:
+        """JSON-able dict; ``DistortionFieldConfig.from_dict`` inverts it exactly."""
+        d = asdict(self)
+        d["bounds"] = [list(c) for c in self.bounds]
+        d["multires"] = list(self.multires)
+        d["spatial_init"] = list(self.spatial_init)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistortionFieldConfig":
+        d = dict(d)
+        d["bounds"] = tuple(tuple(c) for c in d["bounds"])
+        d["multires"] = tuple(d["multires"])
+        d["spatial_init"] = tuple(d["spatial_init"])
+        return cls(**d)
+
+    def plane_shape(self, level: int, plane: int) -> tuple[int, int, int, int]:
+        """``[1, C, R_b, R_a]`` of ``plane`` (index into ``PLANE_PAIRS``) at ``level``."""
+        res = self.axis_resolutions(level)
+        a, b = PLANE_PAIRS[plane]
+        return (1, self.features_per_plane, res[b], res[a])
+
+    def axis_resolutions(self, level: int) -> tuple[int, ...]:
+        m = self.multires[level]
+        return (self.spatial_resolution * m,) * NUM_SPATIAL_AXES + (self.frame_resolution,) * (len(AXES) - NUM_SPATIAL_AXES)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.features_per_plane * len(self.multires)
+
+
+class Offsets(NamedTuple):
+    """Per-Gaussian offsets of the pre-activation parameters; ``None`` where the head is off.
+
+    ``d_means [N, 3]``, ``d_log_scales [N, 3]``, ``d_quats [N, 4]`` (w, x, y, z),
+    ``d_opacity [N]`` (logit), ``d_sh0 [N, 1, 3]``.
+    """
+
+    d_means: torch.Tensor | None
+    d_log_scales: torch.Tensor | None
+    d_quats: torch.Tensor | None
+    d_opacity: torch.Tensor | None
+    d_sh0: torch.Tensor | None
+
+
+def apply_offsets(gaussians: Gaussians, off: Offsets) -> Gaussians:
+    """``gaussians`` moved by ``off`` (pre-activation sums, as 4DGS); ``None`` offsets leave a tensor as is."""
+    return Gaussians(
+        means=gaussians.means if off.d_means is None else gaussians.means + off.d_means,
+        log_scales=gaussians.log_scales if off.d_log_scales is None else gaussians.log_scales + off.d_log_scales,
+        quats=gaussians.quats if off.d_quats is None else gaussians.quats + off.d_quats,
+        opacity_logits=gaussians.opacity_logits if off.d_opacity is None else gaussians.opacity_logits + off.d_opacity,
+        sh0=gaussians.sh0 if off.d_sh0 is None else gaussians.sh0 + off.d_sh0,
+        shN=gaussians.shN,
+    )
+
+
+def offset_penalty(off: Offsets) -> torch.Tensor:
+    """Mean squared position offset plus mean absolute offsets of the other heads (the anchor's form)."""
+    ref = next(t for t in off if t is not None)
+    total = ref.new_zeros(())
+    if off.d_means is not None:
+        total = total + off.d_means.square().mean()
+    for t in (off.d_log_scales, off.d_quats, off.d_opacity, off.d_sh0):
+        if t is not None:
+            total = total + t.abs().mean()
+    return total
+
+
+def sample_plane(plane: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear sample of one plane.
+
+    Args:
+        plane: ``[1, C, H, W]`` (or ``[C, H, W]``) values on an ``align_corners=True`` lattice.
+        coords: ``[N, 2]`` in ``[-1, 1]``: column 0 along W, column 1 along H; outside is
+            clamped to the border.
+
+    Returns:
+        ``[N, C]``.
+    """
+    if plane.dim() == 3:
+        plane = plane[None]
+    out = F.grid_sample(plane, coords[None, None], mode="bilinear", padding_mode="border", align_corners=True)
+    return out[0, :, 0, :].transpose(0, 1)
+
+
+def _head(width: int, out_dim: int) -> nn.Sequential:
+    # Two layers per head as in 4DGS; the last starts at zero so offsets start at zero.
+    last = nn.Linear(width, out_dim)
+    last.zero_init = True
+    return nn.Sequential(nn.ReLU(), nn.Linear(width, width), nn.ReLU(), last)
+
+
+class DistortionField(nn.Module):
+    """k-planes field over ``(x, y, z, u, v)`` decoded into per-Gaussian offsets.
+
+    Attributes:
+        grids: ``ModuleList`` of levels, each a ``ParameterList`` of the 10 planes in
+            ``PLANE_PAIRS`` order.
+        feature_net: shared MLP ``feature_dim -> net_width``.
+        heads: ``ModuleDict`` with keys among ``position, scale, rotation, opacity, sh``.
+    """
+
+    def __init__(self, cfg: DistortionFieldConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        lo, hi = cfg.spatial_init
+        self.grids = nn.ModuleList()
+        for level in range(len(cfg.multires)):
+            planes = nn.ParameterList()
+            for p in range(len(PLANE_PAIRS)):
+                shape = cfg.plane_shape(level, p)
+                if p in FRAME_PLANES:
+                    value = torch.full(shape, float(cfg.frame_init))
+                else:
+                    value = lo + (hi - lo) * torch.rand(shape, generator=gen)
+                planes.append(nn.Parameter(value))
+            self.grids.append(planes)
+        layers: list[nn.Module] = [nn.Linear(cfg.feature_dim, cfg.net_width)]
+        for _ in range(cfg.net_depth - 1):
+            layers += [nn.ReLU(), nn.Linear(cfg.net_width, cfg.net_width)]
+        self.feature_net = nn.Sequential(*layers)
+        heads = {}
+        for name, on, dim in (
+            ("position", cfg.deform_position, 3),
+            ("scale", cfg.deform_scale, 3),
+            ("rotation", cfg.deform_rotation, 4),
+            ("opacity", cfg.deform_opacity, 1),
+            ("sh", cfg.deform_sh, 3),
+        ):
+            if on:
+                heads[name] = _head(cfg.net_width, dim)
+        self.heads = nn.ModuleDict(heads)
+        self._init_linear(gen)
+        self.register_buffer("bounds_lo", torch.tensor(cfg.bounds[0], dtype=torch.float32), persistent=False)
+        self.register_buffer("bounds_hi", torch.tensor(cfg.bounds[1], dtype=torch.float32), persistent=False)
+
+    def _init_linear(self, gen: torch.Generator) -> None:
+        # Deterministic from cfg.seed (torch's default init draws from the global RNG).
+        for module in self.modules():
+            if not isinstance(module, nn.Linear):
+                continue
+            with torch.no_grad():
+                module.bias.zero_()
+                if getattr(module, "zero_init", False):
+                    module.weight.zero_()
+                else:
+                    bound = (6.0 / (module.in_features + module.out_features)) ** 0.5  # Xavier, as 4DGS
+                    module.weight.copy_((torch.rand(module.weight.shape, generator=gen) * 2 - 1) * bound)
+
+    # -- parameter groups (4DGS gives grids and MLP different learning rates) --------
+    def grid_parameters(self) -> list[nn.Parameter]:
+        return [p for planes in self.grids for p in planes]
+
+    def mlp_parameters(self) -> list[nn.Parameter]:
+        return list(self.feature_net.parameters()) + list(self.heads.parameters())
+
+    # -- evaluation -------------------------------------------------------------
+    def normalise(self, means: torch.Tensor, frame_code: torch.Tensor) -> torch.Tensor:
+        """``[N, 5]`` grid coordinates in ``[-1, 1]`` of ``means [N, 3]`` and ``frame_code [2] | [N, 2]``."""
+        lo = self.bounds_lo.to(means)
+        hi = self.bounds_hi.to(means)
+        xyz = ((means - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
+        code = torch.as_tensor(frame_code, dtype=means.dtype, device=means.device)
+        code = code.expand(means.shape[0], 2) if code.dim() == 1 else code
+        return torch.cat([xyz, code * 2.0 - 1.0], dim=-1)
+
+    def features(self, means: torch.Tensor, frame_code: torch.Tensor) -> torch.Tensor:
+        """``[N, features_per_plane * levels]``: per level, the product of the 10 plane samples."""
+        coords = self.normalise(means, frame_code)
+        per_level = []
+        for planes in self.grids:
+            feat = None
+            for p, (a, b) in enumerate(PLANE_PAIRS):
+                sample = sample_plane(planes[p], coords[:, [a, b]])
+                feat = sample if feat is None else feat * sample
+            per_level.append(feat)
+        return torch.cat(per_level, dim=-1)
+
+    def forward(self, means: torch.Tensor, frame_code: torch.Tensor) -> Offsets:
+        """Offsets of N Gaussians at one frame.
+
+        Args:
+            means: ``[N, 3]`` canonical centres, world frame.
+            frame_code: ``[2]`` (one frame) or ``[N, 2]`` frame codes in ``[0, 1]``.
+        """
+        hidden = self.feature_net(self.features(means, frame_code))
+        out = {name: head(hidden) for name, head in self.heads.items()}
+        return Offsets(
+            d_means=out.get("position"),
+            d_log_scales=out.get("scale"),
+            d_quats=out.get("rotation"),
+            d_opacity=out["opacity"][:, 0] if "opacity" in out else None,
+            d_sh0=out["sh"][:, None, :] if "sh" in out else None,
+        )
+
+    def apply(self, gaussians: Gaussians, frame_code: torch.Tensor) -> Gaussians:
+        """The Gaussians seen by frame ``frame_code``: canonical plus offsets (a new object; differentiable)."""
+        return apply_offsets(gaussians, self(gaussians.means, frame_code))
+
+    # -- persistence ------------------------------------------------------------
+    def state(self) -> dict:
+        """``{"config": dict, "state_dict": {name: tensor}}``: everything :func:`load_field` needs."""
+        return {"config": self.cfg.to_dict(), "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+
+def load_field(field_state: dict, device: torch.device | str = "cpu") -> DistortionField:
+    """Rebuild a :class:`DistortionField` from :meth:`DistortionField.state` (exact round trip)."""
+    try:
+        cfg = DistortionFieldConfig.from_dict(field_state["config"])
+    except (KeyError, TypeError) as exc:
+        raise Lift3DError(f"not a distortion field state (needs 'config' and 'state_dict'): {exc}") from exc
+    field = DistortionField(cfg)
+    field.load_state_dict(field_state["state_dict"])
+    return field.to(device)
+
+
+# -- regularisers -------------------------------------------------------------------
+def plane_tv(field: DistortionField) -> torch.Tensor:
+    """Total variation of every plane: mean squared first difference along each axis, summed
+    over planes and levels (k-planes' PlaneTV). Zero for constant planes."""
+    total = field.grid_parameters()[0].new_zeros(())
+    for planes in field.grids:
+        for plane in planes:
+            total = total + (plane[..., 1:, :] - plane[..., :-1, :]).square().mean()
+            total = total + (plane[..., :, 1:] - plane[..., :, :-1]).square().mean()
+    return total
+
+
+def _second_difference_sq(plane: torch.Tensor, dim: int) -> torch.Tensor:
+    n = plane.shape[dim]
+    if n < 3:
+        return plane.new_zeros(())
+    d1 = plane.narrow(dim, 1, n - 1) - plane.narrow(dim, 0, n - 1)
+    d2 = d1.narrow(dim, 1, n - 2) - d1.narrow(dim, 0, n - 2)
+    return d2.square().mean()
+
+
+def frame_smoothness(field: DistortionField) -> torch.Tensor:
+    """Mean squared second difference along the frame axes (u, v) of the frame planes, summed
+    over planes and levels (4DGS's time smoothness). Zero for planes affine along u and v."""
+    total = field.grid_parameters()[0].new_zeros(())
+    for planes in field.grids:
+        for p in FRAME_PLANES:
+            a, b = PLANE_PAIRS[p]
+            total = total + _second_difference_sq(planes[p], 2)  # axis b (height) is a frame axis
+            if a >= NUM_SPATIAL_AXES:  # the u-v plane: its width axis is a frame axis too
+                total = total + _second_difference_sq(planes[p], 3)
+    return total
+
+
+def frame_planes_l1(field: DistortionField) -> torch.Tensor:
+    """Mean ``|1 - plane|`` of the frame planes summed over planes and levels (4DGS's L1 on the
+    time planes): pulls them to the multiplicative identity, i.e. to a frame-independent field."""
+    total = field.grid_parameters()[0].new_zeros(())
+    for planes in field.grids:
+        for p in FRAME_PLANES:
+            total = total + (1.0 - planes[p]).abs().mean()
+    return total
+
+
+def anchor_loss(field: DistortionField, means: torch.Tensor, code: tuple[float, float] = INPUT_VIEW_CODE) -> torch.Tensor:
+    """Pins the offsets to zero at the input view's code: mean squared position offset plus mean
+    absolute scale and rotation offsets (LiftImage3D's ``loss_zerocanonical``), plus mean absolute
+    opacity / SH offsets when those heads are on.
+
+    Args:
+        means: ``[N, 3]`` canonical centres where the field is evaluated.
+    """
+    return offset_penalty(field(means, torch.tensor(code, dtype=means.dtype, device=means.device)))

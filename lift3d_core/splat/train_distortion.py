@@ -1,0 +1,508 @@
+"""Distortion-aware 3DGS training: canonical Gaussians plus a per-frame distortion field (METHOD.md section 3).
+
+Two stages on one continuous step counter (so the plain 3DGS schedules of ``train.Trainer`` run unchanged
+over ``coarse_iterations + fine_iterations`` steps, the budget a plain 3DGS run of the same length gets):
+
+1. **coarse** (steps ``1 .. coarse_iterations``): plain 3DGS of the canonical Gaussians;
+2. **fine** (the remaining steps): frame ``f`` is rendered from ``field.apply(canonical, frame_codes[f])``;
+   the loss adds the field's regularisers (plane TV, smoothness along the frame axes, L1 of the frame planes
+   to 1) and the anchor loss that pins the offsets to zero at the input view's code (0.5, 0.5).
+
+Densification, pruning, opacity resets and learning rates of the Gaussians are the plain trainer's; the
+densification statistics use the screen-space gradients of the *deformed* centres (same indices as the
+canonical Gaussians). Exported: the canonical Gaussians alone, and the field's state for per-frame renders.
+
+LiftImage3D (``distort-3dgs``) differs in two ways worth knowing: each stage restarts its own step counter
+(densification and position learning rate start over in the fine stage), and the input view is appended 50
+extra times to the frame stack (``input_view_repeats`` here, 0 by default so that the comparison with plain
+3DGS isolates the field).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lift3d_core.errors import Lift3DError
+from lift3d_core.splat.distortion import (
+    INPUT_VIEW_CODE,
+    DistortionField,
+    DistortionFieldConfig,
+    anchor_loss,
+    apply_offsets,
+    frame_planes_l1,
+    frame_smoothness,
+    load_field,
+    offset_penalty,
+    plane_tv,
+)
+from lift3d_core.splat.gaussians import Gaussians
+from lift3d_core.splat.optim import ADAM_EPS, expon_lr
+from lift3d_core.splat.train import TrainConfig, Trainer
+
+# LiftImage3D's schedule (distort-3dgs/arguments/distort_3dgs/default.py): densify until 10k, reset every 3k.
+LIFTIMAGE3D_TRAIN = TrainConfig(densify_until=10_000, opacity_reset_every=3000)
+
+_FIELD_KEYS = (
+    "features_per_plane",
+    "spatial_resolution",
+    "frame_resolution",
+    "multires",
+    "net_width",
+    "net_depth",
+    "deform_position",
+    "deform_scale",
+    "deform_rotation",
+    "deform_opacity",
+    "deform_sh",
+)
+
+
+@dataclass(frozen=True)
+class DistortionTrainConfig:
+    """Everything that changes a distortion-aware training result.
+
+    Stage lengths and batch: ``coarse_iterations`` (3000), ``fine_iterations`` (14000), ``batch_size`` (2), all
+    LiftImage3D's; they override ``train.iterations`` (set to their sum) and ``train.batch_size``.
+
+    Field shape: the :class:`DistortionFieldConfig` fields (its bounds come from the initial Gaussians, see
+    ``bounds_margin``; its seed is ``train.seed``).
+
+    Regulariser weights (4DGS names in brackets, LiftImage3D values): ``plane_tv_weight`` 2e-4
+    (``plane_tv_weight``), ``frame_smoothness_weight`` 1e-3 (``time_smoothness_weight``), ``frame_l1_weight``
+    1e-4 (``l1_time_planes``); ``anchor_weight`` multiplies :func:`anchor_loss` at the input view's code, every
+    fine step (LiftImage3D adds it with weight 1 on the steps whose last frame is the input view), on
+    ``anchor_samples`` Gaussians drawn at random each step (None: all of them; the mean is the same in
+    expectation and the cost no longer grows with the scene).
+
+    Field learning rates (Adam, eps 1e-15), log-linear decay over the fine stage, multiplied by the scene
+    extent when ``field_lr_scale_by_extent`` (as 4DGS multiplies them by ``spatial_lr_scale``): grid
+    ``lr_grid`` 1.6e-3 -> ``lr_grid_final`` 1.6e-4, MLP ``lr_mlp`` 1.6e-4 -> ``lr_mlp_final`` 1.6e-5.
+
+    ``offset_weight`` (ours, 0 = LiftImage3D): the anchor's penalty applied to the offsets of every rendered
+    frame, a soft gauge that keeps the canonical Gaussians where the frames agree on average and leaves the
+    field only what the frames disagree about. ``frame_mean_weight`` (ours, 0 = LiftImage3D): the same penalty
+    on the offsets averaged over ``frame_mean_codes`` random training codes at ``frame_mean_samples`` random
+    Gaussians, so the field cannot hold a component common to all frames (that belongs to the canonical
+    Gaussians; a fast field otherwise takes it over). ``detach_field_input`` (ours, False = 4DGS): the field reads
+    the canonical centres without gradient, so it cannot push them.
+
+    ``field_cull_margin``: the field is evaluated only for centres projecting inside the frame enlarged by this
+    fraction of its size on every side (None: all); a speed-up that leaves the render unchanged.
+
+    ``input_view_repeats``: extra copies of the input-view frames (code == ``input_code``) in every epoch of
+    the frame order (LiftImage3D: 50). ``train``: the plain 3DGS config (densification, Gaussian learning
+    rates, depth loss, backend, seed, ...).
+    """
+
+    coarse_iterations: int = 3000
+    fine_iterations: int = 14_000
+    batch_size: int = 2
+    features_per_plane: int = 16
+    spatial_resolution: int = 64
+    frame_resolution: int = 64
+    multires: tuple[int, ...] = (1, 2, 4)
+    net_width: int = 128
+    net_depth: int = 1
+    deform_position: bool = True
+    deform_scale: bool = True
+    deform_rotation: bool = True
+    deform_opacity: bool = False
+    deform_sh: bool = False
+    bounds_margin: float = 0.0
+    plane_tv_weight: float = 2e-4
+    frame_smoothness_weight: float = 1e-3
+    frame_l1_weight: float = 1e-4
+    anchor_weight: float = 1.0
+    anchor_samples: int | None = 4096
+    offset_weight: float = 0.0
+    field_cull_margin: float | None = 0.2
+    frame_mean_weight: float = 0.0
+    frame_mean_codes: int = 8
+    frame_mean_samples: int = 2048
+    detach_field_input: bool = False
+    input_code: tuple[float, float] = INPUT_VIEW_CODE
+    lr_grid: float = 1.6e-3
+    lr_grid_final: float = 1.6e-4
+    lr_mlp: float = 1.6e-4
+    lr_mlp_final: float = 1.6e-5
+    field_lr_scale_by_extent: bool = True
+    input_view_repeats: int = 0
+    train: TrainConfig = LIFTIMAGE3D_TRAIN
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise Lift3DError(f"distortion train config: {msg}")
+
+        object.__setattr__(self, "multires", tuple(int(m) for m in self.multires))
+        object.__setattr__(self, "input_code", tuple(float(c) for c in self.input_code))
+        need(isinstance(self.train, TrainConfig), f"train must be a TrainConfig, got {type(self.train).__name__}")
+        need(self.coarse_iterations >= 0, f"coarse_iterations must be >= 0, got {self.coarse_iterations}")
+        need(self.fine_iterations >= 0, f"fine_iterations must be >= 0, got {self.fine_iterations}")
+        need(self.coarse_iterations + self.fine_iterations > 0, "coarse_iterations + fine_iterations must be > 0")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.bounds_margin >= 0, f"bounds_margin must be >= 0, got {self.bounds_margin}")
+        for name in ("plane_tv_weight", "frame_smoothness_weight", "frame_l1_weight", "anchor_weight", "offset_weight", "frame_mean_weight"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr_grid", "lr_grid_final", "lr_mlp", "lr_mlp_final"):
+            need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        need(len(self.input_code) == 2 and all(0 <= c <= 1 for c in self.input_code), f"input_code must be 2 numbers in [0, 1], got {self.input_code}")
+        need(self.anchor_samples is None or self.anchor_samples >= 1, f"anchor_samples must be >= 1 or None, got {self.anchor_samples}")
+        need(self.frame_mean_codes >= 1 and self.frame_mean_samples >= 1, "frame_mean_codes and frame_mean_samples must be >= 1")
+        need(self.field_cull_margin is None or self.field_cull_margin >= 0, f"field_cull_margin must be >= 0 or None, got {self.field_cull_margin}")
+        need(self.input_view_repeats >= 0, f"input_view_repeats must be >= 0, got {self.input_view_repeats}")
+        # Build the field config once with dummy bounds so its checks run here, at the boundary.
+        self.field_config(((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
+        self.plain_config()
+
+    @property
+    def iterations(self) -> int:
+        return self.coarse_iterations + self.fine_iterations
+
+    def plain_config(self) -> TrainConfig:
+        """The plain 3DGS config of the same budget: ``train`` with the total iterations and the batch size."""
+        return replace(self.train, iterations=self.iterations, batch_size=self.batch_size)
+
+    def field_config(self, bounds) -> DistortionFieldConfig:
+        return DistortionFieldConfig(bounds=bounds, seed=self.train.seed, **{k: getattr(self, k) for k in _FIELD_KEYS})
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DistortionTrainConfig":
+        """From a flat ``params.yaml`` section: this config's keys plus any :class:`TrainConfig` key (or a nested
+        ``train`` mapping). Unknown keys, and ``iterations`` (use the two stage lengths), are errors."""
+        own = {f.name for f in fields(cls)} - {"train"}
+        plain = {f.name for f in fields(TrainConfig)}
+        values = dict(values)
+        train_values = dict(values.pop("train", {}) or {})
+        if "iterations" in values or "iterations" in train_values:
+            raise Lift3DError("distortion train config: set coarse_iterations and fine_iterations, not iterations")
+        unknown = sorted(k for k in values if k not in own and k not in plain)
+        if unknown:
+            raise Lift3DError(f"distortion train config: unknown keys {unknown}; valid keys: {sorted(own | plain)}")
+        for k in [k for k in values if k not in own]:
+            train_values[k] = values.pop(k)
+        base = LIFTIMAGE3D_TRAIN
+        train = TrainConfig.from_dict({**{f.name: getattr(base, f.name) for f in fields(TrainConfig)}, **train_values})
+        for k in ("multires", "input_code"):
+            if k in values:
+                values[k] = tuple(values[k])
+        return cls(train=train, **values)
+
+
+@dataclass
+class DistortionTrainResult:
+    """``gaussians``: the canonical Gaussians (field removed), detached, CPU. ``field_state``: ``{"config",
+    "state_dict"}`` of the field (:func:`load_field` rebuilds it; frame ``f`` renders as
+    ``field.apply(gaussians, frame_codes[f])``). ``loss_curve``: ``(step, loss)``. ``stats``: the plain
+    trainer's plus ``coarse_iterations``, ``fine_iterations``, ``field_parameters``, ``field_bounds``,
+    ``mean_abs_offset`` / ``max_abs_offset`` (of the position offsets over the training frame codes, world
+    units) and ``final_terms`` (the last step's loss terms)."""
+
+    gaussians: Gaussians
+    field_state: dict
+    loss_curve: list[tuple[int, float]]
+    stats: dict = field(default_factory=dict)
+
+
+def field_bounds(means: torch.Tensor, margin: float = 0.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Axis-aligned box of ``means [N, 3]`` (LiftImage3D uses the initial point cloud's min and max), grown
+    by ``margin`` times its size on every side; a flat axis gets a small thickness so the box is valid."""
+    lo = means.detach().min(dim=0).values.double().cpu()
+    hi = means.detach().max(dim=0).values.double().cpu()
+    size = hi - lo
+    pad = margin * size + 1e-3 * max(float(size.max()), 1e-3)  # never a zero-width axis
+    return tuple((lo - pad).tolist()), tuple((hi + pad).tolist())
+
+
+class _ScreenGradStack:
+    """Frames rendered one by one, presented to the densification strategy as one render.
+
+    Each frame's deformed Gaussians are rendered separately, so the per-frame ``means2d`` tensors are the ones
+    the loss flows through; the stacked ``means2d`` is a leaf whose ``.grad`` the parts' backward hooks fill.
+    """
+
+    @staticmethod
+    def stack(outs: list):
+        from lift3d_core.splat.render import RenderOutput
+
+        means2d = torch.cat([o.means2d.detach() for o in outs]).requires_grad_(True)
+        for i, o in enumerate(outs):
+            if o.means2d.requires_grad:
+                o.means2d.register_hook(_make_grad_writer(means2d, i))
+        return RenderOutput(
+            rgb=torch.cat([o.rgb for o in outs]),
+            alpha=torch.cat([o.alpha for o in outs]),
+            depth=torch.cat([o.depth for o in outs]),
+            means2d=means2d,
+            radii=torch.cat([o.radii for o in outs]),
+        )
+
+
+def _make_grad_writer(stacked: torch.Tensor, i: int):
+    def write(grad: torch.Tensor) -> None:
+        if stacked.grad is None:
+            stacked.grad = torch.zeros_like(stacked)
+        stacked.grad[i : i + 1] += grad
+
+    return write
+
+
+class DistortionTrainer(Trainer):
+    """:class:`Trainer` with the coarse / fine stages of distortion-aware 3DGS.
+
+    Args (besides the plain trainer's): ``frame_codes [F, 2]`` in ``[0, 1]`` (``CameraTree.frame_codes()``
+    order matches the frames), ``cfg`` a :class:`DistortionTrainConfig`.
+    """
+
+    def __init__(
+        self,
+        init: Gaussians,
+        frames,
+        c2w,
+        K,
+        frame_codes,
+        cfg: DistortionTrainConfig,
+        *,
+        inv_depth=None,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__(init, frames, c2w, K, cfg.plain_config(), inv_depth=inv_depth, device=device)
+        self.dcfg = cfg
+        codes = torch.as_tensor(np.asarray(frame_codes), dtype=torch.float32)
+        if codes.shape != (self.num_frames, 2) or not torch.isfinite(codes).all():
+            raise Lift3DError(f"train: frame_codes must be finite [F, 2] with F = {self.num_frames}, got {tuple(codes.shape)}")
+        if codes.min() < 0 or codes.max() > 1:
+            raise Lift3DError("train: frame_codes must lie in [0, 1] (CameraTree.frame_codes())")
+        self.frame_codes = codes.to(self.device)
+        self.unique_codes = torch.unique(self.frame_codes, dim=0)
+        is_input = (codes - torch.tensor(cfg.input_code)).abs().max(dim=1).values < 1e-6
+        self.input_frames = torch.nonzero(is_input).flatten().tolist()
+        self.last_terms: dict[str, torch.Tensor] = {}
+        # Its own stream, so the frame order (and thus the coarse stage) equals the plain trainer's.
+        self.anchor_generator = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.bounds = field_bounds(init.means, cfg.bounds_margin)
+        self.field = DistortionField(cfg.field_config(self.bounds)).to(self.device)
+        scale = self.scene_extent if cfg.field_lr_scale_by_extent else 1.0
+        self._field_lr = {"grid": (cfg.lr_grid * scale, cfg.lr_grid_final * scale), "mlp": (cfg.lr_mlp * scale, cfg.lr_mlp_final * scale)}
+        self.field_optimizer = torch.optim.Adam(
+            [
+                {"params": self.field.grid_parameters(), "lr": self._field_lr["grid"][0], "name": "grid"},
+                {"params": self.field.mlp_parameters(), "lr": self._field_lr["mlp"][0], "name": "mlp"},
+            ],
+            eps=ADAM_EPS,
+        )
+
+    @property
+    def fine(self) -> bool:
+        """True on the steps of the fine stage (the field is rendered and trained)."""
+        return self.step > self.dcfg.coarse_iterations
+
+    def sample_frames(self) -> torch.Tensor:
+        """Shuffled epochs over the frames plus ``input_view_repeats`` extra copies of the input view(s)."""
+        idx = []
+        while len(idx) < self.cfg.batch_size:
+            if not self._epoch_order:
+                extra = [f for f in self.input_frames for _ in range(self.dcfg.input_view_repeats)]
+                pool = torch.tensor(list(range(self.num_frames)) + extra, dtype=torch.long)
+                self._epoch_order = pool[torch.randperm(len(pool), generator=self.generator)].tolist()
+            idx.append(self._epoch_order.pop())
+        return torch.tensor(idx, dtype=torch.long)
+
+    def render_frames(self, idx: torch.Tensor, sh_degree: int):
+        if not self.fine:
+            return super().render_frames(idx, sh_degree)
+        from lift3d_core.splat.render import render
+
+        canonical = self.params.gaussians()
+        field_input = canonical.means.detach() if self.dcfg.detach_field_input else canonical.means
+        self._frame_offsets = []
+        outs = []
+        for i in idx.tolist():
+            off = self._frame_field(field_input, i)
+            self._frame_offsets.append(off)
+            outs.append(
+                render(
+                    apply_offsets(canonical, off),
+                    self.c2w[i],
+                    self.K[i],
+                    self.width,
+                    self.height,
+                    backend=self.cfg.backend,
+                    background=self.background,
+                    sh_degree=sh_degree,
+                )
+            )
+        return _ScreenGradStack.stack(outs)
+
+    def losses(self, idx: torch.Tensor, out) -> dict[str, torch.Tensor]:
+        terms = super().losses(idx, out)
+        if not self.fine:
+            return terms
+        d = self.dcfg
+        loss = terms["loss"]
+        for name, weight, fn in (
+            ("plane_tv", d.plane_tv_weight, plane_tv),
+            ("frame_smoothness", d.frame_smoothness_weight, frame_smoothness),
+            ("frame_l1", d.frame_l1_weight, frame_planes_l1),
+        ):
+            if weight > 0:
+                terms[name] = fn(self.field)
+                loss = loss + weight * terms[name]
+        if d.offset_weight > 0:
+            terms["offsets"] = sum(offset_penalty(o) for o in self._frame_offsets) / len(self._frame_offsets)
+            loss = loss + d.offset_weight * terms["offsets"]
+        if d.frame_mean_weight > 0:
+            terms["frame_mean"] = self.frame_mean_penalty()
+            loss = loss + d.frame_mean_weight * terms["frame_mean"]
+        if d.anchor_weight > 0:
+            # Detached centres: the anchor constrains the field, not where the canonical Gaussians sit.
+            means = self.params["means"].detach()
+            if d.anchor_samples is not None and d.anchor_samples < means.shape[0]:
+                pick = torch.randint(means.shape[0], (d.anchor_samples,), generator=self.anchor_generator)
+                means = means[pick.to(means.device)]
+            terms["anchor"] = anchor_loss(self.field, means, d.input_code)
+            loss = loss + d.anchor_weight * terms["anchor"]
+        terms["loss"] = loss
+        return terms
+
+    def _frame_field(self, means: torch.Tensor, frame: int):
+        """Offsets of frame ``frame``; with ``field_cull_margin``, only for the centres inside its (enlarged)
+        image, zero elsewhere: the others are culled by the rasterizer anyway, and the field is the costly part."""
+        code = self.frame_codes[frame]
+        margin = self.dcfg.field_cull_margin
+        if margin is None:
+            return self.field(means, code)
+        w2c = torch.linalg.inv(self.c2w[frame]).to(means)
+        cam = means.detach() @ w2c[:3, :3].T + w2c[:3, 3]
+        K = self.K[frame].to(means)
+        z = cam[:, 2].clamp_min(1e-6)
+        u = K[0, 0] * cam[:, 0] / z + K[0, 2]
+        v = K[1, 1] * cam[:, 1] / z + K[1, 2]
+        mu, mv = margin * self.width, margin * self.height
+        keep = (cam[:, 2] > 1e-3) & (u > -mu) & (u < self.width + mu) & (v > -mv) & (v < self.height + mv)
+        sel = torch.nonzero(keep).flatten()
+        part = self.field(means[sel], code)
+
+        def scatter(t):
+            if t is None:
+                return None
+            full = t.new_zeros((means.shape[0], *t.shape[1:]))
+            return full.index_copy(0, sel, t)
+
+        return type(part)(*(scatter(t) for t in part))
+
+    def frame_mean_penalty(self) -> torch.Tensor:
+        """The offsets averaged over ``frame_mean_codes`` random training codes, on ``frame_mean_samples`` random
+        Gaussians, penalised like the anchor: what all frames share belongs to the canonical Gaussians."""
+        d = self.dcfg
+        means = self.params["means"].detach()
+        if d.frame_mean_samples < means.shape[0]:
+            pick = torch.randint(means.shape[0], (d.frame_mean_samples,), generator=self.anchor_generator)
+            means = means[pick.to(means.device)]
+        codes = self.unique_codes
+        if d.frame_mean_codes < codes.shape[0]:
+            codes = codes[torch.randperm(codes.shape[0], generator=self.anchor_generator)[: d.frame_mean_codes].to(codes.device)]
+        k, m = codes.shape[0], means.shape[0]
+        off = self.field(means.repeat(k, 1), codes.repeat_interleave(m, dim=0))
+        mean_off = type(off)(*(None if t is None else t.reshape(k, m, *t.shape[1:]).mean(dim=0) for t in off))
+        return offset_penalty(mean_off)
+
+    def train_step(self):
+        if self.step + 1 > self.dcfg.coarse_iterations:  # the coming step is a fine one
+            if self.field_optimizer not in self.extra_optimizers:
+                self.extra_optimizers.append(self.field_optimizer)
+            fine_step = self.step - self.dcfg.coarse_iterations  # 0-based
+            for group in self.field_optimizer.param_groups:
+                lr0, lr1 = self._field_lr[group["name"]]
+                group["lr"] = expon_lr(fine_step, lr0, lr1, max(self.dcfg.fine_iterations - 1, 1))
+        terms, out, report = super().train_step()
+        self.last_terms = {k: v.detach() for k, v in terms.items()}
+        return terms, out, report
+
+    @torch.no_grad()
+    def offset_magnitudes(self, gaussians: Gaussians | None = None) -> tuple[float, float]:
+        """(mean, max) of ``|d_means|`` (Euclidean, world units) over the Gaussians and the distinct training
+        frame codes."""
+        g = self.params.detached().to(self.device) if gaussians is None else gaussians.to(self.device)
+        if not self.field.cfg.deform_position:
+            return 0.0, 0.0
+        total, peak, n = 0.0, 0.0, 0
+        for code in torch.unique(self.frame_codes, dim=0):
+            norms = self.field(g.means, code).d_means.norm(dim=-1)
+            total += float(norms.sum())
+            peak = max(peak, float(norms.max()))
+            n += norms.numel()
+        return total / max(n, 1), peak
+
+
+def train_distortion_aware(
+    init: Gaussians,
+    frames: np.ndarray | torch.Tensor,
+    c2w: np.ndarray | torch.Tensor,
+    K: np.ndarray | torch.Tensor,
+    frame_codes: np.ndarray | torch.Tensor,
+    cfg: DistortionTrainConfig,
+    *,
+    inv_depth: np.ndarray | torch.Tensor | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+) -> DistortionTrainResult:
+    """Train canonical Gaussians plus a distortion field on posed frames.
+
+    Args:
+        init: initial Gaussians (e.g. from the calibrated point cloud); their box bounds the field.
+        frames: ``[F, H, W, 3]`` uint8 RGB. c2w: ``[F, 4, 4]`` float64 OpenCV camera-to-world.
+        K: ``[F, 3, 3]`` or ``[3, 3]`` pixels. frame_codes: ``[F, 2]`` in ``[0, 1]``, input view ``(0.5, 0.5)``.
+        cfg: see :class:`DistortionTrainConfig`.
+        inv_depth: optional ``[F, H, W]`` target inverse depth (0 = invalid), used when ``cfg.train.depth_weight``.
+        callback: ``callback(step, metrics)`` every ``cfg.train.log_every`` steps; metrics hold ``stage``.
+
+    Returns:
+        :class:`DistortionTrainResult`; deterministic for a given ``cfg.train.seed`` on a given device.
+    """
+    trainer = DistortionTrainer(init, frames, c2w, K, frame_codes, cfg, inv_depth=inv_depth, device=device)
+
+    def tagged(step: int, metrics: dict) -> None:
+        if callback is not None:
+            callback(step, {**metrics, "stage": "fine" if trainer.fine else "coarse"})
+
+    result = trainer.run(callback=tagged, progress=progress)
+    mean_off, max_off = trainer.offset_magnitudes()
+    stats = {
+        **result.stats,
+        "coarse_iterations": cfg.coarse_iterations,
+        "fine_iterations": cfg.fine_iterations,
+        "field_parameters": sum(p.numel() for p in trainer.field.parameters()),
+        "field_bounds": [list(trainer.bounds[0]), list(trainer.bounds[1])],
+        "mean_abs_offset": mean_off,
+        "max_abs_offset": max_off,
+        "final_terms": {k: float(v) for k, v in trainer.last_terms.items()},
+    }
+    return DistortionTrainResult(
+        gaussians=result.gaussians,
+        field_state=trainer.field.state(),
+        loss_curve=result.loss_curve,
+        stats=stats,
+    )
+
+
+def render_frame_gaussians(result: DistortionTrainResult, frame_code) -> Gaussians:
+    """The Gaussians frame ``frame_code [2]`` was trained against: canonical plus the field's offsets."""
+    field_module = load_field(result.field_state, device=result.gaussians.device)
+    with torch.no_grad():
+        return field_module.apply(result.gaussians, torch.as_tensor(frame_code, dtype=torch.float32))
+
+
+__all__ = [
+    "DistortionTrainConfig",
+    "DistortionTrainResult",
+    "DistortionTrainer",
+    "field_bounds",
+    "render_frame_gaussians",
+    "train_distortion_aware",
+]
