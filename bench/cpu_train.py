@@ -71,7 +71,7 @@ def main() -> None:
     c2w = tree.c2w()
     first = np.unique(np.asarray(tree.distinct_frame_index()), return_index=True)[1]
     frames, c2w = frames[first], c2w[first]
-    K = np.broadcast_to(video["K"], (len(c2w), 3, 3))
+    K = np.repeat(video["K"][None], len(c2w), axis=0)
     gen_s = time.perf_counter() - t0
 
     xyz, rgb = synthetic.sample_surface_points(video["scene"], args.points, args.noise, args.seed)

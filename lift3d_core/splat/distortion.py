@@ -38,6 +38,12 @@ does: ``means + d_means``, ``log_scales + d_log_scales``, ``quats + d_quats``
 ``sh0 + d_sh0``. The heads' last layers start at zero, so training starts from
 the canonical scene exactly.
 
+Reference notes (read in ``AbrahamYabo/LiftImage3D`` ``distort-3dgs/scene/{hexplane,regulation,gaussian_model}.py``
+and ``hustvl/4DGaussians``): the regularisers there pick planes by hard-coded 4-D indices (spatial [0, 1, 3],
+time [2, 4, 5]), which on 10 planes select xy, xz, xv and xu, yz, yu; here planes are chosen by their axes.
+Their "plane TV" term is a second difference over the spatial planes; here :func:`plane_tv` is k-planes' first
+difference over every plane and :func:`frame_smoothness` the second difference along u and v.
+
 Plane tensor layout: the plane of pair ``(a, b)`` is ``[1, C, R_b, R_a]``, axis
 ``a`` along the width (grid_sample's x) and ``b`` along the height (its y).
 Coordinates: positions are mapped by the bounds to ``[-1, 1]`` (outside the
@@ -92,7 +98,8 @@ class DistortionFieldConfig:
         deform_*: which heads exist (reference: position, scale, rotation on; opacity, SH off).
         spatial_init: uniform range of the spatial planes at initialisation (k-planes 0.1..0.5).
         frame_init: constant value of the frame planes at initialisation (1: multiplicative
-            identity, so the field starts frame-independent).
+            identity, so the field starts frame-independent, as 4DGS's time planes; LiftImage3D's
+            copy tests ``in_dim == 4`` and so starts all its 5-D planes uniform).
         seed: seeds every random initial value.
     """
 

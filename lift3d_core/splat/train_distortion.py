@@ -369,13 +369,10 @@ class DistortionTrainer(Trainer):
         terms["loss"] = loss
         return terms
 
-    def _frame_field(self, means: torch.Tensor, frame: int):
-        """Offsets of frame ``frame``; with ``field_cull_margin``, only for the centres inside its (enlarged)
-        image, zero elsewhere: the others are culled by the rasterizer anyway, and the field is the costly part."""
-        code = self.frame_codes[frame]
-        margin = self.dcfg.field_cull_margin
-        if margin is None:
-            return self.field(means, code)
+    def _visible(self, means: torch.Tensor, frame: int) -> torch.Tensor:
+        """``[N]`` bool: centres in front of frame ``frame`` projecting inside its image enlarged by
+        ``field_cull_margin`` of its size on every side."""
+        margin = self.dcfg.field_cull_margin or 0.0
         w2c = torch.linalg.inv(self.c2w[frame]).to(means)
         cam = means.detach() @ w2c[:3, :3].T + w2c[:3, 3]
         K = self.K[frame].to(means)
@@ -383,7 +380,16 @@ class DistortionTrainer(Trainer):
         u = K[0, 0] * cam[:, 0] / z + K[0, 2]
         v = K[1, 1] * cam[:, 1] / z + K[1, 2]
         mu, mv = margin * self.width, margin * self.height
-        keep = (cam[:, 2] > 1e-3) & (u > -mu) & (u < self.width + mu) & (v > -mv) & (v < self.height + mv)
+        return (cam[:, 2] > 1e-3) & (u > -mu) & (u < self.width + mu) & (v > -mv) & (v < self.height + mv)
+
+    def _frame_field(self, means: torch.Tensor, frame: int):
+        """Offsets of frame ``frame``; with ``field_cull_margin``, only for the centres inside its (enlarged)
+        image, zero elsewhere: the others are culled by the rasterizer anyway, and the field is the costly part."""
+        code = self.frame_codes[frame]
+        margin = self.dcfg.field_cull_margin
+        if margin is None:
+            return self.field(means, code)
+        keep = self._visible(means, frame)
         sel = torch.nonzero(keep).flatten()
         part = self.field(means[sel], code)
 
@@ -424,18 +430,23 @@ class DistortionTrainer(Trainer):
         return terms, out, report
 
     @torch.no_grad()
-    def offset_magnitudes(self, gaussians: Gaussians | None = None) -> tuple[float, float]:
-        """(mean, max) of ``|d_means|`` (Euclidean, world units) over the Gaussians and the distinct training
-        frame codes."""
-        g = self.params.detached().to(self.device) if gaussians is None else gaussians.to(self.device)
+    def offset_magnitudes(self) -> tuple[float, float]:
+        """(mean, max) of ``|d_means|`` (Euclidean, world units) over every training frame and the Gaussians it
+        renders the field for (those inside its enlarged image, see ``field_cull_margin``): how far the frames'
+        Gaussians sit from the canonical ones."""
         if not self.field.cfg.deform_position:
             return 0.0, 0.0
+        means = self.params["means"].detach()
         total, peak, n = 0.0, 0.0, 0
-        for code in torch.unique(self.frame_codes, dim=0):
-            norms = self.field(g.means, code).d_means.norm(dim=-1)
-            total += float(norms.sum())
-            peak = max(peak, float(norms.max()))
-            n += norms.numel()
+        for f in range(self.num_frames):
+            off = self._frame_field(means, f).d_means
+            norms = off.norm(dim=-1)
+            if self.dcfg.field_cull_margin is not None:
+                norms = norms[self._visible(means, f)]
+            if norms.numel():
+                total += float(norms.sum())
+                peak = max(peak, float(norms.max()))
+                n += norms.numel()
         return total / max(n, 1), peak
 
 
