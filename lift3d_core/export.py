@@ -54,7 +54,8 @@ def render_views(
     gaussians = gaussians.to(device)
     out = []
     for i in range(c2w.shape[0]):
-        cam, k = torch.as_tensor(c2w[i], device=device), torch.as_tensor(K[i], device=device)
+        cam = torch.tensor(np.asarray(c2w[i]), device=device)  # a copy: broadcast inputs are read-only
+        k = torch.tensor(np.asarray(K[i]), device=device)
         rgb = render(gaussians, cam, k, width, height, backend=backend).rgb
         out.append((rgb[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
     return np.stack(out)

@@ -237,32 +237,71 @@ def _head(width: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.ReLU(), nn.Linear(width, width), nn.ReLU(), last)
 
 
+# Plane groups of one level, each stored as one tensor so that a group is sampled by one batched grid_sample:
+# the three spatial planes ``[3, C, R, R]``, the six (spatial, frame) planes ``[6, C, R_frame, R]`` and the
+# u-v plane ``[1, C, R_frame, R_frame]``. ``GROUPS[name]`` lists the planes (indices into ``PLANE_PAIRS``).
+GROUPS: dict[str, tuple[int, ...]] = {
+    "spatial": SPATIAL_PLANES,
+    "frame": tuple(p for p in FRAME_PLANES if PLANE_PAIRS[p][0] < NUM_SPATIAL_AXES),
+    "uv": tuple(p for p in FRAME_PLANES if PLANE_PAIRS[p][0] >= NUM_SPATIAL_AXES),
+}
+_PLANE_SLOT = {p: (name, i) for name, planes in GROUPS.items() for i, p in enumerate(planes)}
+
+
+class _Level(nn.Module):
+    """The planes of one resolution level, grouped as in ``GROUPS`` (parameters ``spatial``, ``frame``, ``uv``)."""
+
+    def __init__(self, cfg: DistortionFieldConfig, level: int, gen: torch.Generator) -> None:
+        super().__init__()
+        lo, hi = cfg.spatial_init
+        for name, planes in GROUPS.items():
+            shape = (len(planes),) + cfg.plane_shape(level, planes[0])[1:]
+            if name == "spatial":
+                value = lo + (hi - lo) * torch.rand(shape, generator=gen)
+            else:
+                value = torch.full(shape, float(cfg.frame_init))
+            setattr(self, name, nn.Parameter(value))
+
+    def planes(self) -> list[torch.Tensor]:
+        """The 10 planes in ``PLANE_PAIRS`` order, each a ``[1, C, R_b, R_a]`` view of its group tensor
+        (in-place edits under ``torch.no_grad()`` change the field)."""
+        out = []
+        for p in range(len(PLANE_PAIRS)):
+            name, i = _PLANE_SLOT[p]
+            out.append(getattr(self, name)[i : i + 1])
+        return out
+
+    def features(self, coords: torch.Tensor) -> torch.Tensor:
+        """``[M, C]``: product of the 10 plane samples at ``coords [M, 5]`` (3 batched grid_samples)."""
+        feat = None
+        for name, planes in GROUPS.items():
+            grid = torch.stack([coords[:, list(PLANE_PAIRS[p])] for p in planes])  # [P, M, 2]
+            samples = F.grid_sample(getattr(self, name), grid[:, None], mode="bilinear", padding_mode="border",
+                                    align_corners=True)  # [P, C, 1, M]
+            prod = samples[:, :, 0, :].prod(dim=0)  # [C, M]
+            feat = prod if feat is None else feat * prod
+        return feat.transpose(0, 1)
+
+
 class DistortionField(nn.Module):
     """k-planes field over ``(x, y, z, u, v)`` decoded into per-Gaussian offsets.
 
     Attributes:
-        grids: ``ModuleList`` of levels, each a ``ParameterList`` of the 10 planes in
-            ``PLANE_PAIRS`` order.
+        levels: ``ModuleList`` of :class:`_Level` (the grouped planes of each resolution level).
+        grids: per level, the 10 planes in ``PLANE_PAIRS`` order as ``[1, C, R_b, R_a]`` views.
         feature_net: shared MLP ``feature_dim -> net_width``.
         heads: ``ModuleDict`` with keys among ``position, scale, rotation, opacity, sh``.
+        mlp_dtype: dtype of the MLP's matrix products (None: float32). ``torch.bfloat16`` on CUDA is several
+            times faster for the large per-Gaussian batches of training; the planes, their samples and the
+            offsets stay float32.
     """
 
     def __init__(self, cfg: DistortionFieldConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.mlp_dtype: torch.dtype | None = None
         gen = torch.Generator().manual_seed(cfg.seed)
-        lo, hi = cfg.spatial_init
-        self.grids = nn.ModuleList()
-        for level in range(len(cfg.multires)):
-            planes = nn.ParameterList()
-            for p in range(len(PLANE_PAIRS)):
-                shape = cfg.plane_shape(level, p)
-                if p in FRAME_PLANES:
-                    value = torch.full(shape, float(cfg.frame_init))
-                else:
-                    value = lo + (hi - lo) * torch.rand(shape, generator=gen)
-                planes.append(nn.Parameter(value))
-            self.grids.append(planes)
+        self.levels = nn.ModuleList(_Level(cfg, level, gen) for level in range(len(cfg.multires)))
         layers: list[nn.Module] = [nn.Linear(cfg.feature_dim, cfg.net_width)]
         for _ in range(cfg.net_depth - 1):
             layers += [nn.ReLU(), nn.Linear(cfg.net_width, cfg.net_width)]
@@ -282,6 +321,10 @@ class DistortionField(nn.Module):
         self.register_buffer("bounds_lo", torch.tensor(cfg.bounds[0], dtype=torch.float32), persistent=False)
         self.register_buffer("bounds_hi", torch.tensor(cfg.bounds[1], dtype=torch.float32), persistent=False)
 
+    @property
+    def grids(self) -> list[list[torch.Tensor]]:
+        return [level.planes() for level in self.levels]
+
     def _init_linear(self, gen: torch.Generator) -> None:
         # Deterministic from cfg.seed (torch's default init draws from the global RNG).
         for module in self.modules():
@@ -297,7 +340,8 @@ class DistortionField(nn.Module):
 
     # -- parameter groups (4DGS gives grids and MLP different learning rates) --------
     def grid_parameters(self) -> list[nn.Parameter]:
-        return [p for planes in self.grids for p in planes]
+        """The plane-group tensors (3 per level)."""
+        return [getattr(level, name) for level in self.levels for name in GROUPS]
 
     def mlp_parameters(self) -> list[nn.Parameter]:
         return list(self.feature_net.parameters()) + list(self.heads.parameters())
@@ -315,24 +359,24 @@ class DistortionField(nn.Module):
     def features(self, means: torch.Tensor, frame_code: torch.Tensor) -> torch.Tensor:
         """``[N, features_per_plane * levels]``: per level, the product of the 10 plane samples."""
         coords = self.normalise(means, frame_code)
-        per_level = []
-        for planes in self.grids:
-            feat = None
-            for p, (a, b) in enumerate(PLANE_PAIRS):
-                sample = sample_plane(planes[p], coords[:, [a, b]])
-                feat = sample if feat is None else feat * sample
-            per_level.append(feat)
-        return torch.cat(per_level, dim=-1)
+        return torch.cat([level.features(coords) for level in self.levels], dim=-1)
 
     def forward(self, means: torch.Tensor, frame_code: torch.Tensor) -> Offsets:
-        """Offsets of N Gaussians at one frame.
+        """Offsets of N Gaussians at one frame, or each at its own frame.
 
         Args:
             means: ``[N, 3]`` canonical centres, world frame.
             frame_code: ``[2]`` (one frame) or ``[N, 2]`` frame codes in ``[0, 1]``.
         """
-        hidden = self.feature_net(self.features(means, frame_code))
-        out = {name: head(hidden) for name, head in self.heads.items()}
+        feats = self.features(means, frame_code)
+        dtype = self.mlp_dtype
+        if dtype is not None and dtype != feats.dtype:
+            with torch.autocast(device_type=feats.device.type, dtype=dtype):
+                hidden = self.feature_net(feats)
+                out = {name: head(hidden).float() for name, head in self.heads.items()}
+        else:
+            hidden = self.feature_net(feats)
+            out = {name: head(hidden) for name, head in self.heads.items()}
         return Offsets(
             d_means=out.get("position"),
             d_log_scales=out.get("scale"),
@@ -363,36 +407,37 @@ def load_field(field_state: dict, device: torch.device | str = "cpu") -> Distort
 
 
 # -- regularisers -------------------------------------------------------------------
+# Each is a sum over planes of a per-plane mean; the planes of a group have one shape, so a group's sum is its
+# plane count times the mean over the group tensor (a few large ops instead of one small op per plane).
+def _group_mean(group: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return values.mean() * group.shape[0]
+
+
 def plane_tv(field: DistortionField) -> torch.Tensor:
     """Total variation of every plane: mean squared first difference along each axis, summed
     over planes and levels (k-planes' PlaneTV). Zero for constant planes."""
     total = field.grid_parameters()[0].new_zeros(())
-    for planes in field.grids:
-        for plane in planes:
-            total = total + (plane[..., 1:, :] - plane[..., :-1, :]).square().mean()
-            total = total + (plane[..., :, 1:] - plane[..., :, :-1]).square().mean()
+    for group in field.grid_parameters():
+        total = total + _group_mean(group, (group[..., 1:, :] - group[..., :-1, :]).square())
+        total = total + _group_mean(group, (group[..., :, 1:] - group[..., :, :-1]).square())
     return total
 
 
-def _second_difference_sq(plane: torch.Tensor, dim: int) -> torch.Tensor:
-    n = plane.shape[dim]
+def _second_difference_sq(group: torch.Tensor, dim: int) -> torch.Tensor:
+    n = group.shape[dim]
     if n < 3:
-        return plane.new_zeros(())
-    d1 = plane.narrow(dim, 1, n - 1) - plane.narrow(dim, 0, n - 1)
-    d2 = d1.narrow(dim, 1, n - 2) - d1.narrow(dim, 0, n - 2)
-    return d2.square().mean()
+        return group.new_zeros(())
+    d2 = group.narrow(dim, 2, n - 2) - 2.0 * group.narrow(dim, 1, n - 2) + group.narrow(dim, 0, n - 2)
+    return _group_mean(group, d2.square())
 
 
 def frame_smoothness(field: DistortionField) -> torch.Tensor:
     """Mean squared second difference along the frame axes (u, v) of the frame planes, summed
     over planes and levels (4DGS's time smoothness). Zero for planes affine along u and v."""
     total = field.grid_parameters()[0].new_zeros(())
-    for planes in field.grids:
-        for p in FRAME_PLANES:
-            a, b = PLANE_PAIRS[p]
-            total = total + _second_difference_sq(planes[p], 2)  # axis b (height) is a frame axis
-            if a >= NUM_SPATIAL_AXES:  # the u-v plane: its width axis is a frame axis too
-                total = total + _second_difference_sq(planes[p], 3)
+    for level in field.levels:
+        total = total + _second_difference_sq(level.frame, 2)  # the height axis is the frame axis
+        total = total + _second_difference_sq(level.uv, 2) + _second_difference_sq(level.uv, 3)
     return total
 
 
@@ -400,9 +445,9 @@ def frame_planes_l1(field: DistortionField) -> torch.Tensor:
     """Mean ``|1 - plane|`` of the frame planes summed over planes and levels (4DGS's L1 on the
     time planes): pulls them to the multiplicative identity, i.e. to a frame-independent field."""
     total = field.grid_parameters()[0].new_zeros(())
-    for planes in field.grids:
-        for p in FRAME_PLANES:
-            total = total + (1.0 - planes[p]).abs().mean()
+    for level in field.levels:
+        for group in (level.frame, level.uv):
+            total = total + _group_mean(group, (1.0 - group).abs())
     return total
 
 

@@ -31,7 +31,6 @@ from lift3d_core.splat.distortion import (
     INPUT_VIEW_CODE,
     DistortionField,
     DistortionFieldConfig,
-    anchor_loss,
     apply_offsets,
     frame_planes_l1,
     frame_smoothness,
@@ -93,6 +92,9 @@ class DistortionTrainConfig:
     ``field_cull_margin``: the field is evaluated only for centres projecting inside the frame enlarged by this
     fraction of its size on every side (None: all); a speed-up that leaves the render unchanged.
 
+    ``field_mlp_dtype``: dtype of the field MLP's matrix products: ``auto`` (bfloat16 on CUDA, float32
+    elsewhere), ``float32`` or ``bfloat16``. The planes, the offsets and the Gaussians stay float32.
+
     ``input_view_repeats``: extra copies of the input-view frames (code == ``input_code``) in every epoch of
     the frame order (LiftImage3D: 50). ``train``: the plain 3DGS config (densification, Gaussian learning
     rates, depth loss, backend, seed, ...).
@@ -131,6 +133,7 @@ class DistortionTrainConfig:
     lr_mlp_final: float = 1.6e-5
     field_lr_scale_by_extent: bool = True
     input_view_repeats: int = 0
+    field_mlp_dtype: str = "auto"
     train: TrainConfig = LIFTIMAGE3D_TRAIN
 
     def __post_init__(self):
@@ -155,6 +158,8 @@ class DistortionTrainConfig:
         need(self.frame_mean_codes >= 1 and self.frame_mean_samples >= 1, "frame_mean_codes and frame_mean_samples must be >= 1")
         need(self.field_cull_margin is None or self.field_cull_margin >= 0, f"field_cull_margin must be >= 0 or None, got {self.field_cull_margin}")
         need(self.input_view_repeats >= 0, f"input_view_repeats must be >= 0, got {self.input_view_repeats}")
+        need(self.field_mlp_dtype in ("auto", "float32", "bfloat16"),
+             f"field_mlp_dtype must be auto, float32 or bfloat16, got {self.field_mlp_dtype!r}")
         # Build the field config once with dummy bounds so its checks run here, at the boundary.
         self.field_config(((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
         self.plain_config()
@@ -286,6 +291,15 @@ class DistortionTrainer(Trainer):
         self.anchor_generator = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.bounds = field_bounds(init.means, cfg.bounds_margin)
         self.field = DistortionField(cfg.field_config(self.bounds)).to(self.device)
+        mlp_dtype = cfg.field_mlp_dtype
+        if mlp_dtype == "auto":
+            mlp_dtype = "bfloat16" if self.device.type == "cuda" else "float32"
+        self.field.mlp_dtype = torch.bfloat16 if mlp_dtype == "bfloat16" else None
+        # Cameras for the visibility test, on the device (the field's cull runs every fine step).
+        self._w2c = torch.linalg.inv(self.c2w).to(self.device, torch.float32)
+        self._K32 = self.K.to(self.device, torch.float32)
+        self._input_code = torch.tensor(cfg.input_code, dtype=torch.float32, device=self.device)
+        self._step_offsets: dict[str, object] = {}
         scale = self.scene_extent if cfg.field_lr_scale_by_extent else 1.0
         self._field_lr = {"grid": (cfg.lr_grid * scale, cfg.lr_grid_final * scale), "mlp": (cfg.lr_mlp * scale, cfg.lr_mlp_final * scale)}
         self.field_optimizer = torch.optim.Adam(
@@ -313,20 +327,62 @@ class DistortionTrainer(Trainer):
         return torch.tensor(idx, dtype=torch.long)
 
     def render_frames(self, idx: torch.Tensor, sh_degree: int):
+        """Fine stage: every frame of the batch rendered from the canonical Gaussians moved by its offsets.
+
+        One field evaluation per step serves the whole batch: the visible centres of every frame (see
+        ``field_cull_margin``) with that frame's code, followed by the anchor's and the frame-mean penalty's
+        samples, so the planes are sampled and the MLP run once per step, not once per frame and term.
+        """
         if not self.fine:
             return super().render_frames(idx, sh_degree)
         from lift3d_core.splat.render import render
 
+        d = self.dcfg
         canonical = self.params.gaussians()
-        field_input = canonical.means.detach() if self.dcfg.detach_field_input else canonical.means
-        self._frame_offsets = []
+        n = canonical.num
+        field_input = canonical.means.detach() if d.detach_field_input else canonical.means
+        frames = idx.to(self.device)
+        if d.field_cull_margin is None:
+            rows = torch.arange(len(idx), device=self.device).repeat_interleave(n)
+            cols = torch.arange(n, device=self.device).repeat(len(idx))
+            counts = [n] * len(idx)
+        else:
+            rows, cols = torch.nonzero(self._visible_batch(canonical.means, frames), as_tuple=True)
+            counts = torch.bincount(rows, minlength=len(idx)).tolist()  # the step's one device sync
+        queries = [(field_input[cols], self.frame_codes[frames[rows]])]
+        extra = {}
+        if d.frame_mean_weight > 0:
+            fm_means, fm_codes, k, m = self._frame_mean_queries()
+            queries.append((fm_means, fm_codes))
+            extra["frame_mean"] = (k, m)
+        if d.anchor_weight > 0:
+            a_means = self._anchor_queries()
+            queries.append((a_means, self._input_code.expand(a_means.shape[0], 2)))
+            extra["anchor"] = None
+        sizes = [q[0].shape[0] for q in queries]
+        off = self.field(torch.cat([q[0] for q in queries]), torch.cat([q[1] for q in queries]))
+        # per field of Offsets, its pieces per query; then per query, an Offsets of its pieces
+        pieces = [[None] * len(sizes) if t is None else t.split(sizes) for t in off]
+        parts = [type(off)(*(p[q] for p in pieces)) for q in range(len(sizes))]
+        frame_off = parts[0]
+        self._step_offsets = {"frames": frame_off}
+        for name, part in zip(extra, parts[1:]):
+            self._step_offsets[name] = part if extra[name] is None else (part, *extra[name])
+
         outs = []
-        for i in idx.tolist():
-            off = self._frame_field(field_input, i)
-            self._frame_offsets.append(off)
+        for b, (i, count) in enumerate(zip(idx.tolist(), counts)):
+            lo = sum(counts[:b])
+            sel = cols[lo : lo + count]
+
+            def scatter(t, sel=sel, lo=lo, count=count):
+                if t is None:
+                    return None
+                return t.new_zeros((n, *t.shape[1:])).index_copy(0, sel, t[lo : lo + count])
+
+            frame = type(frame_off)(*(scatter(t) for t in frame_off))
             outs.append(
                 render(
-                    apply_offsets(canonical, off),
+                    apply_offsets(canonical, frame),
                     self.c2w[i],
                     self.K[i],
                     self.width,
@@ -353,57 +409,30 @@ class DistortionTrainer(Trainer):
                 terms[name] = fn(self.field)
                 loss = loss + weight * terms[name]
         if d.offset_weight > 0:
-            terms["offsets"] = sum(offset_penalty(o) for o in self._frame_offsets) / len(self._frame_offsets)
+            terms["offsets"] = offset_penalty(self._step_offsets["frames"])
             loss = loss + d.offset_weight * terms["offsets"]
         if d.frame_mean_weight > 0:
-            terms["frame_mean"] = self.frame_mean_penalty()
+            terms["frame_mean"] = _frame_mean_of(*self._step_offsets["frame_mean"])
             loss = loss + d.frame_mean_weight * terms["frame_mean"]
         if d.anchor_weight > 0:
-            # Detached centres: the anchor constrains the field, not where the canonical Gaussians sit.
-            means = self.params["means"].detach()
-            if d.anchor_samples is not None and d.anchor_samples < means.shape[0]:
-                pick = torch.randint(means.shape[0], (d.anchor_samples,), generator=self.anchor_generator)
-                means = means[pick.to(means.device)]
-            terms["anchor"] = anchor_loss(self.field, means, d.input_code)
+            terms["anchor"] = offset_penalty(self._step_offsets["anchor"])
             loss = loss + d.anchor_weight * terms["anchor"]
         terms["loss"] = loss
         return terms
 
-    def _visible(self, means: torch.Tensor, frame: int) -> torch.Tensor:
-        """``[N]`` bool: centres in front of frame ``frame`` projecting inside its image enlarged by
-        ``field_cull_margin`` of its size on every side."""
-        margin = self.dcfg.field_cull_margin or 0.0
-        w2c = torch.linalg.inv(self.c2w[frame]).to(means)
-        cam = means.detach() @ w2c[:3, :3].T + w2c[:3, 3]
-        K = self.K[frame].to(means)
-        z = cam[:, 2].clamp_min(1e-6)
-        u = K[0, 0] * cam[:, 0] / z + K[0, 2]
-        v = K[1, 1] * cam[:, 1] / z + K[1, 2]
-        mu, mv = margin * self.width, margin * self.height
-        return (cam[:, 2] > 1e-3) & (u > -mu) & (u < self.width + mu) & (v > -mv) & (v < self.height + mv)
+    def _anchor_queries(self) -> torch.Tensor:
+        """``[M, 3]`` detached canonical centres where the anchor pins the field to zero at the input code
+        (``anchor_samples`` drawn at random, or all): it constrains the field, not where the Gaussians sit."""
+        means = self.params["means"].detach()
+        m = self.dcfg.anchor_samples
+        if m is not None and m < means.shape[0]:
+            pick = torch.randint(means.shape[0], (m,), generator=self.anchor_generator)
+            means = means[pick.to(means.device)]
+        return means
 
-    def _frame_field(self, means: torch.Tensor, frame: int):
-        """Offsets of frame ``frame``; with ``field_cull_margin``, only for the centres inside its (enlarged)
-        image, zero elsewhere: the others are culled by the rasterizer anyway, and the field is the costly part."""
-        code = self.frame_codes[frame]
-        margin = self.dcfg.field_cull_margin
-        if margin is None:
-            return self.field(means, code)
-        keep = self._visible(means, frame)
-        sel = torch.nonzero(keep).flatten()
-        part = self.field(means[sel], code)
-
-        def scatter(t):
-            if t is None:
-                return None
-            full = t.new_zeros((means.shape[0], *t.shape[1:]))
-            return full.index_copy(0, sel, t)
-
-        return type(part)(*(scatter(t) for t in part))
-
-    def frame_mean_penalty(self) -> torch.Tensor:
-        """The offsets averaged over ``frame_mean_codes`` random training codes, on ``frame_mean_samples`` random
-        Gaussians, penalised like the anchor: what all frames share belongs to the canonical Gaussians."""
+    def _frame_mean_queries(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """(means ``[k m, 3]``, codes ``[k m, 2]``, k, m): ``m`` random detached centres at each of ``k`` random
+        training codes, code-major."""
         d = self.dcfg
         means = self.params["means"].detach()
         if d.frame_mean_samples < means.shape[0]:
@@ -413,9 +442,45 @@ class DistortionTrainer(Trainer):
         if d.frame_mean_codes < codes.shape[0]:
             codes = codes[torch.randperm(codes.shape[0], generator=self.anchor_generator)[: d.frame_mean_codes].to(codes.device)]
         k, m = codes.shape[0], means.shape[0]
-        off = self.field(means.repeat(k, 1), codes.repeat_interleave(m, dim=0))
-        mean_off = type(off)(*(None if t is None else t.reshape(k, m, *t.shape[1:]).mean(dim=0) for t in off))
-        return offset_penalty(mean_off)
+        return means.repeat(k, 1), codes.repeat_interleave(m, dim=0), k, m
+
+    def _visible_batch(self, means: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` bool: centres in front of each frame of ``frames [B]`` (device indices) projecting inside
+        its image enlarged by ``field_cull_margin`` of its size on every side."""
+        margin = self.dcfg.field_cull_margin or 0.0
+        w2c, K = self._w2c[frames], self._K32[frames]  # [B, 4, 4], [B, 3, 3]
+        cam = torch.einsum("bij,nj->bni", w2c[:, :3, :3], means.detach().float()) + w2c[:, None, :3, 3]
+        z = cam[..., 2].clamp_min(1e-6)
+        u = K[:, None, 0, 0] * cam[..., 0] / z + K[:, None, 0, 2]
+        v = K[:, None, 1, 1] * cam[..., 1] / z + K[:, None, 1, 2]
+        mu, mv = margin * self.width, margin * self.height
+        return (cam[..., 2] > 1e-3) & (u > -mu) & (u < self.width + mu) & (v > -mv) & (v < self.height + mv)
+
+    def _visible(self, means: torch.Tensor, frame: int) -> torch.Tensor:
+        """``[N]`` bool: :meth:`_visible_batch` of one frame."""
+        return self._visible_batch(means, torch.tensor([frame], device=self.device))[0]
+
+    def _frame_field(self, means: torch.Tensor, frame: int):
+        """Offsets of frame ``frame``; with ``field_cull_margin``, only for the centres inside its (enlarged)
+        image, zero elsewhere: the others are culled by the rasterizer anyway, and the field is the costly part."""
+        code = self.frame_codes[frame]
+        if self.dcfg.field_cull_margin is None:
+            return self.field(means, code)
+        sel = torch.nonzero(self._visible(means, frame)).flatten()
+        part = self.field(means[sel], code)
+
+        def scatter(t):
+            if t is None:
+                return None
+            return t.new_zeros((means.shape[0], *t.shape[1:])).index_copy(0, sel, t)
+
+        return type(part)(*(scatter(t) for t in part))
+
+    def frame_mean_penalty(self) -> torch.Tensor:
+        """The offsets averaged over ``frame_mean_codes`` random training codes, on ``frame_mean_samples`` random
+        Gaussians, penalised like the anchor: what all frames share belongs to the canonical Gaussians."""
+        means, codes, k, m = self._frame_mean_queries()
+        return _frame_mean_of(self.field(means, codes), k, m)
 
     def train_step(self):
         if self.step + 1 > self.dcfg.coarse_iterations:  # the coming step is a fine one
@@ -448,6 +513,11 @@ class DistortionTrainer(Trainer):
                 peak = max(peak, float(norms.max()))
                 n += norms.numel()
         return total / max(n, 1), peak
+
+
+def _frame_mean_of(off, k: int, m: int) -> torch.Tensor:
+    """:func:`offset_penalty` of code-major offsets of ``m`` centres at ``k`` codes, averaged over the codes."""
+    return offset_penalty(type(off)(*(None if t is None else t.reshape(k, m, *t.shape[1:]).mean(dim=0) for t in off)))
 
 
 def train_distortion_aware(

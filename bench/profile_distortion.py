@@ -1,0 +1,99 @@
+"""Profile one distortion-aware fine training step on a GPU (torch.profiler), to find where its time goes.
+
+    python bench/profile_distortion.py --n 500000 --width 1024 --height 576 --out prof.json
+
+Prints the step's wall time with and without the field's pieces switched off (regularisers, anchor, culling)
+and the profiler's top operators by CUDA and by CPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.gpu import _perturbed, _tree_targets, random_scene  # noqa: E402
+from lift3d_core.splat.train import TrainConfig  # noqa: E402
+from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer  # noqa: E402
+
+
+def make_trainer(n, width, height, device, backend, **overrides):
+    g = random_scene(n, width, height, kind="heavy", seed=1, device=device)
+    frames, c2w, K = _tree_targets(g, width, height, 16, device, backend)
+    init = _perturbed(g, 2)
+    plain = TrainConfig(iterations=10**6, batch_size=2, backend=backend, densify_until=0, opacity_reset_every=10**9,
+                        log_every=10**9)
+    cfg = replace(DistortionTrainConfig(coarse_iterations=0, fine_iterations=10**6, batch_size=2, train=plain), **overrides)
+    codes = torch.stack([torch.linspace(0.2, 0.8, 16), torch.full((16,), 0.5)], dim=1)
+    return DistortionTrainer(init, frames, c2w, K, codes, cfg, device=device)
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_steps(trainer, steps, device):
+    for _ in range(5):
+        trainer.train_step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    sync(device)
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=500_000)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--height", type=int, default=576)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--backend", default="gsplat")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    variants = {
+        "default": {},
+        "no regularisers": dict(plane_tv_weight=0.0, frame_smoothness_weight=0.0, frame_l1_weight=0.0),
+        "no anchor": dict(anchor_weight=0.0),
+        "no culling": dict(field_cull_margin=None),
+        "position head only": dict(deform_scale=False, deform_rotation=False),
+        "one level": dict(multires=(1,)),
+    }
+    rows = {}
+    for name, over in variants.items():
+        trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, **over)
+        rows[name] = round(time_steps(trainer, args.steps, args.device), 2)
+        print(f"{name}: {rows[name]} ms/step", flush=True)
+        del trainer
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend)
+    time_steps(trainer, 3, args.device)
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if args.device.startswith("cuda"):
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(5):
+            trainer.train_step()
+        sync(args.device)
+    by_dev = prof.key_averages().table(sort_by="self_cuda_time_total" if args.device.startswith("cuda") else "self_cpu_time_total", row_limit=30)
+    by_cpu = prof.key_averages().table(sort_by="cpu_time_total", row_limit=30)
+    print(by_dev)
+    print(by_cpu)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "ms_per_step": rows, "by_device": by_dev, "by_cpu": by_cpu}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
