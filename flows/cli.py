@@ -78,12 +78,24 @@ def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for 
     _check_source(image)
     prefect_ready = boot_prefect_in_background()
     from flows.lift import lift as lift_flow
+    from flows.lift import lift_body
 
-    prefect_ready()
     name = run_name or Path(image.replace("skimage:", "")).stem
-    summary = lift_flow(image, p, name, store or project.store_url, str(project.state_dir),
-                        str(project.runs_dir), not no_track)
+    args = (image, p, name, store or project.store_url, str(project.state_dir), str(project.runs_dir), not no_track)
+    summary = lift_flow(*args) if _prefect_usable(prefect_ready) else lift_body(*args, use_prefect=False)
     _report(summary)
+
+
+def _prefect_usable(prefect_ready) -> bool:
+    """Wait for the Prefect server; if it could not start, say so and go on without Prefect (the stages, their
+    cache keys, the store and MLflow do not depend on it)."""
+    error = prefect_ready()
+    if error is None:
+        return True
+    console.print(f"[yellow]Prefect's temporary server did not start ({type(error).__name__}: "
+                  f"{str(error).splitlines()[0][:200]}); running the stages without Prefect.[/yellow] "
+                  "Set PREFECT_API_URL to use a running server.")
+    return False
 
 
 @app.command()
@@ -98,10 +110,14 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: Optional[list
     console.print(f"demo profile over params.yaml: {' '.join(DEMO_OVERRIDES)}")
     prefect_ready = boot_prefect_in_background()
     from flows.demo import demo as demo_flow
+    from flows.lift import lift_body
 
-    prefect_ready()
-    summary = demo_flow(p, run_name, store or project.store_url, str(project.state_dir), str(project.runs_dir),
-                        DEMO_SOURCE, not no_track)
+    if _prefect_usable(prefect_ready):
+        summary = demo_flow(p, run_name, store or project.store_url, str(project.state_dir), str(project.runs_dir),
+                            DEMO_SOURCE, not no_track)
+    else:
+        summary = lift_body(DEMO_SOURCE, p, run_name, store or project.store_url, str(project.state_dir),
+                            str(project.runs_dir), not no_track, use_prefect=False)
     _report(summary)
 
 

@@ -95,14 +95,15 @@ def lift(source: str, params: dict, run_name: str, store_url: str, state_dir: st
 
 
 def lift_body(source: str, params: dict, run_name: str, store_url: str, state_dir: str, runs_dir: str,
-              track: bool = True) -> dict[str, Any]:
-    """The body of the ``lift`` and ``demo`` flows (call it inside a flow)."""
+              track: bool = True, use_prefect: bool = True) -> dict[str, Any]:
+    """The body of the ``lift`` and ``demo`` flows: inside a flow with ``use_prefect``; without Prefect (the stages
+    called directly: same keys, cache and store) when its server cannot be had."""
     t0 = time.perf_counter()
     ctx = make_context(source, params, run_name, store_url, state_dir, runs_dir)
     tracker = tracking.Tracker(run_name, source, params) if track else None
     summary = None
     try:
-        results = run_stages(ctx, tracker=tracker)
+        results = run_stages(ctx, tracker=tracker, use_prefect=use_prefect)
         summary = write_summary(ctx, results, time.perf_counter() - t0)
     finally:
         if tracker is not None:

@@ -61,8 +61,12 @@ def configure_environment(project: Project) -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow probes git; a missing git must not warn
 
 
+PREFECT_BOOT_TIMEOUT_S = 180  # a first boot runs the SQLite migrations: ~16 s on an idle 2-core machine
+
+
 def boot_prefect_in_background():
-    """Start Prefect's ephemeral server now, in a thread, and return a function that waits for it.
+    """Start Prefect's ephemeral server now, in a thread, and return a function that waits for it and returns
+    None, or the exception that stopped it (the caller can then run the stages without Prefect).
 
     Booting the server (a uvicorn subprocess and its SQLite migrations) takes seconds;
     started before torch and the stages are imported, it is ready by the time the flow
@@ -78,16 +82,17 @@ def boot_prefect_in_background():
         try:
             from prefect.server.api.server import SubprocessASGIServer
 
-            SubprocessASGIServer().start()  # a per-process singleton: the flow's client reuses it
-        except BaseException as exc:  # surfaced by wait(); the flow would fail the same way
+            # A per-process singleton: the flow's client reuses it. The timeout is explicit: a loaded machine's first
+            # boot can outlast Prefect's default of 20 s.
+            SubprocessASGIServer().start(timeout=PREFECT_BOOT_TIMEOUT_S)
+        except Exception as exc:  # returned by wait()
             errors.append(exc)
 
     thread = threading.Thread(target=boot, name="prefect-boot", daemon=True)
     thread.start()
 
-    def wait() -> None:
+    def wait() -> Exception | None:
         thread.join()
-        if errors:
-            raise errors[0]
+        return errors[0] if errors else None
 
     return wait

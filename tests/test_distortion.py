@@ -401,3 +401,37 @@ def test_frame_mean_penalty_sees_only_what_all_frames_share():
     with torch.no_grad():
         trainer.field.heads["position"][-1].bias.copy_(torch.tensor([0.1, 0.0, 0.0]))  # the same shift in every frame
     torch.testing.assert_close(trainer.frame_mean_penalty(), torch.tensor(0.01 / 3))
+
+
+def test_factored_features_equal_product_of_ten_bilinear_plane_samples():
+    # The field samples the frame planes as per-frame lines (separable bilinear); it must equal the definition:
+    # the product of the 10 planes' bilinear samples at (x, y, z, u, v), for random planes and codes.
+    field = DistortionField(tiny_cfg())
+    randomise_heads(field)
+    gs = random_gaussians(50)
+    codes = torch.rand(50, 2, generator=torch.Generator().manual_seed(4))
+    coords = field.normalise(gs.means, codes)
+    expect = []
+    for planes in field.grids:
+        feat = torch.ones(50, field.cfg.features_per_plane)
+        for p, (a, b) in enumerate(PLANE_PAIRS):
+            feat = feat * sample_plane(planes[p], coords[:, [a, b]])
+        expect.append(feat)
+    torch.testing.assert_close(field.features(gs.means, codes), torch.cat(expect, dim=-1), rtol=1e-5, atol=1e-6)
+
+
+def test_segment_evaluation_matches_per_point_codes():
+    # One evaluate() over groups of rows, each at its own code, equals forward() with per-row codes.
+    field = DistortionField(tiny_cfg())
+    randomise_heads(field)
+    gs = random_gaussians(40)
+    codes = torch.tensor([[0.1, 0.9], [0.5, 0.5], [0.7, 0.2]])
+    segments = [torch.arange(0, 40, 2), torch.arange(5, 25), torch.tensor([39, 0, 3])]
+    got = field.evaluate(gs.means, codes, segments)
+    rows = torch.cat(segments)
+    per_row = torch.cat([codes[j].expand(len(s), 2) for j, s in enumerate(segments)])
+    want = field(gs.means[rows], per_row)
+    for a, b in zip(got, want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -181,3 +181,23 @@ def test_flow_end_to_end_with_prefect_and_mlflow(tiny_project, capsys):
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.tags["train.hit"] == "false" and "evaluate.seconds" in mlrun.data.metrics
     assert len(MlflowClient().get_metric_history(mlrun.info.run_id, "train.loss")) > 10
+
+
+@pytest.mark.slow
+def test_lift_runs_without_prefect_when_its_server_cannot_start(tiny_project, capsys, monkeypatch):
+    """A Prefect server that does not come up is reported, and the run completes without it, with the same keys."""
+    import flows.cli
+
+    monkeypatch.setattr(flows.cli, "boot_prefect_in_background",
+                        lambda: (lambda: RuntimeError("Timed out while attempting to connect to ephemeral Prefect API")))
+    code, out = _cli(["lift", SOURCE, "--run-name", "noprefect", "--no-track"], capsys)
+    assert code in (0, None), out.err[-2000:]
+    assert "running the stages without Prefect" in " ".join(out.out.split())  # rich wraps lines
+    summary = json.loads((tiny_project / "data" / "runs" / "noprefect" / "summary.json").read_text())
+    assert set(summary["stages"]) == set(STAGES) and not any(s["hit"] for s in summary["stages"].values())
+    from lift3d_core.pipeline import plan
+
+    import yaml
+
+    keys = {name: s.key for name, s in plan(yaml.safe_load((tiny_project / "params.yaml").read_text()), SOURCE).items()}
+    assert {k: v["key"] for k, v in summary["stages"].items()} == keys

@@ -245,6 +245,7 @@ GROUPS: dict[str, tuple[int, ...]] = {
     "frame": tuple(p for p in FRAME_PLANES if PLANE_PAIRS[p][0] < NUM_SPATIAL_AXES),
     "uv": tuple(p for p in FRAME_PLANES if PLANE_PAIRS[p][0] >= NUM_SPATIAL_AXES),
 }
+_LINE_AXES = [PLANE_PAIRS[p][0] for p in GROUPS["frame"]]  # the spatial axis of each (spatial, frame) plane
 _PLANE_SLOT = {p: (name, i) for name, planes in GROUPS.items() for i, p in enumerate(planes)}
 
 
@@ -271,16 +272,42 @@ class _Level(nn.Module):
             out.append(getattr(self, name)[i : i + 1])
         return out
 
-    def features(self, coords: torch.Tensor) -> torch.Tensor:
-        """``[M, C]``: product of the 10 plane samples at ``coords [M, 5]`` (3 batched grid_samples)."""
-        feat = None
-        for name, planes in GROUPS.items():
-            grid = torch.stack([coords[:, list(PLANE_PAIRS[p])] for p in planes])  # [P, M, 2]
-            samples = F.grid_sample(getattr(self, name), grid[:, None], mode="bilinear", padding_mode="border",
-                                    align_corners=True)  # [P, C, 1, M]
-            prod = samples[:, :, 0, :].prod(dim=0)  # [C, M]
-            feat = prod if feat is None else feat * prod
-        return feat.transpose(0, 1)
+    # A frame's code is one point of the u-v square, so for that frame every frame plane (a, u) reduces to a
+    # line over axis a (its rows interpolated at u) and the u-v plane to one value. Features = spatial product
+    # (frame-independent: once per step) x the frame's 6 lines sampled at the point (1-D) x the u-v value.
+    # Bilinear sampling is separable, so this equals the product of the 10 bilinear plane samples exactly, at a
+    # fraction of the cost (and of grid_sample's atomic adds in the backward pass, which dominate on a GPU).
+    def spatial_features(self, xyz: torch.Tensor) -> torch.Tensor:
+        """``[M, C]``: product of the 3 spatial plane samples at ``xyz [M, 3]`` (grid coordinates in [-1, 1])."""
+        grid = torch.stack([xyz[:, list(PLANE_PAIRS[p])] for p in GROUPS["spatial"]])  # [3, M, 2]
+        samples = F.grid_sample(self.spatial, grid[:, None], mode="bilinear", padding_mode="border",
+                                 align_corners=True)  # [3, C, 1, M]
+        return samples[:, :, 0, :].prod(dim=0).transpose(0, 1)
+
+    def frame_lines(self, codes: torch.Tensor) -> torch.Tensor:
+        """``[S, 6, C, R]``: for each of S frame codes (``[S, 2]`` in [-1, 1]), the planes xu, xv, yu, yv, zu, zv
+        interpolated at the code, i.e. lines over x, x, y, y, z, z (the u-v plane's value folded into the first:
+        a constant factor commutes with interpolation)."""
+        planes = self.frame  # [6, C, Rf, R]: xu, xv, yu, yv, zu, zv
+        rf = planes.shape[2]
+        which = torch.tensor([PLANE_PAIRS[p][1] - NUM_SPATIAL_AXES for p in GROUPS["frame"]], device=codes.device)
+        t = ((codes[:, which].clamp(-1.0, 1.0) + 1.0) * 0.5 * (rf - 1))  # [S, 6] continuous row index
+        i0 = t.detach().floor().clamp(0, rf - 2).long()
+        w = (t - i0)[..., None, None]
+        plane_idx = torch.arange(planes.shape[0], device=codes.device)[None, :]
+        rows = planes[plane_idx, :, i0] * (1.0 - w) + planes[plane_idx, :, i0 + 1] * w  # [S, 6, C, R]
+        uv = F.grid_sample(self.uv, codes[None, None], mode="bilinear", padding_mode="border", align_corners=True)
+        uv = uv[0, :, 0, :].transpose(0, 1)  # [S, C]
+        return torch.cat([rows[:, :1] * uv[:, None, :, None], rows[:, 1:]], dim=1)
+
+    @staticmethod
+    def line_features(xyz: torch.Tensor, lines: torch.Tensor) -> torch.Tensor:
+        """``[M, C]``: product of ``lines [6, C, R]`` (over x, x, y, y, z, z) sampled linearly at ``xyz [M, 3]``."""
+        x = xyz[:, _LINE_AXES].transpose(0, 1)  # [6, M]
+        grid = torch.stack([x, torch.zeros_like(x)], dim=-1)  # [6, M, 2]; a line is an image of height 1
+        samples = F.grid_sample(lines[:, :, None, :], grid[:, None], mode="bilinear", padding_mode="border",
+                                align_corners=True)  # [6, C, 1, M]
+        return samples[:, :, 0, :].prod(dim=0).transpose(0, 1)
 
 
 class DistortionField(nn.Module):
@@ -356,19 +383,52 @@ class DistortionField(nn.Module):
         code = code.expand(means.shape[0], 2) if code.dim() == 1 else code
         return torch.cat([xyz, code * 2.0 - 1.0], dim=-1)
 
-    def features(self, means: torch.Tensor, frame_code: torch.Tensor) -> torch.Tensor:
-        """``[N, features_per_plane * levels]``: per level, the product of the 10 plane samples."""
-        coords = self.normalise(means, frame_code)
-        return torch.cat([level.features(coords) for level in self.levels], dim=-1)
+    def normalise_xyz(self, means: torch.Tensor) -> torch.Tensor:
+        """``[N, 3]``: ``means`` mapped by the bounds to ``[-1, 1]`` (outside clamped)."""
+        lo, hi = self.bounds_lo.to(means), self.bounds_hi.to(means)
+        return ((means - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
 
-    def forward(self, means: torch.Tensor, frame_code: torch.Tensor) -> Offsets:
-        """Offsets of N Gaussians at one frame, or each at its own frame.
+    def segment_features(self, means: torch.Tensor, codes: torch.Tensor, segments: list) -> torch.Tensor:
+        """Features of several groups of points, each at one frame code.
 
         Args:
-            means: ``[N, 3]`` canonical centres, world frame.
-            frame_code: ``[2]`` (one frame) or ``[N, 2]`` frame codes in ``[0, 1]``.
+            means: ``[N, 3]`` canonical centres (the spatial planes are sampled once for all of them).
+            codes: ``[S, 2]`` frame codes in ``[0, 1]``.
+            segments: S entries, each a ``[M_j]`` long tensor of rows of ``means`` or None for all rows.
+
+        Returns:
+            ``[sum M_j, feature_dim]``, segment after segment.
         """
-        feats = self.features(means, frame_code)
+        xyz = self.normalise_xyz(means)
+        c = torch.as_tensor(codes, dtype=means.dtype, device=means.device).reshape(-1, 2) * 2.0 - 1.0
+        spatial = [level.spatial_features(xyz) for level in self.levels]
+        lines = [level.frame_lines(c) for level in self.levels]
+        feats = []
+        for j, seg in enumerate(segments):
+            x = xyz if seg is None else xyz.index_select(0, seg)
+            per_level = []
+            for level, sp, ln in zip(self.levels, spatial, lines):
+                sp = sp if seg is None else sp.index_select(0, seg)
+                per_level.append(sp * level.line_features(x, ln[j]))
+            feats.append(torch.cat(per_level, dim=-1))
+        return torch.cat(feats) if len(feats) > 1 else feats[0]
+
+    def _group_by_code(self, means: torch.Tensor, frame_code) -> tuple[torch.Tensor, list, torch.Tensor | None]:
+        code = torch.as_tensor(frame_code, dtype=means.dtype, device=means.device)
+        if code.dim() == 1:
+            return code[None], [None], None
+        uniq, inverse = torch.unique(code, dim=0, return_inverse=True)
+        segments = [torch.nonzero(inverse == j).flatten() for j in range(uniq.shape[0])]
+        return uniq, segments, torch.cat(segments)
+
+    def features(self, means: torch.Tensor, frame_code: torch.Tensor) -> torch.Tensor:
+        """``[N, features_per_plane * levels]``: per level, the product of the 10 plane samples."""
+        codes, segments, order = self._group_by_code(means, frame_code)
+        feats = self.segment_features(means, codes, segments)
+        return feats if order is None else torch.empty_like(feats).index_copy(0, order, feats)
+
+    def decode(self, feats: torch.Tensor) -> Offsets:
+        """Offsets of features ``[M, feature_dim]`` (the MLP and heads)."""
         dtype = self.mlp_dtype
         if dtype is not None and dtype != feats.dtype:
             with torch.autocast(device_type=feats.device.type, dtype=dtype):
@@ -384,6 +444,20 @@ class DistortionField(nn.Module):
             d_opacity=out["opacity"][:, 0] if "opacity" in out else None,
             d_sh0=out["sh"][:, None, :] if "sh" in out else None,
         )
+
+    def evaluate(self, means: torch.Tensor, codes: torch.Tensor, segments: list) -> Offsets:
+        """Offsets of several groups of points, each at one code (see :meth:`segment_features`), rows segment
+        after segment: one pass over the planes and one MLP call for all of them."""
+        return self.decode(self.segment_features(means, codes, segments))
+
+    def forward(self, means: torch.Tensor, frame_code: torch.Tensor) -> Offsets:
+        """Offsets of N Gaussians at one frame, or each at its own frame.
+
+        Args:
+            means: ``[N, 3]`` canonical centres, world frame.
+            frame_code: ``[2]`` (one frame) or ``[N, 2]`` frame codes in ``[0, 1]``.
+        """
+        return self.decode(self.features(means, frame_code))
 
     def apply(self, gaussians: Gaussians, frame_code: torch.Tensor) -> Gaussians:
         """The Gaussians seen by frame ``frame_code``: canonical plus offsets (a new object; differentiable)."""

@@ -343,31 +343,37 @@ class DistortionTrainer(Trainer):
         field_input = canonical.means.detach() if d.detach_field_input else canonical.means
         frames = idx.to(self.device)
         if d.field_cull_margin is None:
-            rows = torch.arange(len(idx), device=self.device).repeat_interleave(n)
             cols = torch.arange(n, device=self.device).repeat(len(idx))
             counts = [n] * len(idx)
         else:
             rows, cols = torch.nonzero(self._visible_batch(canonical.means, frames), as_tuple=True)
             counts = torch.bincount(rows, minlength=len(idx)).tolist()  # the step's one device sync
-        queries = [(field_input[cols], self.frame_codes[frames[rows]])]
-        extra = {}
+        points, codes, segments = [field_input], [self.frame_codes[frames]], list(cols.split(counts))
+        extra: dict[str, tuple] = {}
+        start = n
         if d.frame_mean_weight > 0:
-            fm_means, fm_codes, k, m = self._frame_mean_queries()
-            queries.append((fm_means, fm_codes))
+            fm_points, fm_codes = self._frame_mean_queries()
+            k, m = fm_codes.shape[0], fm_points.shape[0]
+            points.append(fm_points)
+            codes.append(fm_codes)
+            segments += [torch.arange(start, start + m, device=self.device)] * k
+            start += m
             extra["frame_mean"] = (k, m)
         if d.anchor_weight > 0:
-            a_means = self._anchor_queries()
-            queries.append((a_means, self._input_code.expand(a_means.shape[0], 2)))
-            extra["anchor"] = None
-        sizes = [q[0].shape[0] for q in queries]
-        off = self.field(torch.cat([q[0] for q in queries]), torch.cat([q[1] for q in queries]))
-        # per field of Offsets, its pieces per query; then per query, an Offsets of its pieces
+            a_points = self._anchor_queries()
+            points.append(a_points)
+            codes.append(self._input_code[None])
+            segments.append(torch.arange(start, start + a_points.shape[0], device=self.device))
+            extra["anchor"] = (1, a_points.shape[0])
+        off = self.field.evaluate(torch.cat(points), torch.cat(codes), segments)
+        sizes = [sum(counts)] + [k * m for k, m in extra.values()]
+        # per field of Offsets, its pieces per query group; then per group, an Offsets of its pieces
         pieces = [[None] * len(sizes) if t is None else t.split(sizes) for t in off]
         parts = [type(off)(*(p[q] for p in pieces)) for q in range(len(sizes))]
         frame_off = parts[0]
         self._step_offsets = {"frames": frame_off}
         for name, part in zip(extra, parts[1:]):
-            self._step_offsets[name] = part if extra[name] is None else (part, *extra[name])
+            self._step_offsets[name] = (part, *extra[name]) if name == "frame_mean" else part
 
         outs = []
         for b, (i, count) in enumerate(zip(idx.tolist(), counts)):
@@ -430,9 +436,9 @@ class DistortionTrainer(Trainer):
             means = means[pick.to(means.device)]
         return means
 
-    def _frame_mean_queries(self) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """(means ``[k m, 3]``, codes ``[k m, 2]``, k, m): ``m`` random detached centres at each of ``k`` random
-        training codes, code-major."""
+    def _frame_mean_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(means ``[m, 3]``, codes ``[k, 2]``): ``m`` random detached centres, to be evaluated at each of ``k``
+        random training codes."""
         d = self.dcfg
         means = self.params["means"].detach()
         if d.frame_mean_samples < means.shape[0]:
@@ -441,8 +447,7 @@ class DistortionTrainer(Trainer):
         codes = self.unique_codes
         if d.frame_mean_codes < codes.shape[0]:
             codes = codes[torch.randperm(codes.shape[0], generator=self.anchor_generator)[: d.frame_mean_codes].to(codes.device)]
-        k, m = codes.shape[0], means.shape[0]
-        return means.repeat(k, 1), codes.repeat_interleave(m, dim=0), k, m
+        return means, codes
 
     def _visible_batch(self, means: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` bool: centres in front of each frame of ``frames [B]`` (device indices) projecting inside
@@ -479,8 +484,9 @@ class DistortionTrainer(Trainer):
     def frame_mean_penalty(self) -> torch.Tensor:
         """The offsets averaged over ``frame_mean_codes`` random training codes, on ``frame_mean_samples`` random
         Gaussians, penalised like the anchor: what all frames share belongs to the canonical Gaussians."""
-        means, codes, k, m = self._frame_mean_queries()
-        return _frame_mean_of(self.field(means, codes), k, m)
+        means, codes = self._frame_mean_queries()
+        k, m = codes.shape[0], means.shape[0]
+        return _frame_mean_of(self.field.evaluate(means, codes, [None] * k), k, m)
 
     def train_step(self):
         if self.step + 1 > self.dcfg.coarse_iterations:  # the coming step is a fine one
