@@ -103,12 +103,13 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: Optional[list
          store: Optional[str] = StoreOpt, params: Optional[Path] = ParamsOpt,
          no_track: bool = typer.Option(False, "--no-track")):
     """The synthetic scene from a bundled photograph, with held-out ground-truth evaluation (no weights)."""
-    from flows.demo import DEMO_OVERRIDES, DEMO_SOURCE
+    from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE
 
     project = _project()
+    # The server boots while torch, Prefect and the stages import (the demo's input cannot be invalid).
+    prefect_ready = boot_prefect_in_background()
     p = _params(project, params, set_, DEMO_OVERRIDES)
     console.print(f"demo profile over params.yaml: {' '.join(DEMO_OVERRIDES)}")
-    prefect_ready = boot_prefect_in_background()
     from flows.demo import demo as demo_flow
     from flows.lift import lift_body
 
@@ -151,7 +152,7 @@ def status(image: Optional[str] = typer.Argument(None, help="Image (default: par
            set_: Optional[list[str]] = SetOpt, store: Optional[str] = StoreOpt, params: Optional[Path] = ParamsOpt,
            demo_profile: bool = typer.Option(False, "--demo", help="Apply the demo profile (as `lift3d demo`).")):
     """What is cached and what would run, without running anything."""
-    from flows.demo import DEMO_OVERRIDES, DEMO_SOURCE
+    from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE
     from lift3d_core.pipeline import plan
     from lift3d_core.store import ArtifactStore
 

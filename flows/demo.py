@@ -15,23 +15,7 @@ from prefect import flow
 
 from flows.lift import lift_body
 
-DEMO_SOURCE = "skimage:astronaut"
-# CPU profile: 128x96 frames, 20k initial Gaussians, and a plain-3DGS schedule of 600 steps whose
-# densification window and SH schedule are scaled down with it (3DGS's are sized for 30k steps).
-DEMO_OVERRIDES = (
-    "generate.backend=synthetic",
-    "ingest.width=128",
-    "ingest.height=96",
-    "calibrate.max_points=20000",
-    "train.distortion=false",
-    "train.coarse_iterations=600",
-    "train.fine_iterations=0",
-    "train.batch_size=1",
-    "train.densify_from=150",
-    "train.densify_until=450",
-    "train.opacity_reset_every=100000",
-    "train.sh_degree_every=150",
-)
+from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE  # noqa: F401 (defined where the CLI reads them without Prefect)
 
 
 @flow(name="demo", log_prints=True, validate_parameters=False)

@@ -61,6 +61,25 @@ def configure_environment(project: Project) -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow probes git; a missing git must not warn
 
 
+# The demo profile (flows/demo.py runs it); here so that the CLI can read it before importing Prefect.
+DEMO_SOURCE = "skimage:astronaut"
+# CPU profile: 128x96 frames, 20k initial Gaussians, and a plain-3DGS schedule of 600 steps whose
+# densification window and SH schedule are scaled down with it (3DGS's are sized for 30k steps).
+DEMO_OVERRIDES = (
+    "generate.backend=synthetic",
+    "ingest.width=128",
+    "ingest.height=96",
+    "calibrate.max_points=20000",
+    "train.distortion=false",
+    "train.coarse_iterations=600",
+    "train.fine_iterations=0",
+    "train.batch_size=1",
+    "train.densify_from=150",
+    "train.densify_until=450",
+    "train.opacity_reset_every=100000",
+    "train.sh_degree_every=150",
+)
+
 PREFECT_BOOT_TIMEOUT_S = 180  # a first boot runs the SQLite migrations: ~16 s on an idle 2-core machine
 
 

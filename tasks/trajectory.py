@@ -1,4 +1,12 @@
-"""trajectory: the articulated camera tree (params only), with a plot of it in the run folder."""
+"""trajectory: the articulated camera tree (params only), with a plot of it in the run folder.
+
+The plot is drawn once per trajectory key (kept under ``.lift3d/plots``) and copied into later runs' folders:
+matplotlib costs seconds, which a run that only changes training should not pay.
+"""
+
+import os
+import shutil
+from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -14,8 +22,14 @@ def trajectory(ctx: RunContext) -> StageResult:
         return {"c2w": tree.c2w(), "frame_codes": tree.frame_codes()}, {"tree": tree.to_dict()}
 
     result = cached_stage(ctx, "trajectory", compute)
-    tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
     plot = ctx.run_dir / "trajectory.png"
-    plot_tree(tree, plot)
+    cached = Path(ctx.state_dir) / "plots" / f"trajectory-{result.key[:24]}.png"
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.png")
+        plot_tree(CameraTree.from_dict(ctx.read("trajectory").attrs["tree"]), tmp)
+        os.replace(tmp, cached)
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cached, plot)
     result.outputs["trajectory_plot"] = str(plot)
     return result
