@@ -27,12 +27,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lift3d_core import metrics, synthetic  # noqa: E402
-from lift3d_core.export import render_views  # noqa: E402
-from lift3d_core.image import IngestConfig, ingest_image  # noqa: E402
-from lift3d_core.splat.init import in_view_mask  # noqa: E402
-from lift3d_core.train import TrainStageConfig, train_scene  # noqa: E402
-from lift3d_core.trajectory import TrajectoryConfig, articulated_tree  # noqa: E402
+from lift3d_core import metrics, synthetic
+from lift3d_core.export import render_views
+from lift3d_core.image import IngestConfig, ingest_image
+from lift3d_core.splat.init import in_view_mask
+from lift3d_core.train import TrainStageConfig, train_scene
+from lift3d_core.trajectory import TrajectoryConfig, articulated_tree
 
 
 def main(argv=None) -> int:

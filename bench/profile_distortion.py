@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu import _perturbed, _tree_targets, random_scene  # noqa: E402
-from lift3d_core.splat.train import TrainConfig  # noqa: E402
-from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer  # noqa: E402
+from bench.gpu import _perturbed, _tree_targets, random_scene
+from lift3d_core.splat.train import TrainConfig
+from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer
 
 
 def make_trainer(n, width, height, device, backend, **overrides):

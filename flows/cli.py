@@ -10,7 +10,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -35,7 +34,7 @@ def _project() -> Project:
     return project
 
 
-def _params(project: Project, params_path: Optional[Path], overrides: list[str] | None,
+def _params(project: Project, params_path: Path | None, overrides: list[str] | None,
             profile: tuple[str, ...] = ()) -> dict:
     from lift3d_core.config import apply_overrides, load_params
     from lift3d_core.pipeline import stage_configs
@@ -69,8 +68,8 @@ def _report(summary: dict) -> None:
 
 @app.command()
 def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for a bundled photograph."),
-         run_name: Optional[str] = typer.Option(None, "--run-name"), set_: Optional[list[str]] = SetOpt,
-         store: Optional[str] = StoreOpt, params: Optional[Path] = ParamsOpt,
+         run_name: str | None = typer.Option(None, "--run-name"), set_: list[str] | None = SetOpt,
+         store: str | None = StoreOpt, params: Path | None = ParamsOpt,
          no_track: bool = typer.Option(False, "--no-track", help="Do not record an MLflow run.")):
     """Lift one image to 3D Gaussians (every stage cached in the store)."""
     project = _project()
@@ -99,8 +98,8 @@ def _prefect_usable(prefect_ready) -> bool:
 
 
 @app.command()
-def demo(run_name: str = typer.Option("demo", "--run-name"), set_: Optional[list[str]] = SetOpt,
-         store: Optional[str] = StoreOpt, params: Optional[Path] = ParamsOpt,
+def demo(run_name: str = typer.Option("demo", "--run-name"), set_: list[str] | None = SetOpt,
+         store: str | None = StoreOpt, params: Path | None = ParamsOpt,
          no_track: bool = typer.Option(False, "--no-track")):
     """The synthetic scene from a bundled photograph, with held-out ground-truth evaluation (no weights)."""
     from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE
@@ -124,7 +123,7 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: Optional[list
 
 @app.command()
 def stage(name: str = typer.Argument(..., help="Stage to bring up to date (for dvc.yaml)."),
-          set_: Optional[list[str]] = SetOpt, store: Optional[str] = StoreOpt, params: Optional[Path] = ParamsOpt):
+          set_: list[str] | None = SetOpt, store: str | None = StoreOpt, params: Path | None = ParamsOpt):
     """Run one stage (and any missing upstream one) for params.yaml's `input` image; writes data/pipeline/NAME.json."""
     from flows.lift import make_context, run_stages
     from lift3d_core.pipeline import STAGES
@@ -148,8 +147,8 @@ def stage(name: str = typer.Argument(..., help="Stage to bring up to date (for d
 
 
 @app.command()
-def status(image: Optional[str] = typer.Argument(None, help="Image (default: params.yaml's input.image)."),
-           set_: Optional[list[str]] = SetOpt, store: Optional[str] = StoreOpt, params: Optional[Path] = ParamsOpt,
+def status(image: str | None = typer.Argument(None, help="Image (default: params.yaml's input.image)."),
+           set_: list[str] | None = SetOpt, store: str | None = StoreOpt, params: Path | None = ParamsOpt,
            demo_profile: bool = typer.Option(False, "--demo", help="Apply the demo profile (as `lift3d demo`).")):
     """What is cached and what would run, without running anything."""
     from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE
@@ -170,7 +169,7 @@ def status(image: Optional[str] = typer.Argument(None, help="Image (default: par
 
 
 @cache_app.command("ls")
-def cache_ls(store: Optional[str] = StoreOpt, stage_name: Optional[str] = typer.Option(None, "--stage")):
+def cache_ls(store: str | None = StoreOpt, stage_name: str | None = typer.Option(None, "--stage")):
     """List artifacts."""
     from lift3d_core.store import ArtifactStore
 
@@ -187,7 +186,7 @@ def cache_ls(store: Optional[str] = StoreOpt, stage_name: Optional[str] = typer.
 
 
 @cache_app.command("verify")
-def cache_verify(store: Optional[str] = StoreOpt):
+def cache_verify(store: str | None = StoreOpt):
     """Check every artifact's digests; exit 1 if any is corrupt."""
     from lift3d_core.store import ArtifactStore
 
@@ -202,7 +201,7 @@ def cache_verify(store: Optional[str] = StoreOpt):
 
 
 @cache_app.command("gc")
-def cache_gc(store: Optional[str] = StoreOpt, dry_run: bool = typer.Option(False, "--dry-run"),
+def cache_gc(store: str | None = StoreOpt, dry_run: bool = typer.Option(False, "--dry-run"),
              grace_hours: float = typer.Option(1.0, "--grace-hours", help="Keep temporary files younger than this.")):
     """Remove what crashed or killed runs left behind (never a committed artifact)."""
     from lift3d_core.store import ArtifactStore

@@ -153,7 +153,7 @@ class DistortionFieldConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DistortionFieldConfig":
+    def from_dict(cls, d: dict) -> DistortionFieldConfig:
         d = dict(d)
         d["bounds"] = tuple(tuple(c) for c in d["bounds"])
         d["multires"] = tuple(d["multires"])

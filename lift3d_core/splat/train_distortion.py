@@ -20,8 +20,8 @@ extra times to the frame stack (``input_view_repeats`` here, 0 by default so tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -176,7 +176,7 @@ class DistortionTrainConfig:
         return DistortionFieldConfig(bounds=bounds, seed=self.train.seed, **{k: getattr(self, k) for k in _FIELD_KEYS})
 
     @classmethod
-    def from_dict(cls, values: dict) -> "DistortionTrainConfig":
+    def from_dict(cls, values: dict) -> DistortionTrainConfig:
         """From a flat ``params.yaml`` section: this config's keys plus any :class:`TrainConfig` key (or a nested
         ``train`` mapping). Unknown keys, and ``iterations`` (use the two stage lengths), are errors."""
         own = {f.name for f in fields(cls)} - {"train"}
@@ -376,16 +376,11 @@ class DistortionTrainer(Trainer):
             self._step_offsets[name] = (part, *extra[name]) if name == "frame_mean" else part
 
         outs = []
-        for b, (i, count) in enumerate(zip(idx.tolist(), counts)):
-            lo = sum(counts[:b])
-            sel = cols[lo : lo + count]
-
-            def scatter(t, sel=sel, lo=lo, count=count):
-                if t is None:
-                    return None
-                return t.new_zeros((n, *t.shape[1:])).index_copy(0, sel, t[lo : lo + count])
-
-            frame = type(frame_off)(*(scatter(t) for t in frame_off))
+        for i, sel, frame_part in zip(idx.tolist(), segments, zip(*(
+                [None] * len(counts) if t is None else t.split(counts) for t in frame_off))):
+            # the frame's offsets, zero for the centres outside its view (the rasterizer culls those)
+            frame = type(frame_off)(*(None if t is None else t.new_zeros((n, *t.shape[1:])).index_copy(0, sel, t)
+                                      for t in frame_part))
             outs.append(
                 render(
                     apply_offsets(canonical, frame),
@@ -461,26 +456,6 @@ class DistortionTrainer(Trainer):
         mu, mv = margin * self.width, margin * self.height
         return (cam[..., 2] > 1e-3) & (u > -mu) & (u < self.width + mu) & (v > -mv) & (v < self.height + mv)
 
-    def _visible(self, means: torch.Tensor, frame: int) -> torch.Tensor:
-        """``[N]`` bool: :meth:`_visible_batch` of one frame."""
-        return self._visible_batch(means, torch.tensor([frame], device=self.device))[0]
-
-    def _frame_field(self, means: torch.Tensor, frame: int):
-        """Offsets of frame ``frame``; with ``field_cull_margin``, only for the centres inside its (enlarged)
-        image, zero elsewhere: the others are culled by the rasterizer anyway, and the field is the costly part."""
-        code = self.frame_codes[frame]
-        if self.dcfg.field_cull_margin is None:
-            return self.field(means, code)
-        sel = torch.nonzero(self._visible(means, frame)).flatten()
-        part = self.field(means[sel], code)
-
-        def scatter(t):
-            if t is None:
-                return None
-            return t.new_zeros((means.shape[0], *t.shape[1:])).index_copy(0, sel, t)
-
-        return type(part)(*(scatter(t) for t in part))
-
     def frame_mean_penalty(self) -> torch.Tensor:
         """The offsets averaged over ``frame_mean_codes`` random training codes, on ``frame_mean_samples`` random
         Gaussians, penalised like the anchor: what all frames share belongs to the canonical Gaussians."""
@@ -509,11 +484,12 @@ class DistortionTrainer(Trainer):
             return 0.0, 0.0
         means = self.params["means"].detach()
         total, peak, n = 0.0, 0.0, 0
-        for f in range(self.num_frames):
-            off = self._frame_field(means, f).d_means
-            norms = off.norm(dim=-1)
+        for f in range(self.num_frames):  # one frame at a time: all frames at once would not fit a large scene
+            frame = torch.tensor([f], device=self.device)
+            rows = None
             if self.dcfg.field_cull_margin is not None:
-                norms = norms[self._visible(means, f)]
+                rows = torch.nonzero(self._visible_batch(means, frame)[0]).flatten()
+            norms = self.field.evaluate(means, self.frame_codes[frame], [rows]).d_means.norm(dim=-1)
             if norms.numel():
                 total += float(norms.sum())
                 peak = max(peak, float(norms.max()))
