@@ -6,6 +6,8 @@ store for an input that fails validation.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import sys
 import time
@@ -15,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows.settings import Project, boot_prefect_in_background, configure_environment, find_project
+from flows.settings import Project, boot_prefect_in_background, configure_environment, find_project, stop_prefect_server
 from lift3d_core.errors import Lift3DError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lift a single image to 3D Gaussians.")
@@ -73,14 +75,22 @@ def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for 
          no_track: bool = typer.Option(False, "--no-track", help="Do not record an MLflow run.")):
     """Lift one image to 3D Gaussians (every stage cached in the store)."""
     project = _project()
-    p = _params(project, params, set_)
     _check_source(image)
+    # The server boots in a child process while torch, Prefect and the stages import here.
     prefect_ready = boot_prefect_in_background()
+    try:
+        p = _params(project, params, set_)
+    except Lift3DError:
+        stop_prefect_server()  # nothing will run
+        raise
     from flows.lift import lift as lift_flow
     from flows.lift import lift_body
+    from tasks import tracking
 
     name = run_name or Path(image.replace("skimage:", "")).stem
     args = (image, p, name, store or project.store_url, str(project.state_dir), str(project.runs_dir), not no_track)
+    if not no_track:
+        tracking.warm_up()  # MLflow's imports overlap the wait for Prefect's server
     summary = lift_flow(*args) if _prefect_usable(prefect_ready) else lift_body(*args, use_prefect=False)
     _report(summary)
 
@@ -105,13 +115,16 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: list[str] | N
     from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE
 
     project = _project()
-    # The server boots while torch, Prefect and the stages import (the demo's input cannot be invalid).
+    # The server boots in a child process while torch, Prefect and the stages import here.
     prefect_ready = boot_prefect_in_background()
     p = _params(project, params, set_, DEMO_OVERRIDES)
     console.print(f"demo profile over params.yaml: {' '.join(DEMO_OVERRIDES)}")
     from flows.demo import demo as demo_flow
     from flows.lift import lift_body
+    from tasks import tracking
 
+    if not no_track:
+        tracking.warm_up()  # MLflow's imports overlap the wait for Prefect's server
     if _prefect_usable(prefect_ready):
         summary = demo_flow(p, run_name, store or project.store_url, str(project.state_dir), str(project.runs_dir),
                             DEMO_SOURCE, not no_track)
@@ -214,6 +227,9 @@ def cache_gc(store: str | None = StoreOpt, dry_run: bool = typer.Option(False, "
 
 
 def main() -> None:
+    # Runs last at exit: the interpreter's teardown then skips garbage-collecting the millions of objects torch,
+    # Prefect and MLflow made (about a second on two cores); nothing is left to collect that would be written.
+    atexit.register(gc.freeze)
     try:
         app(standalone_mode=False)
     except Lift3DError as exc:

@@ -14,7 +14,6 @@ from typing import Any
 from prefect import flow
 
 from flows.lift import lift_body
-
 from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE  # noqa: F401 (defined where the CLI reads them without Prefect)
 
 

@@ -1,15 +1,17 @@
 """Where a project keeps its state, set up before Prefect or MLflow is imported.
 
-Defaults keep everything inside the project: Prefect's ephemeral local mode with
-SQLite under ``.lift3d/prefect`` (no server to start; ``PREFECT_API_URL`` points
-at a real one), MLflow in ``.lift3d/mlflow.db`` (``MLFLOW_TRACKING_URI``
-overrides), artifacts in ``data/artifacts`` (``LIFT3D_STORE`` or ``--store``
-may name any fsspec URL, e.g. a team bucket).
+Defaults keep everything inside the project: Prefect's temporary local server (a
+child process of the CLI, see :class:`PrefectServer`) with SQLite under
+``.lift3d/prefect`` (``PREFECT_API_URL`` points at a real one instead), MLflow in
+``.lift3d/mlflow.db`` (``MLFLOW_TRACKING_URI`` overrides), artifacts in
+``data/artifacts`` (``LIFT3D_STORE`` or ``--store`` may name any fsspec URL, e.g.
+a team bucket).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,37 +83,141 @@ DEMO_OVERRIDES = (
 )
 
 PREFECT_BOOT_TIMEOUT_S = 180  # a first boot runs the SQLite migrations: ~16 s on an idle 2-core machine
+# What Prefect's own ephemeral launcher sets: no UI, no background services, the last server of this process tree.
+_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+_SERVE = "import sys; from flows.settings import serve_prefect_api; serve_prefect_api(int(sys.argv[1]), int(sys.argv[2]))"
+
+
+class PrefectServer:
+    """Prefect's API server as a child process on a port of this machine, for the life of this process.
+
+    The child is started at once, without importing ``prefect`` here: its imports and SQLite
+    migrations (seconds) then run on another core while this process imports torch and the stages.
+    The listening socket is bound here and handed to the child, so the URL is known before the child
+    is up (no port race) and requests made early wait in the socket's backlog. The child exits when
+    :meth:`stop` is called (at this process's exit) or, should this process be killed, on its own
+    within a second (it watches its parent).
+    """
+
+    def __init__(self, timeout_s: float = PREFECT_BOOT_TIMEOUT_S):
+        import socket
+        import subprocess
+        import sys
+
+        self.timeout_s = timeout_s
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(64)
+            self.port = sock.getsockname()[1]
+            self.process = subprocess.Popen([sys.executable, "-c", _SERVE, str(sock.fileno()), str(os.getpid())],
+                                            pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL,
+                                            env={**os.environ, **_SERVER_ENV})
+        self._t0 = time.monotonic()
+        self._ready: Exception | None | bool = False
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait(self) -> Exception | None:
+        """Block until the server answers its health check: None, or the exception saying why it never will."""
+        import urllib.error
+        import urllib.request
+
+        if self._ready is not False:
+            return self._ready
+        while True:
+            if self.process.poll() is not None:
+                self._ready = RuntimeError(f"Prefect's server process exited with code {self.process.returncode}")
+                break
+            left = self.timeout_s - (time.monotonic() - self._t0)
+            if left <= 0:
+                self.stop()
+                self._ready = TimeoutError(f"Prefect's server did not answer within {self.timeout_s:.0f} s")
+                break
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=min(left, 2.0)) as response:
+                    if response.status == 200:
+                        self._ready = None
+                        break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)  # refused (the child is gone) or timed out in the backlog (still booting)
+        return self._ready
+
+    def stop(self) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after 5 s) and reap it; safe to call twice."""
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+_server: PrefectServer | None = None  # this process's server, if it booted one
 
 
 def boot_prefect_in_background():
-    """Start Prefect's ephemeral server now, in a thread, and return a function that waits for it and returns
+    """Start Prefect's API server now, as a child process, and return a function that waits for it and returns
     None, or the exception that stopped it (the caller can then run the stages without Prefect).
 
-    Booting the server (a uvicorn subprocess and its SQLite migrations) takes seconds;
-    started before torch and the stages are imported, it is ready by the time the flow
-    runs. With ``PREFECT_API_URL`` set there is nothing to boot.
+    ``PREFECT_API_URL`` is pointed at the child before ``prefect`` is first imported, and the child is stopped when
+    this process exits. With ``PREFECT_API_URL`` already set there is nothing to boot; with ``prefect`` already
+    imported (its settings are fixed at import) Prefect starts its own temporary server when the flow runs.
     """
+    import atexit
+    import sys
+
+    global _server
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return lambda: None
+    _server = PrefectServer()
+    atexit.register(_server.stop)
+    os.environ["PREFECT_API_URL"] = _server.api_url
+    os.environ.setdefault("PREFECT_UI_URL", "")  # it serves no UI: no "View at <dead link>" in the log
+    return _server.wait
+
+
+def stop_prefect_server() -> None:
+    """Stop the server :func:`boot_prefect_in_background` started (when no flow will run after all)."""
+    global _server
+    if _server is not None:
+        _server.stop()
+        if os.environ.get("PREFECT_API_URL") == _server.api_url:
+            del os.environ["PREFECT_API_URL"]
+            if os.environ.get("PREFECT_UI_URL") == "":
+                del os.environ["PREFECT_UI_URL"]
+        _server = None
+
+
+def serve_prefect_api(fd: int, parent_pid: int) -> None:
+    """The server child's entry point: serve Prefect's API on the listening socket ``fd`` while ``parent_pid`` lives.
+
+    The parent watch starts before the seconds-long imports, so a parent killed at any moment takes the server
+    with it. Exit code 3 (uvicorn's) when the app cannot start.
+    """
+    import socket
+    import sys
     import threading
 
-    if os.environ.get("PREFECT_API_URL"):
-        return lambda: None
-    errors: list[BaseException] = []
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+    import uvicorn
 
-    def boot() -> None:
-        try:
-            from prefect.server.api.server import SubprocessASGIServer
+    config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, log_level="error", lifespan="on")
+    server = uvicorn.Server(config)
+    server.run(sockets=[socket.socket(fileno=fd)])
+    if not server.started:
+        sys.exit(3)
 
-            # A per-process singleton: the flow's client reuses it. The timeout is explicit: a loaded machine's first
-            # boot can outlast Prefect's default of 20 s.
-            SubprocessASGIServer().start(timeout=PREFECT_BOOT_TIMEOUT_S)
-        except Exception as exc:  # returned by wait()
-            errors.append(exc)
 
-    thread = threading.Thread(target=boot, name="prefect-boot", daemon=True)
-    thread.start()
+def _exit_with_parent(parent_pid: int) -> None:
+    import signal
 
-    def wait() -> Exception | None:
-        thread.join()
-        return errors[0] if errors else None
-
-    return wait
+    while os.getppid() == parent_pid:  # an orphan is re-parented: its parent pid changes
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down cleanly (SQLite closed) ...
+    time.sleep(10)
+    os._exit(1)  # ... or not at all

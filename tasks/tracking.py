@@ -11,6 +11,7 @@ need a tracking connection.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,19 @@ class Tracker:
             if f.exception() is not None:  # tracking must never fail a finished lift
                 log.warning(f"MLflow logging failed: {f.exception()}")
         return self._run_id.result() if self._run_id.exception() is None else None
+
+
+def warm_up() -> None:
+    """Import MLflow and open its store now, in the background (seconds of CPU): call it where this process would
+    otherwise wait, e.g. for Prefect's server, so that the tracker's first call finds both ready."""
+    threading.Thread(target=_warm_up, name="mlflow-warm-up", daemon=True).start()
+
+
+def _warm_up() -> None:
+    try:
+        _client().get_experiment_by_name(EXPERIMENT)
+    except Exception:  # the tracker's own calls report what really fails
+        log.debug("MLflow warm-up failed", exc_info=True)
 
 
 def _client():

@@ -1,4 +1,5 @@
-"""Process-level guarantees: a SIGKILLed run resumes from its finished stages; `dvc repro` reruns only what changed."""
+"""Process-level guarantees: a SIGKILLed run resumes from its finished stages; `dvc repro` reruns only what changed;
+Prefect's temporary server ends with the CLI that started it, however the CLI ends."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,49 @@ def test_dvc_repro_after_editing_train_reruns_only_train_and_downstream(tiny_pro
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     ran = {line.split("'")[1] for line in second.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "export", "evaluate"}, second.stdout
+
+
+# A CLI's first steps: boot the server, wait for it, then exit (or hang until killed).
+_BOOT_THEN = textwrap.dedent("""
+    import sys, time
+    from flows import settings
+    settings.configure_environment(settings.find_project())
+    wait = settings.boot_prefect_in_background()
+    print(settings._server.process.pid, settings._server.api_url, flush=True)
+    print(wait(), flush=True)
+    if sys.argv[1] == "sigkill":
+        time.sleep(600)
+""")
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an orphan's zombie may wait for a reaper that never comes)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("end", ["exit", "sigkill"])
+def test_prefect_server_ends_with_the_cli(tiny_project, end):
+    """The server child is stopped when the CLI exits, and stops itself when the CLI is SIGKILLed (no orphan)."""
+    proc = subprocess.Popen([sys.executable, "-c", _BOOT_THEN, end], cwd=tiny_project, env=_env(tiny_project),
+                            stdout=subprocess.PIPE, text=True)
+    pid, api_url = proc.stdout.readline().split()
+    assert proc.stdout.readline().strip() == "None"  # it answered its health check
+    if end == "sigkill":
+        proc.kill()
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + (10 if end == "sigkill" else 0)  # a clean exit reaps it before returning
+    while _running(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(int(pid))
+    with pytest.raises(OSError):  # nothing serves on its port any more
+        urllib.request.urlopen(f"{api_url}/health", timeout=5)
