@@ -44,11 +44,25 @@ class Evaluation:
     targets: np.ndarray
 
 
+def heldout_views(
+    image: np.ndarray, tree: CameraTree, scene_cfg: synthetic.SyntheticConfig, cfg: EvaluateConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out cameras and what the undistorted synthetic scene looks like from them (the ground truth).
+
+    image: ``uint8 [H, W, 3]`` conditioning image. Returns ``c2w [V, 4, 4]`` float64 OpenCV in the scene's
+    frame and ``targets uint8 [V, H, W, 3]``, V = ``cfg.views``. They depend on generation, not on training,
+    so a caller may keep them for later runs.
+    """
+    scene = synthetic.build_scene(image, scene_cfg)
+    c2w_raw, _ = synthetic.eval_cameras(tree, n=cfg.views, seed=cfg.seed)
+    targets, _ = synthetic.render_views(scene, c2w_raw)
+    return c2w_raw, targets
+
+
 def evaluate_synthetic(
     gaussians: Gaussians,
-    image: np.ndarray,
-    tree: CameraTree,
-    scene_cfg: "synthetic.SyntheticConfig",
+    c2w_raw: np.ndarray,
+    targets: np.ndarray,
     center: np.ndarray,
     scale: float,
     K: np.ndarray,
@@ -56,15 +70,12 @@ def evaluate_synthetic(
 ) -> Evaluation:
     """Held-out PSNR/SSIM of ``gaussians`` (normalised frame) against the synthetic scene's ground truth.
 
-    image: ``uint8 [H, W, 3]`` conditioning image; center/scale: the calibration's normalisation;
+    c2w_raw, targets: :func:`heldout_views`; center/scale: the calibration's normalisation;
     K: ``[3, 3]`` intrinsics of the frames.
     """
-    scene = synthetic.build_scene(image, scene_cfg)
-    c2w_raw, _ = synthetic.eval_cameras(tree, n=cfg.views, seed=cfg.seed)
-    targets, _ = synthetic.render_views(scene, c2w_raw)
     c2w = apply_similarity(c2w_raw, center, scale)
     Ks = np.broadcast_to(K, (len(c2w), 3, 3))
-    renders = render_views(gaussians, c2w, Ks, image.shape[1], image.shape[0], cfg.backend)
+    renders = render_views(gaussians, c2w, Ks, targets.shape[2], targets.shape[1], cfg.backend)
     per_view = [metrics.psnr(r, t) for r, t in zip(renders, targets, strict=True)]
     result = {
         "psnr": metrics.psnr(renders, targets),

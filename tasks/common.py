@@ -8,20 +8,20 @@ results are only the small :class:`StageResult`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import logging
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
 from lift3d_core import __version__
 from lift3d_core.pipeline import PlannedStage, explain_miss
-from lift3d_core.store import ArtifactStore, CorruptArtifactError
+from lift3d_core.store import ArtifactStore, CorruptArtifactError, artifact_key
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,25 @@ def cached_stage(ctx: RunContext, stage: str, compute: Callable[[], Computed]) -
     return StageResult(stage, planned.key, hit, seconds, reason)
 
 
+def cached_arrays(ctx: RunContext, owner: str, name: str, params: dict[str, Any], upstream: tuple[str, ...],
+                  compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Part of stage ``owner``'s work that depends on fewer inputs than the stage (evaluate's ground truth depends
+    on generation, not on training), stored under its own key so that every run needing it reuses it.
+
+    The key hashes ``name``, ``owner``'s code version, ``params`` and the keys of the ``upstream`` stages; the
+    artifact is written, verified and quarantined like a stage's.
+    """
+    inputs = {up: ctx.plan[up].key for up in upstream}
+    key, doc = artifact_key(name, ctx.plan[owner].doc["stage_version"], params, inputs, {})
+    store, log = ctx.store, stage_logger()
+    with store.lock(name, key):
+        if not _intact(store, name, key, log):
+            t0 = time.perf_counter()
+            store.write(name, key, doc, compute(), code_version=__version__)
+            log.info(f"{name:<10} DONE  {key[:12]}  in {time.perf_counter() - t0:.1f} s (kept for later runs)")
+    return store.read(name, key).arrays
+
+
 def _intact(store: ArtifactStore, stage: str, key: str, log) -> bool:
     if not store.exists(stage, key):
         return False
@@ -141,4 +160,4 @@ def _intact(store: ArtifactStore, stage: str, key: str, log) -> bool:
     return False
 
 
-__all__ = ["RunContext", "StageResult", "cached_stage", "CorruptArtifactError"]
+__all__ = ["CorruptArtifactError", "RunContext", "StageResult", "cached_arrays", "cached_stage"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from PIL import Image
 from flows.settings import configure_environment, find_project
 from lift3d_core.config import apply_overrides
 from lift3d_core.errors import Lift3DError
-from lift3d_core.pipeline import STAGES, explain_miss, plan
+from lift3d_core.evaluate import heldout_views
+from lift3d_core.generate import synthetic_scene_config
+from lift3d_core.pipeline import STAGES, explain_miss, plan, stage_configs
 from lift3d_core.store import ArtifactStore
+from lift3d_core.trajectory import CameraTree
 from tests.conftest import tiny_params
 
 SOURCE = "skimage:astronaut"
@@ -107,6 +111,18 @@ def test_stages_hit_after_a_run_and_a_train_change_reuses_generation(tiny_projec
     frames = store.read("generate", first["generate"].key).arrays["frames"]
     assert frames.dtype == np.uint8 and frames.shape[2:] == (36, 48, 3)
     assert store.read("train", changed["train"].key).arrays["gaussians/means"].shape[1] == 3
+    # evaluate's ground truth depends on generation only: kept under its own key, reused after the train change,
+    # and equal to a fresh computation (the held-out metrics do not change by reusing it)
+    (heldout,) = store.ls("heldout")
+    truth = store.read("heldout", heldout.key).arrays
+    np.testing.assert_array_equal(store.read("evaluate", changed["evaluate"].key).arrays["targets"], truth["targets"])
+    tree = CameraTree.from_dict(store.read("trajectory", changed["trajectory"].key).attrs["tree"])
+    image = store.read("ingest", changed["ingest"].key).arrays["image"]
+    configs = stage_configs(params)
+    c2w, targets = heldout_views(image, tree, synthetic_scene_config(image.shape[:2], configs["generate"]),
+                                 configs["evaluate"])
+    np.testing.assert_array_equal(truth["targets"], targets)
+    np.testing.assert_array_equal(truth["c2w"], c2w)
 
 
 @pytest.mark.slow
@@ -123,6 +139,15 @@ def test_corrupt_artifact_is_recomputed_not_used(tiny_project):
     again = _run(tiny_project, params, until="trajectory")
     assert not again["trajectory"].hit  # quarantined and recomputed
     assert store.verify() == []
+
+
+def test_a_prefect_server_of_ones_own_boots_nothing(monkeypatch):
+    import flows.settings
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setattr(flows.settings, "_server", None)
+    assert flows.settings.boot_prefect_in_background()() is None
+    assert flows.settings._server is None and os.environ["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
 
 
 def _cli(args, capsys):
