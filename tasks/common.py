@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
@@ -54,6 +55,14 @@ class RunContext:
     def read(self, stage: str):
         """The verified upstream artifact of ``stage`` for this run."""
         return self.store.read(stage, self.plan[stage].key)
+
+    def arrays(self, stage: str, *names: str) -> dict[str, np.ndarray]:
+        """The arrays ``names`` of ``stage``'s artifact (a name ending in ``/`` selects a group, ``gaussians/``),
+        each decoded and verified on its own: a stage reads what it uses, not every array of its inputs."""
+        artifact = self.read(stage)
+        chosen = [n for name in names for n in ([m for m in artifact.names if m.startswith(name)]
+                                                 if name.endswith("/") else [name])]
+        return {n: artifact.array(n) for n in chosen}
 
 
 @dataclass

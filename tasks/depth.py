@@ -13,8 +13,8 @@ from tasks.common import RunContext, StageResult, cached_stage
 def depth(ctx: RunContext) -> StageResult:
     def compute():
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
-        frames = distinct_frames(tree, ctx.read("generate").arrays["frames"])
-        inv = estimate_inverse_depth(frames, ctx.read("calibrate").arrays["depth"], ctx.config("depth"))
+        frames = distinct_frames(tree, ctx.read("generate").array("frames"))
+        inv = estimate_inverse_depth(frames, ctx.read("calibrate").array("depth"), ctx.config("depth"))
         return {"inv_depth": inv}, {"valid_fraction": float((inv > 0).mean())}
 
     return cached_stage(ctx, "depth", compute)

@@ -22,15 +22,15 @@ def evaluate(ctx: RunContext) -> StageResult:
     cfg, gen = ctx.config("evaluate"), ctx.config("generate")
 
     def ground_truth(tree: CameraTree) -> dict[str, np.ndarray]:
-        image = ctx.read("ingest").arrays["image"]
+        image = ctx.read("ingest").array("image")
         c2w, targets = heldout_views(image, tree, synthetic_scene_config(image.shape[:2], gen), cfg)
         return {"c2w": c2w, "targets": targets}
 
     def compute():
-        gaussians = gaussians_from_arrays(ctx.read("train").arrays)
-        cal = ctx.read("calibrate").arrays
+        gaussians = gaussians_from_arrays(ctx.arrays("train", "gaussians/"))
+        cal = ctx.arrays("calibrate", "c2w", "K", "center")
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
-        frames = distinct_frames(tree, ctx.read("generate").arrays["frames"])
+        frames = distinct_frames(tree, ctx.read("generate").array("frames"))
         metrics = fit_to_frames(gaussians, frames, cal["c2w"], cal["K"], cfg)
         arrays = {}
         if gen.backend == "synthetic":
@@ -45,9 +45,9 @@ def evaluate(ctx: RunContext) -> StageResult:
     result = cached_stage(ctx, "evaluate", compute)
     artifact = ctx.read("evaluate")
     result.metrics.update(artifact.attrs["metrics"])
-    if "renders" in artifact.arrays:
+    if "renders" in artifact.names:
         path = ctx.run_dir / "heldout.png"
-        grid = np.concatenate([image_strip(artifact.arrays["targets"]), image_strip(artifact.arrays["renders"])])
+        grid = np.concatenate([image_strip(artifact.array("targets")), image_strip(artifact.array("renders"))])
         Image.fromarray(grid).save(path)
         result.outputs["heldout"] = str(path)
     return result

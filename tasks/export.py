@@ -14,9 +14,9 @@ from tasks.common import RunContext, StageResult, cached_stage
 @task(name="export", cache_policy=NO_CACHE)
 def export(ctx: RunContext) -> StageResult:
     def compute():
-        gaussians = gaussians_from_arrays(ctx.read("train").arrays)
-        cal = ctx.read("calibrate").arrays
-        h, w = cal["depth"].shape[1:]
+        gaussians = gaussians_from_arrays(ctx.arrays("train", "gaussians/"))
+        cal = ctx.arrays("calibrate", "c2w", "K")
+        h, w = ctx.read("calibrate").zarr_array("depth").shape[1:]
         idx = preview_indices(len(cal["c2w"]), ctx.config("export").preview_views)
         previews = render_views(gaussians, cal["c2w"][idx], cal["K"][idx], w, h, ctx.config("export").backend)
         return {"ply": ply_bytes(gaussians), "previews": previews}, {"preview_frames": idx.tolist()}

@@ -12,7 +12,7 @@ from tasks.progress import stage_progress
 @task(name="generate", cache_policy=NO_CACHE)
 def generate(ctx: RunContext) -> StageResult:
     def compute():
-        image = ctx.read("ingest").arrays["image"]
+        image = ctx.read("ingest").array("image")
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
         with stage_progress("generate", tree.num_distinct_frames) as advance:
             video = generate_video(image, tree, ctx.config("generate"), progress=advance)

@@ -13,23 +13,23 @@ from tasks.common import RunContext, StageResult, cached_stage
 @task(name="train", cache_policy=NO_CACHE)
 def train(ctx: RunContext) -> StageResult:
     def compute():
-        cal = ctx.read("calibrate").arrays
+        cal = ctx.arrays("calibrate", "points", "colors", "c2w", "K")
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
         per_clip = (len(tree.clips), -1)
         result = train_scene(
             points=cal["points"], colors=cal["colors"],
-            frames=distinct_frames(tree, ctx.read("generate").arrays["frames"]),
+            frames=distinct_frames(tree, ctx.read("generate").array("frames")),
             c2w=cal["c2w"], K=cal["K"],
             frame_codes=distinct_frames(tree, tree.frame_codes().reshape(*per_clip, 2)),
-            inv_depth=ctx.read("depth").arrays["inv_depth"],
+            inv_depth=ctx.read("depth").array("inv_depth"),
             cfg=ctx.config("train"), progress=True,
         )
         return result.to_arrays(), result.attrs()
 
     result = cached_stage(ctx, "train", compute)
     artifact = ctx.read("train")
-    curve = artifact.arrays["loss_curve"]
-    result.metrics["num_gaussians"] = float(artifact.arrays["gaussians/means"].shape[0])
+    curve = artifact.array("loss_curve")
+    result.metrics["num_gaussians"] = float(artifact.zarr_array("gaussians/means").shape[0])
     result.curves["train.loss"] = [(int(s), float(v)) for s, v in curve]
     np.savetxt(ctx.run_dir / "loss_curve.csv", curve, delimiter=",", header="step,loss", comments="")
     result.outputs["loss_curve"] = str(ctx.run_dir / "loss_curve.csv")
