@@ -17,7 +17,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows.settings import Project, boot_prefect_in_background, configure_environment, find_project, stop_prefect_server
+from flows.settings import (
+    Project,
+    boot_prefect_in_background,
+    booted_prefect_server,
+    configure_environment,
+    find_project,
+    stop_prefect_server,
+)
 from lift3d_core.errors import Lift3DError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lift a single image to 3D Gaussians.")
@@ -91,8 +98,22 @@ def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for 
     args = (image, p, name, store or project.store_url, str(project.state_dir), str(project.runs_dir), not no_track)
     if not no_track:
         tracking.warm_up()  # MLflow's imports overlap the wait for Prefect's server
-    summary = lift_flow(*args) if _prefect_usable(prefect_ready) else lift_body(*args, use_prefect=False)
+    summary = _run_flow(lift_flow, *args) if _prefect_usable(prefect_ready) else lift_body(*args, use_prefect=False)
     _report(summary)
+
+
+def _run_flow(flow, *args):
+    """Call ``flow``; on the temporary server this process booted, without flow-run heartbeats.
+
+    Heartbeats let a lasting server's automations notice a crashed run; the temporary server runs none and ends with
+    this process, and stopping the heartbeat thread costs up to a second when the flow ends.
+    """
+    if not booted_prefect_server():
+        return flow(*args)
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return flow(*args)
 
 
 def _prefect_usable(prefect_ready) -> bool:
@@ -118,6 +139,7 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: list[str] | N
     # The server boots in a child process while torch, Prefect and the stages import here.
     prefect_ready = boot_prefect_in_background()
     p = _params(project, params, set_, DEMO_OVERRIDES)
+    _check_source(DEMO_SOURCE)  # cannot fail; the photo's first decoding (0.3 s) then happens before the server is up
     console.print(f"demo profile over params.yaml: {' '.join(DEMO_OVERRIDES)}")
     from flows.demo import demo as demo_flow
     from flows.lift import lift_body
@@ -126,7 +148,7 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: list[str] | N
     if not no_track:
         tracking.warm_up()  # MLflow's imports overlap the wait for Prefect's server
     if _prefect_usable(prefect_ready):
-        summary = demo_flow(p, run_name, store or project.store_url, str(project.state_dir), str(project.runs_dir),
+        summary = _run_flow(demo_flow, p, run_name, store or project.store_url, str(project.state_dir), str(project.runs_dir),
                             DEMO_SOURCE, not no_track)
     else:
         summary = lift_body(DEMO_SOURCE, p, run_name, store or project.store_url, str(project.state_dir),

@@ -83,8 +83,12 @@ DEMO_OVERRIDES = (
 )
 
 PREFECT_BOOT_TIMEOUT_S = 180  # a first boot runs the SQLite migrations: ~16 s on an idle 2-core machine
-# What Prefect's own ephemeral launcher sets: no UI, no background services, the last server of this process tree.
+# What Prefect's own ephemeral launcher sets: no UI, only the services an ephemeral server runs, the last server of
+# this process tree.
 _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+# Automations (triggers and their actions) need a server that outlives one run; starting them costs the temporary
+# server about a second of CPU just when the flow's first requests arrive. A user's setting wins.
+_SERVER_DEFAULTS = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
 _SERVE = "import sys; from flows.settings import serve_prefect_api; serve_prefect_api(int(sys.argv[1]), int(sys.argv[2]))"
 
 
@@ -111,7 +115,7 @@ class PrefectServer:
             self.port = sock.getsockname()[1]
             self.process = subprocess.Popen([sys.executable, "-c", _SERVE, str(sock.fileno()), str(os.getpid())],
                                             pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL,
-                                            env={**os.environ, **_SERVER_ENV})
+                                            env={**_SERVER_DEFAULTS, **os.environ, **_SERVER_ENV})
         self._t0 = time.monotonic()
         self._ready: Exception | None | bool = False
 
@@ -179,6 +183,11 @@ def boot_prefect_in_background():
     os.environ["PREFECT_API_URL"] = _server.api_url
     os.environ.setdefault("PREFECT_UI_URL", "")  # it serves no UI: no "View at <dead link>" in the log
     return _server.wait
+
+
+def booted_prefect_server() -> bool:
+    """Whether this process started the Prefect server it uses (rather than a user's ``PREFECT_API_URL``)."""
+    return _server is not None
 
 
 def stop_prefect_server() -> None:
