@@ -123,7 +123,7 @@ def _prefect_usable(prefect_ready) -> bool:
     if error is None:
         return True
     console.print(f"[yellow]Prefect's temporary server did not start ({type(error).__name__}: "
-                  f"{str(error).splitlines()[0][:200]}); running the stages without Prefect.[/yellow] "
+                  f"{str(error).splitlines()[0][:400]}); running the stages without Prefect.[/yellow] "
                   "Set PREFECT_API_URL to use a running server.")
     return False
 

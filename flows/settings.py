@@ -100,21 +100,23 @@ class PrefectServer:
     The listening socket is bound here and handed to the child, so the URL is known before the child
     is up (no port race) and requests made early wait in the socket's backlog. The child exits when
     :meth:`stop` is called (at this process's exit) or, should this process be killed, on its own
-    within a second (it watches its parent).
+    within a second (it watches its parent). Its output goes to ``log_path``.
     """
 
-    def __init__(self, timeout_s: float = PREFECT_BOOT_TIMEOUT_S):
+    def __init__(self, log_path: Path, timeout_s: float = PREFECT_BOOT_TIMEOUT_S):
         import socket
         import subprocess
         import sys
 
-        self.timeout_s = timeout_s
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        self.log_path, self.timeout_s = log_path, timeout_s
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock, open(log_path, "wb") as log:
             sock.bind(("127.0.0.1", 0))
             sock.listen(64)
             self.port = sock.getsockname()[1]
             self.process = subprocess.Popen([sys.executable, "-c", _SERVE, str(sock.fileno()), str(os.getpid())],
-                                            pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL,
+                                            pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT,
                                             env={**_SERVER_DEFAULTS, **os.environ, **_SERVER_ENV})
         self._t0 = time.monotonic()
         self._ready: Exception | None | bool = False
@@ -132,12 +134,13 @@ class PrefectServer:
             return self._ready
         while True:
             if self.process.poll() is not None:
-                self._ready = RuntimeError(f"Prefect's server process exited with code {self.process.returncode}")
+                self._ready = RuntimeError(f"its process exited with code {self.process.returncode}"
+                                           f"{self._last_error()}; see {self.log_path}")
                 break
             left = self.timeout_s - (time.monotonic() - self._t0)
             if left <= 0:
                 self.stop()
-                self._ready = TimeoutError(f"Prefect's server did not answer within {self.timeout_s:.0f} s")
+                self._ready = TimeoutError(f"it did not answer within {self.timeout_s:.0f} s; see {self.log_path}")
                 break
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=min(left, 2.0)) as response:
@@ -147,6 +150,14 @@ class PrefectServer:
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)  # refused (the child is gone) or timed out in the backlog (still booting)
         return self._ready
+
+    def _last_error(self) -> str:
+        """``: <the last exception line of the log>``, or nothing."""
+        import re
+
+        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.is_file() else []
+        errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b", ln)]
+        return f": {errors[-1][:200]}" if errors else ""
 
     def stop(self) -> None:
         """Stop the child (SIGTERM, then SIGKILL after 5 s) and reap it; safe to call twice."""
@@ -178,7 +189,7 @@ def boot_prefect_in_background():
     global _server
     if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
         return lambda: None
-    _server = PrefectServer()
+    _server = PrefectServer(Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect") / "server.log")
     atexit.register(_server.stop)
     os.environ["PREFECT_API_URL"] = _server.api_url
     os.environ.setdefault("PREFECT_UI_URL", "")  # it serves no UI: no "View at <dead link>" in the log

@@ -129,3 +129,16 @@ def test_prefect_server_ends_with_the_cli(tiny_project, end):
     assert not _running(int(pid))
     with pytest.raises(OSError):  # nothing serves on its port any more
         urllib.request.urlopen(f"{api_url}/health", timeout=5)
+
+
+@pytest.mark.slow
+def test_a_prefect_server_that_cannot_start_says_why_in_one_line(tiny_project, monkeypatch):
+    from flows.settings import PrefectServer
+
+    monkeypatch.setenv("PREFECT_HOME", str(tiny_project / ".lift3d" / "prefect"))
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{tiny_project}/no/such/dir/x.db")
+    server = PrefectServer(tiny_project / "server.log")
+    error = server.wait()
+    assert isinstance(error, RuntimeError) and server.process.poll() is not None
+    message = str(error)
+    assert "\n" not in message and "unable to open database file" in message and str(tiny_project / "server.log") in message
