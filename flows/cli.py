@@ -148,8 +148,8 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: list[str] | N
     if not no_track:
         tracking.warm_up()  # MLflow's imports overlap the wait for Prefect's server
     if _prefect_usable(prefect_ready):
-        summary = _run_flow(demo_flow, p, run_name, store or project.store_url, str(project.state_dir), str(project.runs_dir),
-                            DEMO_SOURCE, not no_track)
+        summary = _run_flow(demo_flow, p, run_name, store or project.store_url, str(project.state_dir),
+                            str(project.runs_dir), DEMO_SOURCE, not no_track)
     else:
         summary = lift_body(DEMO_SOURCE, p, run_name, store or project.store_url, str(project.state_dir),
                             str(project.runs_dir), not no_track, use_prefect=False)

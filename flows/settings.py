@@ -89,7 +89,7 @@ _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PRE
 # Automations (triggers and their actions) need a server that outlives one run; starting them costs the temporary
 # server about a second of CPU just when the flow's first requests arrive. A user's setting wins.
 _SERVER_DEFAULTS = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
-_SERVE = "import sys; from flows.settings import serve_prefect_api; serve_prefect_api(int(sys.argv[1]), int(sys.argv[2]))"
+_SERVE = "import sys; from flows.settings import serve_prefect_api as s; s(int(sys.argv[1]), int(sys.argv[2]))"
 
 
 class PrefectServer:

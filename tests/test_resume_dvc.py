@@ -141,4 +141,5 @@ def test_a_prefect_server_that_cannot_start_says_why_in_one_line(tiny_project, m
     error = server.wait()
     assert isinstance(error, RuntimeError) and server.process.poll() is not None
     message = str(error)
-    assert "\n" not in message and "unable to open database file" in message and str(tiny_project / "server.log") in message
+    assert "\n" not in message and "unable to open database file" in message
+    assert str(tiny_project / "server.log") in message
