@@ -435,3 +435,99 @@ def test_segment_evaluation_matches_per_point_codes():
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_curriculum_admits_the_frames_nearest_the_input_view_first():
+    from lift3d_core.splat.train_distortion import DistortionTrainer
+
+    scene = tiny_scene()
+    c2w, codes, K = tiny_cameras()
+    frames = render_frames(scene, c2w, K)
+    cfg = tiny_train_cfg(coarse_iterations=6, fine_iterations=20, curriculum_steps=10, curriculum_start=0.2)
+    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg)
+    dist = np.linalg.norm(codes - 0.5, axis=1)
+    assert trainer.frames_by_distance[0] == 4 and (np.diff(dist[trainer.frames_by_distance]) > -1e-6).all()
+    seen: dict[int, set] = {}
+    for step in range(1, 27):
+        trainer.step = step
+        seen[step] = set(trainer.sample_frames().tolist())
+    nearest2 = set(trainer.frames_by_distance[:2])  # ceil(0.2 * 9)
+    assert set().union(*(seen[s] for s in range(1, 7))) <= nearest2  # the whole coarse stage
+    assert trainer.admitted_frames() == 9
+    trainer.step = 6 + 5  # half-way through the curriculum: 0.2 + 0.8 * 0.5 = 60 % of 9 frames
+    assert trainer.admitted_frames() == 6
+    assert set().union(*(seen[s] for s in range(17, 27))) - set(trainer.frames_by_distance[:6])  # far frames came in
+    # without a curriculum, every frame from step 1 (and the coarse stage stays plain 3DGS: see the test above)
+    plain = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg())
+    plain.step = 1
+    assert plain.admitted_frames() == 9
+
+
+def test_restart_schedule_restarts_position_lr_and_densification_at_the_fine_stage():
+    from lift3d_core.splat.train_distortion import DistortionTrainer
+
+    scene = tiny_scene()
+    c2w, codes, K = tiny_cameras()
+    frames = render_frames(scene, c2w, K)
+    cfg = tiny_train_cfg(coarse_iterations=8, fine_iterations=12, restart_schedule=True)
+    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg)
+    lrs = []
+    for _ in range(20):
+        trainer.train_step()
+        assert trainer.schedule_step() == ((trainer.step, 8) if trainer.step <= 8 else (trainer.step - 8, 12))
+        lrs.append(trainer.optimizers["means"].param_groups[0]["lr"])
+    from lift3d_core.splat.optim import means_lr
+
+    expect = [means_lr(s, trainer.lrs, trainer.scene_extent, 8) for s in range(1, 9)]
+    expect += [means_lr(s, trainer.lrs, trainer.scene_extent, 12) for s in range(1, 13)]
+    assert lrs == pytest.approx(expect)
+    assert lrs[8] > lrs[7] and lrs[19] < lrs[8]  # the fine stage starts high again
+    once = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg(coarse_iterations=8, fine_iterations=12))
+    for _ in range(9):
+        once.train_step()
+    assert once.schedule_step() == (9, 20) and once.optimizers["means"].param_groups[0]["lr"] < lrs[8]
+
+
+def test_max_offset_bounds_position_offsets_smoothly():
+    means = random_gaussians(500).means
+    code = torch.tensor([0.9, 0.1])
+    free, bounded = DistortionField(tiny_cfg()), DistortionField(tiny_cfg(max_offset=0.05))
+    bounded.load_state_dict(free.state_dict())
+    for field in (free, bounded):
+        randomise_heads(field)
+        with torch.no_grad():
+            for head in field.heads.values():
+                head[-1].weight.mul_(100.0)  # offsets far beyond the bound
+    bounded.load_state_dict(free.state_dict())
+    with torch.no_grad():
+        raw, off = free(means, code).d_means, bounded(means, code).d_means
+    assert raw.abs().max() > 0.5 and off.abs().max() <= 0.05
+    torch.testing.assert_close(off, 0.05 * torch.tanh(raw / 0.05))
+    small = raw.abs() < 0.005  # identity near zero
+    torch.testing.assert_close(off[small], raw[small], rtol=1e-2, atol=1e-6)
+    with pytest.raises(Lift3DError):
+        tiny_cfg(max_offset=0.0)
+
+
+def test_pyramid_l1_compares_pooled_images():
+    from lift3d_core.splat.train_distortion import pyramid_l1
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 16, 24, 3, generator=g)
+    assert float(pyramid_l1(img, img, 3)) == 0.0
+    shifted = torch.roll(img, 1, dims=2)
+    # pooled images differ less than pixels do, and each level adds a term
+    assert 0.0 < float(pyramid_l1(img, shifted, 1)) < float((img - shifted).abs().mean())
+    assert float(pyramid_l1(img, shifted, 2)) > float(pyramid_l1(img, shifted, 1))
+    assert float(pyramid_l1(img, shifted, 10)) == pytest.approx(float(pyramid_l1(img, shifted, 3)))  # 16 / 2**3 = 2 rows
+
+
+def test_new_train_options_are_validated():
+    from lift3d_core.splat.train_distortion import DistortionTrainConfig
+
+    for bad in ({"curriculum_steps": -1}, {"curriculum_start": 0.0}, {"curriculum_start": 1.5},
+                {"max_offset_fraction": 0.0}, {"pyramid_weight": -1.0}, {"pyramid_levels": 0}):
+        with pytest.raises(Lift3DError):
+            DistortionTrainConfig(**bad)
+    cfg = DistortionTrainConfig(max_offset_fraction=0.1)
+    assert cfg.field_config(((0.0, 0.0, 0.0), (2.0, 3.0, 6.0))).max_offset == pytest.approx(0.7)

@@ -100,6 +100,8 @@ class DistortionFieldConfig:
         frame_init: constant value of the frame planes at initialisation (1: multiplicative
             identity, so the field starts frame-independent, as 4DGS's time planes; LiftImage3D's
             copy tests ``in_dim == 4`` and so starts all its 5-D planes uniform).
+        max_offset: bound of every position-offset component, world units: the head's output ``o`` becomes
+            ``max_offset * tanh(o / max_offset)`` (identity near 0). None: unbounded (the reference).
         seed: seeds every random initial value.
     """
 
@@ -117,6 +119,7 @@ class DistortionFieldConfig:
     deform_sh: bool = False
     spatial_init: tuple[float, float] = (0.1, 0.5)
     frame_init: float = 1.0
+    max_offset: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -141,6 +144,8 @@ class DistortionFieldConfig:
             raise Lift3DError(f"DistortionFieldConfig.multires must be non-empty positive integers, got {self.multires}")
         if not (self.deform_position or self.deform_scale or self.deform_rotation or self.deform_opacity or self.deform_sh):
             raise Lift3DError("DistortionFieldConfig: at least one deform_* head must be on")
+        if self.max_offset is not None and not float(self.max_offset) > 0:
+            raise Lift3DError(f"DistortionFieldConfig.max_offset must be > 0 or None, got {self.max_offset}")
         if len(self.spatial_init) != 2 or not self.spatial_init[0] <= self.spatial_init[1]:
             raise Lift3DError(f"DistortionFieldConfig.spatial_init must be (low, high) with low <= high, got {self.spatial_init}")
 
@@ -437,6 +442,9 @@ class DistortionField(nn.Module):
         else:
             hidden = self.feature_net(feats)
             out = {name: head(hidden) for name, head in self.heads.items()}
+        m = self.cfg.max_offset
+        if m is not None and "position" in out:
+            out["position"] = m * torch.tanh(out["position"] / m)
         return Offsets(
             d_means=out.get("position"),
             d_log_scales=out.get("scale"),

@@ -398,6 +398,11 @@ class Trainer:
         terms["loss"] = loss
         return terms
 
+    def schedule_step(self) -> tuple[int, int]:
+        """(step, length) that the position learning rate and densification follow: the global step and the run's
+        length here; a trainer with stages may restart them per stage."""
+        return self.step, self.cfg.iterations
+
     # -- the loop ---------------------------------------------------------------------------------------------------
     def all_optimizers(self) -> list[torch.optim.Optimizer]:
         return list(self.optimizers.values()) + self.extra_optimizers
@@ -406,7 +411,8 @@ class Trainer:
         """One iteration; returns (loss terms, the render, what densification did)."""
         self.step += 1
         step = self.step
-        update_learning_rates(self.optimizers, step, self.lrs, self.scene_extent, self.cfg.iterations)
+        sched_step, sched_total = self.schedule_step()
+        update_learning_rates(self.optimizers, sched_step, self.lrs, self.scene_extent, sched_total)
         idx = self.sample_frames()
         out = self.render_frames(idx, active_sh_degree(step, self.cfg.sh_degree, self.cfg.sh_degree_every))
         self.strategy.step_pre_backward(out)
@@ -416,7 +422,7 @@ class Trainer:
             opt.step()
             opt.zero_grad(set_to_none=True)
         # After the Adam step (as gsplat's trainer): rows added now have no gradient yet, so no step is skipped.
-        report = self.strategy.step_post_backward(self.params, self.optimizers, out, step)
+        report = self.strategy.step_post_backward(self.params, self.optimizers, out, sched_step)
         self._last_idx = idx
         return terms, out, report
 

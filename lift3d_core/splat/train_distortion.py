@@ -95,6 +95,21 @@ class DistortionTrainConfig:
     ``field_mlp_dtype``: dtype of the field MLP's matrix products: ``auto`` (bfloat16 on CUDA, float32
     elsewhere), ``float32`` or ``bfloat16``. The planes, the offsets and the Gaussians stay float32.
 
+    ``restart_schedule`` (LiftImage3D / 4DGS: True, each stage is a new training run): the position learning rate
+    decay and the densification schedule (``densify_*``, ``opacity_reset_every``) restart at the fine stage, each
+    stage following them over its own length; False: one schedule over both stages, as a plain run of the same
+    length. ``curriculum_steps`` (ours, 0 = off): frames enter training in order of their code's distance from
+    ``input_code`` (the input view first: a generated frame drifts more the further it is along the tree), from
+    the nearest ``curriculum_start`` of them (the whole coarse stage trains on those) to all of them
+    ``curriculum_steps`` steps into the fine stage (into the run, without a fine stage): the field then follows the
+    drift frame by frame, a small step each time, from canonical Gaussians that the least distorted frames made
+    sharp. ``pyramid_weight`` (ours, 0 = off): in the fine stage, an L1 term between the render and the frame
+    average-pooled by 2, 4, ... (``pyramid_levels`` factors), whose gradient reaches further than the pixels'.
+
+    ``max_offset_fraction`` (ours, None = LiftImage3D): position offsets are bounded smoothly (tanh) to this
+    fraction of the field bounds' diagonal per component, so that a Gaussian no frame constrains well cannot be
+    sent across the scene.
+
     ``input_view_repeats``: extra copies of the input-view frames (code == ``input_code``) in every epoch of
     the frame order (LiftImage3D: 50). ``train``: the plain 3DGS config (densification, Gaussian learning
     rates, depth loss, backend, seed, ...).
@@ -134,6 +149,12 @@ class DistortionTrainConfig:
     field_lr_scale_by_extent: bool = True
     input_view_repeats: int = 0
     field_mlp_dtype: str = "auto"
+    restart_schedule: bool = False
+    curriculum_steps: int = 0
+    curriculum_start: float = 0.25
+    max_offset_fraction: float | None = None
+    pyramid_weight: float = 0.0
+    pyramid_levels: int = 2
     train: TrainConfig = LIFTIMAGE3D_TRAIN
 
     def __post_init__(self):
@@ -158,6 +179,11 @@ class DistortionTrainConfig:
         need(self.frame_mean_codes >= 1 and self.frame_mean_samples >= 1, "frame_mean_codes and frame_mean_samples must be >= 1")
         need(self.field_cull_margin is None or self.field_cull_margin >= 0, f"field_cull_margin must be >= 0 or None, got {self.field_cull_margin}")
         need(self.input_view_repeats >= 0, f"input_view_repeats must be >= 0, got {self.input_view_repeats}")
+        need(self.curriculum_steps >= 0, f"curriculum_steps must be >= 0, got {self.curriculum_steps}")
+        need(0.0 < self.curriculum_start <= 1.0, f"curriculum_start must be in (0, 1], got {self.curriculum_start}")
+        need(self.max_offset_fraction is None or self.max_offset_fraction > 0,
+             f"max_offset_fraction must be > 0 or None, got {self.max_offset_fraction}")
+        need(self.pyramid_weight >= 0 and self.pyramid_levels >= 1, "pyramid_weight must be >= 0 and pyramid_levels >= 1")
         need(self.field_mlp_dtype in ("auto", "float32", "bfloat16"),
              f"field_mlp_dtype must be auto, float32 or bfloat16, got {self.field_mlp_dtype!r}")
         # Build the field config once with dummy bounds so its checks run here, at the boundary.
@@ -173,7 +199,12 @@ class DistortionTrainConfig:
         return replace(self.train, iterations=self.iterations, batch_size=self.batch_size)
 
     def field_config(self, bounds) -> DistortionFieldConfig:
-        return DistortionFieldConfig(bounds=bounds, seed=self.train.seed, **{k: getattr(self, k) for k in _FIELD_KEYS})
+        max_offset = None
+        if self.max_offset_fraction is not None:
+            diag = sum((float(b) - float(a)) ** 2 for a, b in zip(*bounds)) ** 0.5
+            max_offset = self.max_offset_fraction * diag
+        return DistortionFieldConfig(bounds=bounds, seed=self.train.seed, max_offset=max_offset,
+                                     **{k: getattr(self, k) for k in _FIELD_KEYS})
 
     @classmethod
     def from_dict(cls, values: dict) -> DistortionTrainConfig:
@@ -286,6 +317,10 @@ class DistortionTrainer(Trainer):
         self.unique_codes = torch.unique(self.frame_codes, dim=0)
         is_input = (codes - torch.tensor(cfg.input_code)).abs().max(dim=1).values < 1e-6
         self.input_frames = torch.nonzero(is_input).flatten().tolist()
+        # frames nearest the input view first (stable: ties keep their order), for the curriculum
+        dist = (codes.double() - torch.tensor(cfg.input_code, dtype=torch.float64)).norm(dim=1)
+        self.frames_by_distance = torch.sort(dist, stable=True).indices.tolist()
+        self._pool_size = 0
         self.last_terms: dict[str, torch.Tensor] = {}
         # Its own stream, so the frame order (and thus the coarse stage) equals the plain trainer's.
         self.anchor_generator = torch.Generator().manual_seed(cfg.train.seed + 1)
@@ -315,13 +350,35 @@ class DistortionTrainer(Trainer):
         """True on the steps of the fine stage (the field is rendered and trained)."""
         return self.step > self.dcfg.coarse_iterations
 
+    def schedule_step(self) -> tuple[int, int]:
+        if not self.dcfg.restart_schedule:
+            return super().schedule_step()
+        coarse = self.dcfg.coarse_iterations
+        if self.step <= coarse:
+            return self.step, coarse
+        return self.step - coarse, self.dcfg.fine_iterations
+
+    def admitted_frames(self) -> int:
+        """How many frames (nearest the input view first) the curriculum admits at the current step."""
+        d = self.dcfg
+        if d.curriculum_steps == 0:
+            return self.num_frames
+        clock = self.step - d.coarse_iterations if d.fine_iterations > 0 else self.step
+        frac = d.curriculum_start + (1.0 - d.curriculum_start) * min(1.0, max(clock, 0) / d.curriculum_steps)
+        return max(1, min(self.num_frames, int(np.ceil(frac * self.num_frames - 1e-9))))
+
     def sample_frames(self) -> torch.Tensor:
-        """Shuffled epochs over the frames plus ``input_view_repeats`` extra copies of the input view(s)."""
+        """Shuffled epochs over the admitted frames (all, without a curriculum) plus ``input_view_repeats`` extra
+        copies of the input view(s); an epoch starts over when the curriculum admits more frames."""
+        n = self.admitted_frames()
+        if n != self._pool_size:
+            self._pool_size, self._epoch_order = n, []
         idx = []
         while len(idx) < self.cfg.batch_size:
             if not self._epoch_order:
+                frames = list(range(self.num_frames)) if n == self.num_frames else self.frames_by_distance[:n]
                 extra = [f for f in self.input_frames for _ in range(self.dcfg.input_view_repeats)]
-                pool = torch.tensor(list(range(self.num_frames)) + extra, dtype=torch.long)
+                pool = torch.tensor(frames + extra, dtype=torch.long)
                 self._epoch_order = pool[torch.randperm(len(pool), generator=self.generator)].tolist()
             idx.append(self._epoch_order.pop())
         return torch.tensor(idx, dtype=torch.long)
@@ -409,6 +466,9 @@ class DistortionTrainer(Trainer):
             if weight > 0:
                 terms[name] = fn(self.field)
                 loss = loss + weight * terms[name]
+        if d.pyramid_weight > 0:
+            terms["pyramid"] = pyramid_l1(out.rgb, self.target_rgb(idx), d.pyramid_levels)
+            loss = loss + d.pyramid_weight * terms["pyramid"]
         if d.offset_weight > 0:
             terms["offsets"] = offset_penalty(self._step_offsets["frames"])
             loss = loss + d.offset_weight * terms["offsets"]
@@ -495,6 +555,19 @@ class DistortionTrainer(Trainer):
                 peak = max(peak, float(norms.max()))
                 n += norms.numel()
         return total / max(n, 1), peak
+
+
+def pyramid_l1(pred: torch.Tensor, target: torch.Tensor, levels: int) -> torch.Tensor:
+    """Sum over ``k = 1..levels`` of the mean absolute difference of ``pred`` and ``target`` (``[B, H, W, 3]``)
+    average-pooled by ``2**k`` (a pooled image is not shorter than 2 pixels on either side)."""
+    p, t = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+    total = pred.new_zeros(())
+    for k in range(1, levels + 1):
+        f = 2**k
+        if min(p.shape[-2:]) // f < 2:
+            break
+        total = total + (torch.nn.functional.avg_pool2d(p, f) - torch.nn.functional.avg_pool2d(t, f)).abs().mean()
+    return total
 
 
 def _frame_mean_of(off, k: int, m: int) -> torch.Tensor:
