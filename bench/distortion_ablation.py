@@ -300,7 +300,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plain_cfg, dcfg = configs(args)
+    _, dcfg = configs(args)
     same = ("iterations", "coarse_fraction", "width", "height", "frame_step", "points", "init_noise", "init_opacity",
             "hidden_gaussians", "max_gaussians", "eval_views", "set", "backend")
     setup = {k: getattr(args, k) for k in same}
@@ -329,10 +329,9 @@ def main(argv=None) -> int:
 
     rows = run(args, done, save)
     save(rows)
-    meta = {"seconds": time.perf_counter() - t0}
     print()
     print(table(rows))
-    print(f"\n{len(rows)} runs in {meta['seconds']:.0f}s -> {out}")
+    print(f"\n{len(rows)} runs in {time.perf_counter() - t0:.0f}s -> {out}")
     return 0
 
 

@@ -423,21 +423,17 @@ class DistortionTrainer(Trainer):
             segments.append(torch.arange(start, start + a_points.shape[0], device=self.device))
             extra["anchor"] = (1, a_points.shape[0])
         off = self.field.evaluate(torch.cat(points), torch.cat(codes), segments)
-        sizes = [sum(counts)] + [k * m for k, m in extra.values()]
-        # per field of Offsets, its pieces per query group; then per group, an Offsets of its pieces
-        pieces = [[None] * len(sizes) if t is None else t.split(sizes) for t in off]
-        parts = [type(off)(*(p[q] for p in pieces)) for q in range(len(sizes))]
+        parts = _split_offsets(off, [sum(counts)] + [k * m for k, m in extra.values()])
         frame_off = parts[0]
         self._step_offsets = {"frames": frame_off}
         for name, part in zip(extra, parts[1:]):
             self._step_offsets[name] = (part, *extra[name]) if name == "frame_mean" else part
 
         outs = []
-        for i, sel, frame_part in zip(idx.tolist(), segments, zip(*(
-                [None] * len(counts) if t is None else t.split(counts) for t in frame_off))):
+        for i, sel, part in zip(idx.tolist(), segments, _split_offsets(frame_off, counts)):
             # the frame's offsets, zero for the centres outside its view (the rasterizer culls those)
-            frame = type(frame_off)(*(None if t is None else t.new_zeros((n, *t.shape[1:])).index_copy(0, sel, t)
-                                      for t in frame_part))
+            frame = type(part)(*(None if t is None else t.new_zeros((n, *t.shape[1:])).index_copy(0, sel, t)
+                                 for t in part))
             outs.append(
                 render(
                     apply_offsets(canonical, frame),
@@ -516,13 +512,6 @@ class DistortionTrainer(Trainer):
         mu, mv = margin * self.width, margin * self.height
         return (cam[..., 2] > 1e-3) & (u > -mu) & (u < self.width + mu) & (v > -mv) & (v < self.height + mv)
 
-    def frame_mean_penalty(self) -> torch.Tensor:
-        """The offsets averaged over ``frame_mean_codes`` random training codes, on ``frame_mean_samples`` random
-        Gaussians, penalised like the anchor: what all frames share belongs to the canonical Gaussians."""
-        means, codes = self._frame_mean_queries()
-        k, m = codes.shape[0], means.shape[0]
-        return _frame_mean_of(self.field.evaluate(means, codes, [None] * k), k, m)
-
     def train_step(self):
         if self.step + 1 > self.dcfg.coarse_iterations:  # the coming step is a fine one
             if self.field_optimizer not in self.extra_optimizers:
@@ -570,8 +559,15 @@ def pyramid_l1(pred: torch.Tensor, target: torch.Tensor, levels: int) -> torch.T
     return total
 
 
+def _split_offsets(off, sizes: list[int]) -> list:
+    """``off`` (an :class:`Offsets` of ``sum(sizes)`` rows) cut into consecutive :class:`Offsets` of ``sizes`` rows."""
+    pieces = [[None] * len(sizes) if t is None else t.split(sizes) for t in off]
+    return [type(off)(*(p[q] for p in pieces)) for q in range(len(sizes))]
+
+
 def _frame_mean_of(off, k: int, m: int) -> torch.Tensor:
-    """:func:`offset_penalty` of code-major offsets of ``m`` centres at ``k`` codes, averaged over the codes."""
+    """The frame-mean penalty (see ``frame_mean_weight``): :func:`offset_penalty` of code-major offsets of ``m``
+    centres at ``k`` codes, averaged over the codes."""
     return offset_penalty(type(off)(*(None if t is None else t.reshape(k, m, *t.shape[1:]).mean(dim=0) for t in off)))
 
 
