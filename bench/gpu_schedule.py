@@ -90,8 +90,8 @@ def main(argv=None) -> int:
         def callback(step, m, marks=marks):
             marks.setdefault(m.get("stage", "plain"), []).append((step, time.perf_counter(), m["num_gaussians"]))
             if step % 1000 == 0:
-                print(f"  {method} step {step} {m.get('stage', '')} N={m['num_gaussians']} psnr={m['psnr']:.2f}",
-                      flush=True)
+                print(f"  {method} step {step} {m.get('stage', '')} N={m['num_gaussians']} psnr={m['psnr']:.2f} "
+                      f"t={time.perf_counter() - t:.1f}s", flush=True)
 
         sync()
         if cuda:

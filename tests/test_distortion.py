@@ -19,6 +19,7 @@ from lift3d_core.splat.distortion import (
     load_field,
     plane_name,
     plane_tv,
+    sample_batched,
     sample_plane,
 )
 from lift3d_core.splat.gaussians import Gaussians
@@ -425,6 +426,28 @@ def test_factored_features_equal_product_of_ten_bilinear_plane_samples():
             feat = feat * sample_plane(planes[p], coords[:, [a, b]])
         expect.append(feat)
     torch.testing.assert_close(field.features(gs.means, codes), torch.cat(expect, dim=-1), rtol=1e-5, atol=1e-6)
+
+
+def test_sample_batched_replicas_give_the_same_values_and_gradients():
+    # Spreading the points over replicas of the planes (less atomic contention on a GPU) must not change the
+    # samples nor the gradients of the planes and of the sample positions (only float summation order).
+    gen = torch.Generator().manual_seed(7)
+    images = torch.rand(3, 4, 6, 9, generator=gen, dtype=torch.float64)
+    grid = torch.rand(3, 101, 2, generator=gen, dtype=torch.float64) * 2.4 - 1.2  # some outside: border clamp
+    weights = torch.randn(3, 4, 101, generator=gen, dtype=torch.float64)
+    results = []
+    for copies in (1, 4, 7):
+        img = images.clone().requires_grad_(True)
+        pts = grid.clone().requires_grad_(True)
+        out = sample_batched(img, pts, copies=copies)
+        (out * weights).sum().backward()
+        results.append((out.detach(), img.grad, pts.grad))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # and the samples are grid_sample's, pointwise
+    for plane in range(3):
+        torch.testing.assert_close(results[0][0][plane].t(), sample_plane(images[plane], grid[plane]), rtol=1e-12, atol=1e-12)
 
 
 def test_segment_evaluation_matches_per_point_codes():

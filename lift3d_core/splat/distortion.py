@@ -282,37 +282,91 @@ class _Level(nn.Module):
     # (frame-independent: once per step) x the frame's 6 lines sampled at the point (1-D) x the u-v value.
     # Bilinear sampling is separable, so this equals the product of the 10 bilinear plane samples exactly, at a
     # fraction of the cost (and of grid_sample's atomic adds in the backward pass, which dominate on a GPU).
-    def spatial_features(self, xyz: torch.Tensor) -> torch.Tensor:
-        """``[M, C]``: product of the 3 spatial plane samples at ``xyz [M, 3]`` (grid coordinates in [-1, 1])."""
-        grid = torch.stack([xyz[:, list(PLANE_PAIRS[p])] for p in GROUPS["spatial"]])  # [3, M, 2]
-        samples = F.grid_sample(self.spatial, grid[:, None], mode="bilinear", padding_mode="border",
-                                 align_corners=True)  # [3, C, 1, M]
-        return samples[:, :, 0, :].prod(dim=0).transpose(0, 1)
+    def spatial_features(self, grid: torch.Tensor) -> torch.Tensor:
+        """``[C, M]``: product of the 3 spatial plane samples at ``grid [3, M, 2]`` (see :func:`spatial_grid`)."""
+        s = sample_batched(self.spatial, grid)  # [3, C, M]
+        return s[0] * s[1] * s[2]
 
     def frame_lines(self, codes: torch.Tensor) -> torch.Tensor:
-        """``[S, 6, C, R]``: for each of S frame codes (``[S, 2]`` in [-1, 1]), the planes xu, xv, yu, yv, zu, zv
-        interpolated at the code, i.e. lines over x, x, y, y, z, z (the u-v plane's value folded into the first:
-        a constant factor commutes with interpolation)."""
+        """``[S, 3, 2C, R]``: for each of S frame codes (``[S, 2]`` in [-1, 1]), the planes xu, xv, yu, yv, zu, zv
+        interpolated at the code, i.e. lines over x, x, y, y, z, z, the two lines of one axis stacked along the
+        channels (``[:, a, :C]`` the a-u line, ``[:, a, C:]`` the a-v line; the u-v plane's value folded into the
+        x-u line: a constant factor commutes with interpolation)."""
         planes = self.frame  # [6, C, Rf, R]: xu, xv, yu, yv, zu, zv
-        rf = planes.shape[2]
+        six, c, rf, r = planes.shape
         which = torch.tensor([PLANE_PAIRS[p][1] - NUM_SPATIAL_AXES for p in GROUPS["frame"]], device=codes.device)
         t = ((codes[:, which].clamp(-1.0, 1.0) + 1.0) * 0.5 * (rf - 1))  # [S, 6] continuous row index
         i0 = t.detach().floor().clamp(0, rf - 2).long()
         w = (t - i0)[..., None, None]
-        plane_idx = torch.arange(planes.shape[0], device=codes.device)[None, :]
+        plane_idx = torch.arange(six, device=codes.device)[None, :]
         rows = planes[plane_idx, :, i0] * (1.0 - w) + planes[plane_idx, :, i0 + 1] * w  # [S, 6, C, R]
         uv = F.grid_sample(self.uv, codes[None, None], mode="bilinear", padding_mode="border", align_corners=True)
         uv = uv[0, :, 0, :].transpose(0, 1)  # [S, C]
-        return torch.cat([rows[:, :1] * uv[:, None, :, None], rows[:, 1:]], dim=1)
+        rows = torch.cat([rows[:, :1] * uv[:, None, :, None], rows[:, 1:]], dim=1)
+        return rows.reshape(rows.shape[0], NUM_SPATIAL_AXES, 2 * c, r)
 
     @staticmethod
-    def line_features(xyz: torch.Tensor, lines: torch.Tensor) -> torch.Tensor:
-        """``[M, C]``: product of ``lines [6, C, R]`` (over x, x, y, y, z, z) sampled linearly at ``xyz [M, 3]``."""
-        x = xyz[:, _LINE_AXES].transpose(0, 1)  # [6, M]
-        grid = torch.stack([x, torch.zeros_like(x)], dim=-1)  # [6, M, 2]; a line is an image of height 1
-        samples = F.grid_sample(lines[:, :, None, :], grid[:, None], mode="bilinear", padding_mode="border",
-                                align_corners=True)  # [6, C, 1, M]
-        return samples[:, :, 0, :].prod(dim=0).transpose(0, 1)
+    def line_features(grid: torch.Tensor, lines: torch.Tensor) -> torch.Tensor:
+        """``[C, M]``: product of the 6 lines of ``lines [3, 2C, R]`` (one frame's :meth:`frame_lines`) sampled
+        linearly at ``grid [3, M, 2]`` (see :func:`line_grid`)."""
+        s = sample_batched(lines[:, :, None, :], grid)  # [3, 2C, M]
+        c = s.shape[1] // 2
+        return s[0, :c] * s[0, c:] * s[1, :c] * s[1, c:] * s[2, :c] * s[2, c:]
+
+
+# grid_sample's backward pass adds every sample's gradient into the plane with atomic adds; when hundreds of
+# thousands of points land in a few thousand cells (a 64-sample line, a 64x64 plane) the adds to one address
+# serialise. ``sample_batched`` spreads the points over ``copies`` replicas of the planes (each replica receives
+# a share of the points' gradients; autograd sums the replicas), which cuts that contention on a GPU at the cost
+# of the replicas' memory: at most ``_COPY_BYTES`` of replicas, one per ``_COPY_POINTS`` points, ``_COPY_MAX`` in
+# all (measured on an H100 at 350k points: bench/RESULTS.md). The values and gradients are the same sums.
+_COPY_POINTS = 4096
+_COPY_MAX = 64
+_COPY_BYTES = 32 << 20
+
+
+def _copies(images: torch.Tensor, points: int) -> int:
+    if images.device.type != "cuda":
+        return 1
+    by_memory = _COPY_BYTES // max(images.numel() * images.element_size(), 1)
+    return int(max(1, min(_COPY_MAX, points // _COPY_POINTS, by_memory)))
+
+
+def sample_batched(images: torch.Tensor, grid: torch.Tensor, copies: int | None = None) -> torch.Tensor:
+    """Bilinear samples of P images, each at its own points (``align_corners=True``, border clamp).
+
+    Args:
+        images: ``[P, C, H, W]``.
+        grid: ``[P, M, 2]`` in ``[-1, 1]``: column 0 along W, column 1 along H.
+        copies: replicas of ``images`` over which the points are spread in the backward pass (None: chosen
+            by size on CUDA, 1 elsewhere; any value gives the same result up to float summation order).
+
+    Returns:
+        ``[P, C, M]``.
+    """
+    p, c, h, w = images.shape
+    m = grid.shape[1]
+    k = _copies(images, m) if copies is None else max(int(copies), 1)
+    if k == 1:
+        out = F.grid_sample(images, grid[:, None], mode="bilinear", padding_mode="border", align_corners=True)
+        return out[:, :, 0, :]
+    chunk = -(-m // k)
+    grid = F.pad(grid, (0, 0, 0, chunk * k - m)).reshape(p, k, chunk, 2).transpose(0, 1).reshape(k * p, 1, chunk, 2)
+    replicas = images[None].expand(k, p, c, h, w).reshape(k * p, c, h, w)
+    out = F.grid_sample(replicas, grid, mode="bilinear", padding_mode="border", align_corners=True)  # [kP, C, 1, chunk]
+    return out.reshape(k, p, c, chunk).permute(1, 2, 0, 3).reshape(p, c, k * chunk)[..., :m]
+
+
+def spatial_grid(xyz: torch.Tensor) -> torch.Tensor:
+    """``[3, M, 2]``: the sample points of the spatial planes xy, xz, yz for grid coordinates ``xyz [M, 3]``."""
+    x, y, z = xyz.unbind(1)
+    return torch.stack([torch.stack(pair, dim=-1) for pair in ((x, y), (x, z), (y, z))])
+
+
+def line_grid(xyz: torch.Tensor) -> torch.Tensor:
+    """``[3, M, 2]``: the sample points of the lines over x, y, z (height-1 images) for ``xyz [M, 3]``."""
+    t = xyz.t()
+    return torch.stack([t, torch.zeros_like(t)], dim=-1)
 
 
 class DistortionField(nn.Module):
@@ -406,17 +460,18 @@ class DistortionField(nn.Module):
         """
         xyz = self.normalise_xyz(means)
         c = torch.as_tensor(codes, dtype=means.dtype, device=means.device).reshape(-1, 2) * 2.0 - 1.0
-        spatial = [level.spatial_features(xyz) for level in self.levels]
+        grid = spatial_grid(xyz)
+        spatial = [level.spatial_features(grid) for level in self.levels]  # [C, N] each
         lines = [level.frame_lines(c) for level in self.levels]
         feats = []
         for j, seg in enumerate(segments):
-            x = xyz if seg is None else xyz.index_select(0, seg)
+            lgrid = line_grid(xyz if seg is None else xyz.index_select(0, seg))
             per_level = []
             for level, sp, ln in zip(self.levels, spatial, lines):
-                sp = sp if seg is None else sp.index_select(0, seg)
-                per_level.append(sp * level.line_features(x, ln[j]))
-            feats.append(torch.cat(per_level, dim=-1))
-        return torch.cat(feats) if len(feats) > 1 else feats[0]
+                sp = sp if seg is None else sp.index_select(1, seg)
+                per_level.append(sp * level.line_features(lgrid, ln[j]))
+            feats.append(torch.cat(per_level, dim=0))
+        return (torch.cat(feats, dim=1) if len(feats) > 1 else feats[0]).t()
 
     def _group_by_code(self, means: torch.Tensor, frame_code) -> tuple[torch.Tensor, list, torch.Tensor | None]:
         code = torch.as_tensor(frame_code, dtype=means.dtype, device=means.device)

@@ -45,7 +45,7 @@ class LearningRates:
 ADAM_EPS = 1e-15
 
 
-def _fused_adam_supported(device: torch.device) -> bool:
+def fused_adam_supported(device: torch.device) -> bool:
     """Whether this torch build has a fused (single-kernel) Adam for ``device``: CPU and CUDA since torch 2.4."""
     try:
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
@@ -68,7 +68,7 @@ def make_optimizers(
         name: torch.optim.Adam(
             [{"params": [p], "lr": lrs.initial(name, scene_extent), "name": name}],
             eps=ADAM_EPS,
-            fused=_fused_adam_supported(p.device) or None,
+            fused=fused_adam_supported(p.device) or None,
         )
         for name, p in params.items()
     }

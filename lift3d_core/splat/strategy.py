@@ -214,11 +214,10 @@ class DensifyStrategy:
             self.count = grad.new_zeros(num)
         # Pixel -> NDC gradient ((W/2, H/2)), times the number of views because the loss averages over them.
         scale = grad.new_tensor([width / 2.0, height / 2.0]) * num_cams
-        visible = out.radii > 0  # [C, N]
-        cam_ids, gs_ids = torch.nonzero(visible, as_tuple=True)
-        norms = (grad[cam_ids, gs_ids] * scale).norm(dim=-1)
-        self.grad2d.index_add_(0, gs_ids, norms)
-        self.count.index_add_(0, gs_ids, torch.ones_like(norms))
+        visible = (out.radii > 0).to(grad.dtype)  # [C, N]
+        # dense over cameras (no device sync, no atomics): an invisible Gaussian's screen gradient counts as 0
+        self.grad2d += ((grad * scale).norm(dim=-1) * visible).sum(dim=0)
+        self.count += visible.sum(dim=0)
 
     def _split_noise(self, shape, device) -> torch.Tensor:
         if self._generator is None or self._generator.device != torch.device(device):

@@ -39,7 +39,7 @@ from lift3d_core.splat.distortion import (
     plane_tv,
 )
 from lift3d_core.splat.gaussians import Gaussians
-from lift3d_core.splat.optim import ADAM_EPS, expon_lr
+from lift3d_core.splat.optim import ADAM_EPS, fused_adam_supported, expon_lr
 from lift3d_core.splat.train import TrainConfig, Trainer
 
 # LiftImage3D's schedule (distort-3dgs/arguments/distort_3dgs/default.py): densify until 10k, reset every 3k.
@@ -343,6 +343,7 @@ class DistortionTrainer(Trainer):
                 {"params": self.field.mlp_parameters(), "lr": self._field_lr["mlp"][0], "name": "mlp"},
             ],
             eps=ADAM_EPS,
+            fused=fused_adam_supported(self.device) or None,
         )
 
     @property
