@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--backend", default="gsplat")
+    ap.add_argument("--variants", nargs="+", default=None, help="names of the variants to time (default: all)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     variants = {
@@ -68,9 +69,12 @@ def main(argv=None) -> int:
         "no culling": dict(field_cull_margin=None),
         "position head only": dict(deform_scale=False, deform_rotation=False),
         "one level": dict(multires=(1,)),
+        "eager regularisers": dict(compile_regularisers="off"),
     }
     rows = {}
     for name, over in variants.items():
+        if args.variants and name not in args.variants:
+            continue
         trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, **over)
         rows[name] = round(time_steps(trainer, args.steps, args.device), 2)
         print(f"{name}: {rows[name]} ms/step", flush=True)

@@ -14,6 +14,7 @@ from lift3d_core.splat.distortion import (
     DistortionField,
     DistortionFieldConfig,
     anchor_loss,
+    field_regularisers,
     frame_planes_l1,
     frame_smoothness,
     load_field,
@@ -556,8 +557,31 @@ def test_new_train_options_are_validated():
     from lift3d_core.splat.train_distortion import DistortionTrainConfig
 
     for bad in ({"curriculum_steps": -1}, {"curriculum_start": 0.0}, {"curriculum_start": 1.5},
-                {"max_offset_fraction": 0.0}, {"pyramid_weight": -1.0}, {"pyramid_levels": 0}):
+                {"max_offset_fraction": 0.0}, {"pyramid_weight": -1.0}, {"pyramid_levels": 0},
+                {"compile_regularisers": "yes"}):
         with pytest.raises(Lift3DError):
             DistortionTrainConfig(**bad)
     cfg = DistortionTrainConfig(max_offset_fraction=0.1)
     assert cfg.field_config(((0.0, 0.0, 0.0), (2.0, 3.0, 6.0))).max_offset == pytest.approx(0.7)
+
+
+@pytest.mark.slow
+def test_compiled_regularisers_equal_eager_values_and_gradients():
+    # The training step may run the three plane regularisers as one torch.compile graph (on CUDA by default);
+    # it must give the eager values and gradients (forced on here, on the CPU backend of torch.compile).
+    field = DistortionField(tiny_cfg())
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(5)
+        for p in field.grid_parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    results = []
+    for compiled in (False, True):
+        field.zero_grad(set_to_none=True)
+        terms = field_regularisers(field, compiled=compiled)
+        (terms[0] * 2.0 + terms[1] * 3.0 + terms[2] * 5.0).backward()
+        results.append(([t.detach() for t in terms], [p.grad.clone() for p in field.grid_parameters()]))
+    (eager_terms, eager_grads), (comp_terms, comp_grads) = results
+    torch.testing.assert_close(comp_terms, eager_terms, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(comp_grads, eager_grads, rtol=1e-5, atol=1e-7)
+    assert eager_terms[0] > 0 and eager_terms[1] > 0 and eager_terms[2] > 0
+    assert [t.item() for t in eager_terms] == [f(field).item() for f in (plane_tv, frame_smoothness, frame_planes_l1)]

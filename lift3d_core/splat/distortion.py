@@ -284,8 +284,8 @@ class _Level(nn.Module):
     # fraction of the cost (and of grid_sample's atomic adds in the backward pass, which dominate on a GPU).
     def spatial_features(self, grid: torch.Tensor) -> torch.Tensor:
         """``[C, M]``: product of the 3 spatial plane samples at ``grid [3, M, 2]`` (see :func:`spatial_grid`)."""
-        s = sample_batched(self.spatial, grid)  # [3, C, M]
-        return s[0] * s[1] * s[2]
+        xy, xz, yz = sample_batched(self.spatial, grid).unbind(0)  # [C, M] each; unbind: one backward op
+        return xy * xz * yz
 
     def frame_lines(self, codes: torch.Tensor) -> torch.Tensor:
         """``[S, 3, 2C, R]``: for each of S frame codes (``[S, 2]`` in [-1, 1]), the planes xu, xv, yu, yv, zu, zv
@@ -307,11 +307,20 @@ class _Level(nn.Module):
 
     @staticmethod
     def line_features(grid: torch.Tensor, lines: torch.Tensor) -> torch.Tensor:
-        """``[C, M]``: product of the 6 lines of ``lines [3, 2C, R]`` (one frame's :meth:`frame_lines`) sampled
-        linearly at ``grid [3, M, 2]`` (see :func:`line_grid`)."""
-        s = sample_batched(lines[:, :, None, :], grid)  # [3, 2C, M]
-        c = s.shape[1] // 2
-        return s[0, :c] * s[0, c:] * s[1, :c] * s[1, c:] * s[2, :c] * s[2, c:]
+        """``[C, M]``: product of the 6 lines of each point's frame, sampled linearly.
+
+        Args:
+            grid: ``[3, M, 2]`` (see :func:`line_grid`): column 0 the point's x, y or z, column 1 its frame's row.
+            lines: ``[3, 2C, S, R]``: :meth:`frame_lines` of S frames with the frames stacked as rows (``lines``
+                of one axis form an S x R image whose row j is frame j's line; a point on row j samples only it).
+        """
+        # unbind and chunk are views whose backward is one stack / cat (indexing s[0], s[0, :c] instead would
+        # back-propagate six zero-filled copies of the whole [3, 2C, M] sample)
+        x, y, z = sample_batched(lines, grid).unbind(0)  # [2C, M] each
+        xu, xv = x.chunk(2)
+        yu, yv = y.chunk(2)
+        zu, zv = z.chunk(2)
+        return xu * xv * yu * yv * zu * zv
 
 
 # grid_sample's backward pass adds every sample's gradient into the plane with atomic adds; when hundreds of
@@ -363,10 +372,19 @@ def spatial_grid(xyz: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack(pair, dim=-1) for pair in ((x, y), (x, z), (y, z))])
 
 
-def line_grid(xyz: torch.Tensor) -> torch.Tensor:
-    """``[3, M, 2]``: the sample points of the lines over x, y, z (height-1 images) for ``xyz [M, 3]``."""
+def line_grid(xyz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``[3, M, 2]``: the sample points of the lines over x, y, z for grid coordinates ``xyz [M, 3]`` whose frames'
+    lines sit on rows ``rows [M]`` (in [-1, 1]) of the stacked line images (see ``_Level.line_features``)."""
     t = xyz.t()
-    return torch.stack([t, torch.zeros_like(t)], dim=-1)
+    return torch.stack([t, rows.expand_as(t)], dim=-1)
+
+
+def _row_coordinates(num_rows: int, counts: list[int], like: torch.Tensor) -> torch.Tensor:
+    """``[sum counts]``: row ``j``'s ``align_corners`` coordinate in an image of ``num_rows`` rows, ``counts[j]``
+    times each (built on the device without a host-to-device copy)."""
+    step = 2.0 / (num_rows - 1) if num_rows > 1 else 0.0
+    parts = [like.new_full((n,), -1.0 + step * j if num_rows > 1 else 0.0) for j, n in enumerate(counts)]
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 class DistortionField(nn.Module):
@@ -460,18 +478,20 @@ class DistortionField(nn.Module):
         """
         xyz = self.normalise_xyz(means)
         c = torch.as_tensor(codes, dtype=means.dtype, device=means.device).reshape(-1, 2) * 2.0 - 1.0
-        grid = spatial_grid(xyz)
-        spatial = [level.spatial_features(grid) for level in self.levels]  # [C, N] each
-        lines = [level.frame_lines(c) for level in self.levels]
-        feats = []
-        for j, seg in enumerate(segments):
-            lgrid = line_grid(xyz if seg is None else xyz.index_select(0, seg))
-            per_level = []
-            for level, sp, ln in zip(self.levels, spatial, lines):
-                sp = sp if seg is None else sp.index_select(1, seg)
-                per_level.append(sp * level.line_features(lgrid, ln[j]))
-            feats.append(torch.cat(per_level, dim=0))
-        return (torch.cat(feats, dim=1) if len(feats) > 1 else feats[0]).t()
+        n = xyz.shape[0]
+        counts = [n if seg is None else int(seg.shape[0]) for seg in segments]
+        rows = None
+        if not (len(segments) == 1 and segments[0] is None):
+            rows = torch.cat([torch.arange(n, device=means.device) if seg is None else seg for seg in segments])
+        # every segment's lines in one sample per level: frame j's lines are row j of an S-row image
+        lgrid = line_grid(xyz if rows is None else xyz.index_select(0, rows), _row_coordinates(c.shape[0], counts, xyz))
+        sgrid = spatial_grid(xyz)
+        per_level = []
+        for level in self.levels:
+            sp = level.spatial_features(sgrid)  # [C, N]: frame-independent, once for all segments
+            lines = level.frame_lines(c).permute(1, 2, 0, 3)  # [3, 2C, S, R]
+            per_level.append((sp if rows is None else sp.index_select(1, rows)) * level.line_features(lgrid, lines))
+        return torch.cat(per_level, dim=0).t()
 
     def _group_by_code(self, means: torch.Tensor, frame_code) -> tuple[torch.Tensor, list, torch.Tensor | None]:
         code = torch.as_tensor(frame_code, dtype=means.dtype, device=means.device)
@@ -586,6 +606,29 @@ def frame_planes_l1(field: DistortionField) -> torch.Tensor:
         for group in (level.frame, level.uv):
             total = total + _group_mean(group, (1.0 - group).abs())
     return total
+
+
+def _all_regularisers(field: DistortionField) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return plane_tv(field), frame_smoothness(field), frame_planes_l1(field)
+
+
+_compiled_regularisers = None
+
+
+def field_regularisers(field: DistortionField, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(:func:`plane_tv`, :func:`frame_smoothness`, :func:`frame_planes_l1`) of ``field`` in one call.
+
+    ``compiled``: run the three (forward and backward) as one ``torch.compile`` graph. Eagerly they are ~300 small
+    kernels per training step (a difference, a square, a mean per plane group and axis, and their backward),
+    which on a GPU cost more in launches than in arithmetic; the planes' shapes never change, so the graph
+    compiles once per field shape (tens of seconds) and is reused. The values are the same sums.
+    """
+    global _compiled_regularisers
+    if not compiled:
+        return _all_regularisers(field)
+    if _compiled_regularisers is None:
+        _compiled_regularisers = torch.compile(_all_regularisers, fullgraph=True, dynamic=False)
+    return _compiled_regularisers(field)
 
 
 def anchor_loss(field: DistortionField, means: torch.Tensor, code: tuple[float, float] = INPUT_VIEW_CODE) -> torch.Tensor:

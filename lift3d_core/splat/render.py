@@ -113,10 +113,34 @@ def render(
     dtype, device = gaussians.means.dtype, gaussians.device
     # Invert in float64: float32 inversion of a far-from-origin pose loses millimetres.
     viewmats = torch.linalg.inv(c2w.to(torch.float64)).to(device=device, dtype=dtype)
-    Ks = K.to(device=device, dtype=dtype)
+    return render_w2c(gaussians, viewmats, K.to(device=device, dtype=dtype), width, height, backend=backend,
+                      background=background, sh_degree=degree, near=near, far=far)
+
+
+def render_w2c(
+    gaussians: Gaussians,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    *,
+    backend: str = "torch",
+    background: torch.Tensor | None = None,
+    sh_degree: int | None = None,
+    near: float = 0.01,
+    far: float = 1e10,
+) -> RenderOutput:
+    """:func:`render` from cameras already on the Gaussians' device: the training loop's entry point.
+
+    ``viewmats [C, 4, 4]`` world-to-camera (OpenCV axes) and ``Ks [C, 3, 3]``, both in the Gaussians' dtype and
+    on their device; ``background`` likewise. Nothing is copied from the host, so a CUDA step queues its kernels
+    without waiting for the device (a host-to-device copy of pageable memory synchronises the stream). The
+    other arguments and the result are :func:`render`'s; the arguments are trusted (render validates them).
+    """
+    degree = gaussians.sh_degree if sh_degree is None else int(sh_degree)
+    dtype, device = gaussians.means.dtype, gaussians.device
     if background is not None:
         background = torch.as_tensor(background, dtype=dtype, device=device).reshape(3)
-
     args = (
         gaussians.means,
         gaussians.quats,

@@ -213,10 +213,10 @@ class DensifyStrategy:
             self.grad2d = grad.new_zeros(num)
             self.count = grad.new_zeros(num)
         # Pixel -> NDC gradient ((W/2, H/2)), times the number of views because the loss averages over them.
-        scale = grad.new_tensor([width / 2.0, height / 2.0]) * num_cams
+        norms = torch.hypot(grad[..., 0] * (width / 2.0 * num_cams), grad[..., 1] * (height / 2.0 * num_cams))
         visible = (out.radii > 0).to(grad.dtype)  # [C, N]
         # dense over cameras (no device sync, no atomics): an invisible Gaussian's screen gradient counts as 0
-        self.grad2d += ((grad * scale).norm(dim=-1) * visible).sum(dim=0)
+        self.grad2d += (norms * visible).sum(dim=0)
         self.count += visible.sum(dim=0)
 
     def _split_noise(self, shape, device) -> torch.Tensor:

@@ -336,6 +336,9 @@ class Trainer:
         self.inv_depth = None if inv_depth is None else inv_depth.to(self.device, torch.float32)
         self.num_frames, self.height, self.width = frames.shape[0], frames.shape[1], frames.shape[2]
         self.background = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)
+        # The same cameras on the device for rendering (inverted in float64 on the host, once).
+        self.viewmats = torch.linalg.inv(self.c2w).to(self.device, torch.float32)
+        self.Ks = self.K.to(self.device, torch.float32)
 
         self.scene_extent = cfg.scene_extent or scene_extent_from_cameras(c2w, init.means)
         self.params = GaussianParams.from_gaussians(_match_sh_degree(init, cfg.sh_degree).to(self.device))
@@ -360,12 +363,13 @@ class Trainer:
 
     def render_frames(self, idx: torch.Tensor, sh_degree: int):
         """Render frames ``idx [B]`` -> ``RenderOutput`` with C = B (rgb ``[B, H, W, 3]``)."""
-        from lift3d_core.splat.render import render
+        from lift3d_core.splat.render import render_w2c
 
-        return render(
+        dev_idx = self.on_device(idx)
+        return render_w2c(
             self.params.gaussians(sh_degree),
-            self.c2w[idx],
-            self.K[idx],
+            self.viewmats[dev_idx],
+            self.Ks[dev_idx],
             self.width,
             self.height,
             backend=self.cfg.backend,
@@ -373,9 +377,17 @@ class Trainer:
             sh_degree=sh_degree,
         )
 
+    def on_device(self, index: torch.Tensor) -> torch.Tensor:
+        """``index`` (a small host tensor: frame indices, random picks) on the training device. On CUDA the copy
+        goes through pinned memory without blocking: a plain copy of pageable memory would wait for every queued
+        kernel, and the step would stop queueing work while the device drains."""
+        if self.device.type != "cuda" or index.device == self.device:
+            return index
+        return index.pin_memory().to(self.device, non_blocking=True)
+
     def target_rgb(self, idx: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, 3]`` float targets in [0, 1]."""
-        return self.frames[idx.to(self.device)].float() / 255.0
+        return self.frames[self.on_device(idx)].float() / 255.0
 
     def depth_weight(self, step: int) -> float:
         cfg = self.cfg
@@ -389,7 +401,7 @@ class Trainer:
         loss = terms["photometric"]
         weight = self.depth_weight(self.step)
         if weight > 0.0:
-            target = self.inv_depth[idx.to(self.device)]
+            target = self.inv_depth[self.on_device(idx)]
             valid = (target > 0) & torch.isfinite(target)
             terms["depth"] = inverse_depth_loss(
                 out.depth, out.alpha, torch.nan_to_num(target), valid, scale_invariant=self.cfg.depth_scale_invariant

@@ -20,6 +20,7 @@ extra times to the frame stack (``input_view_repeats`` here, 0 by default so tha
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
@@ -32,14 +33,12 @@ from lift3d_core.splat.distortion import (
     DistortionField,
     DistortionFieldConfig,
     apply_offsets,
-    frame_planes_l1,
-    frame_smoothness,
+    field_regularisers,
     load_field,
     offset_penalty,
-    plane_tv,
 )
 from lift3d_core.splat.gaussians import Gaussians
-from lift3d_core.splat.optim import ADAM_EPS, fused_adam_supported, expon_lr
+from lift3d_core.splat.optim import ADAM_EPS, expon_lr, fused_adam_supported
 from lift3d_core.splat.train import TrainConfig, Trainer
 
 # LiftImage3D's schedule (distort-3dgs/arguments/distort_3dgs/default.py): densify until 10k, reset every 3k.
@@ -94,6 +93,9 @@ class DistortionTrainConfig:
 
     ``field_mlp_dtype``: dtype of the field MLP's matrix products: ``auto`` (bfloat16 on CUDA, float32
     elsewhere), ``float32`` or ``bfloat16``. The planes, the offsets and the Gaussians stay float32.
+    ``compile_regularisers``: run the plane regularisers as one ``torch.compile`` graph (see
+    ``distortion.field_regularisers``): ``auto`` (on CUDA; eager if compiling fails, with a warning), ``on``,
+    ``off``. Same values; fewer kernel launches per step.
 
     ``restart_schedule`` (LiftImage3D / 4DGS: True, each stage is a new training run): the position learning rate
     decay and the densification schedule (``densify_*``, ``opacity_reset_every``) restart at the fine stage, each
@@ -149,6 +151,7 @@ class DistortionTrainConfig:
     field_lr_scale_by_extent: bool = True
     input_view_repeats: int = 0
     field_mlp_dtype: str = "auto"
+    compile_regularisers: str = "auto"
     restart_schedule: bool = False
     curriculum_steps: int = 0
     curriculum_start: float = 0.25
@@ -184,6 +187,8 @@ class DistortionTrainConfig:
         need(self.max_offset_fraction is None or self.max_offset_fraction > 0,
              f"max_offset_fraction must be > 0 or None, got {self.max_offset_fraction}")
         need(self.pyramid_weight >= 0 and self.pyramid_levels >= 1, "pyramid_weight must be >= 0 and pyramid_levels >= 1")
+        need(self.compile_regularisers in ("auto", "on", "off"),
+             f"compile_regularisers must be auto, on or off, got {self.compile_regularisers!r}")
         need(self.field_mlp_dtype in ("auto", "float32", "bfloat16"),
              f"field_mlp_dtype must be auto, float32 or bfloat16, got {self.field_mlp_dtype!r}")
         # Build the field config once with dummy bounds so its checks run here, at the boundary.
@@ -330,9 +335,8 @@ class DistortionTrainer(Trainer):
         if mlp_dtype == "auto":
             mlp_dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         self.field.mlp_dtype = torch.bfloat16 if mlp_dtype == "bfloat16" else None
-        # Cameras for the visibility test, on the device (the field's cull runs every fine step).
-        self._w2c = torch.linalg.inv(self.c2w).to(self.device, torch.float32)
-        self._K32 = self.K.to(self.device, torch.float32)
+        self._compile_regularisers = cfg.compile_regularisers == "on" or (
+            cfg.compile_regularisers == "auto" and self.device.type == "cuda")
         self._input_code = torch.tensor(cfg.input_code, dtype=torch.float32, device=self.device)
         self._step_offsets: dict[str, object] = {}
         scale = self.scene_extent if cfg.field_lr_scale_by_extent else 1.0
@@ -393,13 +397,13 @@ class DistortionTrainer(Trainer):
         """
         if not self.fine:
             return super().render_frames(idx, sh_degree)
-        from lift3d_core.splat.render import render
+        from lift3d_core.splat.render import render_w2c
 
         d = self.dcfg
         canonical = self.params.gaussians()
         n = canonical.num
         field_input = canonical.means.detach() if d.detach_field_input else canonical.means
-        frames = idx.to(self.device)
+        frames = self.on_device(idx)
         if d.field_cull_margin is None:
             cols = torch.arange(n, device=self.device).repeat(len(idx))
             counts = [n] * len(idx)
@@ -436,10 +440,10 @@ class DistortionTrainer(Trainer):
             frame = type(part)(*(None if t is None else t.new_zeros((n, *t.shape[1:])).index_copy(0, sel, t)
                                  for t in part))
             outs.append(
-                render(
+                render_w2c(
                     apply_offsets(canonical, frame),
-                    self.c2w[i],
-                    self.K[i],
+                    self.viewmats[i : i + 1],
+                    self.Ks[i : i + 1],
                     self.width,
                     self.height,
                     backend=self.cfg.backend,
@@ -455,14 +459,13 @@ class DistortionTrainer(Trainer):
             return terms
         d = self.dcfg
         loss = terms["loss"]
-        for name, weight, fn in (
-            ("plane_tv", d.plane_tv_weight, plane_tv),
-            ("frame_smoothness", d.frame_smoothness_weight, frame_smoothness),
-            ("frame_l1", d.frame_l1_weight, frame_planes_l1),
-        ):
-            if weight > 0:
-                terms[name] = fn(self.field)
-                loss = loss + weight * terms[name]
+        weights = {"plane_tv": d.plane_tv_weight, "frame_smoothness": d.frame_smoothness_weight,
+                   "frame_l1": d.frame_l1_weight}
+        if any(w > 0 for w in weights.values()):
+            for (name, weight), value in zip(weights.items(), self._regularisers()):
+                if weight > 0:
+                    terms[name] = value
+                    loss = loss + weight * value
         if d.pyramid_weight > 0:
             terms["pyramid"] = pyramid_l1(out.rgb, self.target_rgb(idx), d.pyramid_levels)
             loss = loss + d.pyramid_weight * terms["pyramid"]
@@ -478,6 +481,18 @@ class DistortionTrainer(Trainer):
         terms["loss"] = loss
         return terms
 
+    def _regularisers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._compile_regularisers:
+            try:
+                return field_regularisers(self.field, compiled=True)
+            except Exception as exc:  # noqa: BLE001 - a missing compiler/Triton must not stop training
+                if self.dcfg.compile_regularisers == "on":
+                    raise Lift3DError(f"compile_regularisers: on, but torch.compile failed: {exc}") from exc
+                warnings.warn(f"torch.compile of the field regularisers failed ({type(exc).__name__}: {exc}); "
+                              "running them eagerly", RuntimeWarning, stacklevel=2)
+                self._compile_regularisers = False
+        return field_regularisers(self.field)
+
     def _anchor_queries(self) -> torch.Tensor:
         """``[M, 3]`` detached canonical centres where the anchor pins the field to zero at the input code
         (``anchor_samples`` drawn at random, or all): it constrains the field, not where the Gaussians sit."""
@@ -485,7 +500,7 @@ class DistortionTrainer(Trainer):
         m = self.dcfg.anchor_samples
         if m is not None and m < means.shape[0]:
             pick = torch.randint(means.shape[0], (m,), generator=self.anchor_generator)
-            means = means[pick.to(means.device)]
+            means = means[self.on_device(pick)]
         return means
 
     def _frame_mean_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -495,17 +510,17 @@ class DistortionTrainer(Trainer):
         means = self.params["means"].detach()
         if d.frame_mean_samples < means.shape[0]:
             pick = torch.randint(means.shape[0], (d.frame_mean_samples,), generator=self.anchor_generator)
-            means = means[pick.to(means.device)]
+            means = means[self.on_device(pick)]
         codes = self.unique_codes
         if d.frame_mean_codes < codes.shape[0]:
-            codes = codes[torch.randperm(codes.shape[0], generator=self.anchor_generator)[: d.frame_mean_codes].to(codes.device)]
+            codes = codes[self.on_device(torch.randperm(codes.shape[0], generator=self.anchor_generator)[: d.frame_mean_codes])]
         return means, codes
 
     def _visible_batch(self, means: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` bool: centres in front of each frame of ``frames [B]`` (device indices) projecting inside
         its image enlarged by ``field_cull_margin`` of its size on every side."""
         margin = self.dcfg.field_cull_margin or 0.0
-        w2c, K = self._w2c[frames], self._K32[frames]  # [B, 4, 4], [B, 3, 3]
+        w2c, K = self.viewmats[frames], self.Ks[frames]  # [B, 4, 4], [B, 3, 3]
         cam = torch.einsum("bij,nj->bni", w2c[:, :3, :3], means.detach().float()) + w2c[:, None, :3, 3]
         z = cam[..., 2].clamp_min(1e-6)
         u = K[:, None, 0, 0] * cam[..., 0] / z + K[:, None, 0, 2]
