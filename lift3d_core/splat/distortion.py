@@ -570,11 +570,11 @@ def _group_mean(group: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return values.mean() * group.shape[0]
 
 
-def plane_tv(field: DistortionField) -> torch.Tensor:
-    """Total variation of every plane: mean squared first difference along each axis, summed
-    over planes and levels (k-planes' PlaneTV). Zero for constant planes."""
-    total = field.grid_parameters()[0].new_zeros(())
-    for group in field.grid_parameters():
+# The functions below take the field's plane groups (``grid_parameters()``: per level spatial, frame, u-v), so a
+# compiled graph of them depends on the groups' shapes only, not on which field they belong to.
+def _tv(groups: list[torch.Tensor]) -> torch.Tensor:
+    total = groups[0].new_zeros(())
+    for group in groups:
         total = total + _group_mean(group, (group[..., 1:, :] - group[..., :-1, :]).square())
         total = total + _group_mean(group, (group[..., :, 1:] - group[..., :, :-1]).square())
     return total
@@ -588,28 +588,41 @@ def _second_difference_sq(group: torch.Tensor, dim: int) -> torch.Tensor:
     return _group_mean(group, d2.square())
 
 
+def _smoothness(groups: list[torch.Tensor]) -> torch.Tensor:
+    total = groups[0].new_zeros(())
+    for frame, uv in zip(groups[1::3], groups[2::3]):
+        total = total + _second_difference_sq(frame, 2)  # the height axis is the frame axis
+        total = total + _second_difference_sq(uv, 2) + _second_difference_sq(uv, 3)
+    return total
+
+
+def _frame_l1(groups: list[torch.Tensor]) -> torch.Tensor:
+    total = groups[0].new_zeros(())
+    for group in groups[1::3] + groups[2::3]:
+        total = total + _group_mean(group, (1.0 - group).abs())
+    return total
+
+
+def plane_tv(field: DistortionField) -> torch.Tensor:
+    """Total variation of every plane: mean squared first difference along each axis, summed
+    over planes and levels (k-planes' PlaneTV). Zero for constant planes."""
+    return _tv(field.grid_parameters())
+
+
 def frame_smoothness(field: DistortionField) -> torch.Tensor:
     """Mean squared second difference along the frame axes (u, v) of the frame planes, summed
     over planes and levels (4DGS's time smoothness). Zero for planes affine along u and v."""
-    total = field.grid_parameters()[0].new_zeros(())
-    for level in field.levels:
-        total = total + _second_difference_sq(level.frame, 2)  # the height axis is the frame axis
-        total = total + _second_difference_sq(level.uv, 2) + _second_difference_sq(level.uv, 3)
-    return total
+    return _smoothness(field.grid_parameters())
 
 
 def frame_planes_l1(field: DistortionField) -> torch.Tensor:
     """Mean ``|1 - plane|`` of the frame planes summed over planes and levels (4DGS's L1 on the
     time planes): pulls them to the multiplicative identity, i.e. to a frame-independent field."""
-    total = field.grid_parameters()[0].new_zeros(())
-    for level in field.levels:
-        for group in (level.frame, level.uv):
-            total = total + _group_mean(group, (1.0 - group).abs())
-    return total
+    return _frame_l1(field.grid_parameters())
 
 
-def _all_regularisers(field: DistortionField) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return plane_tv(field), frame_smoothness(field), frame_planes_l1(field)
+def _all_regularisers(groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _tv(groups), _smoothness(groups), _frame_l1(groups)
 
 
 _compiled_regularisers = None
@@ -621,14 +634,16 @@ def field_regularisers(field: DistortionField, compiled: bool = False) -> tuple[
     ``compiled``: run the three (forward and backward) as one ``torch.compile`` graph. Eagerly they are ~300 small
     kernels per training step (a difference, a square, a mean per plane group and axis, and their backward),
     which on a GPU cost more in launches than in arithmetic; the planes' shapes never change, so the graph
-    compiles once per field shape (tens of seconds) and is reused. The values are the same sums.
+    compiles once per field shape (tens of seconds) and is reused, by any field of that shape. The values are
+    the same sums.
     """
     global _compiled_regularisers
+    groups = field.grid_parameters()
     if not compiled:
-        return _all_regularisers(field)
+        return _all_regularisers(groups)
     if _compiled_regularisers is None:
         _compiled_regularisers = torch.compile(_all_regularisers, fullgraph=True, dynamic=False)
-    return _compiled_regularisers(field)
+    return _compiled_regularisers(groups)
 
 
 def anchor_loss(field: DistortionField, means: torch.Tensor, code: tuple[float, float] = INPUT_VIEW_CODE) -> torch.Tensor:
