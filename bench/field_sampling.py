@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lift3d_core.splat import distortion as D  # noqa: E402
+from lift3d_core.splat import distortion as D  # noqa: E402 - after the sys.path insert
 
 
 def surface_points(n: int, device, seed: int = 0) -> torch.Tensor:

@@ -250,7 +250,6 @@ GROUPS: dict[str, tuple[int, ...]] = {
     "frame": tuple(p for p in FRAME_PLANES if PLANE_PAIRS[p][0] < NUM_SPATIAL_AXES),
     "uv": tuple(p for p in FRAME_PLANES if PLANE_PAIRS[p][0] >= NUM_SPATIAL_AXES),
 }
-_LINE_AXES = [PLANE_PAIRS[p][0] for p in GROUPS["frame"]]  # the spatial axis of each (spatial, frame) plane
 _PLANE_SLOT = {p: (name, i) for name, planes in GROUPS.items() for i, p in enumerate(planes)}
 
 

@@ -485,7 +485,7 @@ class DistortionTrainer(Trainer):
         if self._compile_regularisers:
             try:
                 return field_regularisers(self.field, compiled=True)
-            except Exception as exc:  # noqa: BLE001 - a missing compiler/Triton must not stop training
+            except Exception as exc:  # a missing compiler or Triton must not stop training
                 if self.dcfg.compile_regularisers == "on":
                     raise Lift3DError(f"compile_regularisers: on, but torch.compile failed: {exc}") from exc
                 warnings.warn(f"torch.compile of the field regularisers failed ({type(exc).__name__}: {exc}); "
