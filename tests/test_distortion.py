@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -437,7 +439,7 @@ def test_sample_batched_replicas_give_the_same_values_and_gradients():
     grid = torch.rand(3, 101, 2, generator=gen, dtype=torch.float64) * 2.4 - 1.2  # some outside: border clamp
     weights = torch.randn(3, 4, 101, generator=gen, dtype=torch.float64)
     results = []
-    for copies in (1, 4, 7):
+    for copies in (1, 4, 7, 200):  # 200: more replicas than points
         img = images.clone().requires_grad_(True)
         pts = grid.clone().requires_grad_(True)
         out = sample_batched(img, pts, copies=copies)
@@ -449,6 +451,22 @@ def test_sample_batched_replicas_give_the_same_values_and_gradients():
     # and the samples are grid_sample's, pointwise
     for plane in range(3):
         torch.testing.assert_close(results[0][0][plane].t(), sample_plane(images[plane], grid[plane]), rtol=1e-12, atol=1e-12)
+    assert sample_batched(images, grid[:, :0], copies=3).shape == (3, 4, 0)  # a frame that sees nothing
+
+
+def test_frames_stacked_as_rows_sample_only_their_own_row():
+    # All frames' lines are sampled as rows of one image; each point must get exactly its frame's line (weight 1,
+    # not 1 - 1e-5 with the rest leaking from the neighbouring frame): evaluating 7 frames together equals
+    # evaluating each alone, to the bit.
+    field = DistortionField(tiny_cfg())
+    randomise_heads(field)
+    gs = random_gaussians(30)
+    gen = torch.Generator().manual_seed(11)
+    codes = torch.rand(7, 2, generator=gen)
+    segments = [torch.randperm(30, generator=gen)[: 5 + 3 * j] for j in range(7)]
+    together = field.segment_features(gs.means, codes, segments)
+    alone = torch.cat([field.segment_features(gs.means, codes[j : j + 1], [seg]) for j, seg in enumerate(segments)])
+    assert torch.equal(together, alone)
 
 
 def test_segment_evaluation_matches_per_point_codes():
@@ -566,6 +584,8 @@ def test_new_train_options_are_validated():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_regularisers_equal_eager_values_and_gradients():
     # The training step may run the three plane regularisers as one torch.compile graph (on CUDA by default);
     # it must give the eager values and gradients (forced on here, on the CPU backend of torch.compile).
@@ -580,6 +600,9 @@ def test_compiled_regularisers_equal_eager_values_and_gradients():
         terms = field_regularisers(field, compiled=compiled)
         (terms[0] * 2.0 + terms[1] * 3.0 + terms[2] * 5.0).backward()
         results.append(([t.detach() for t in terms], [p.grad.clone() for p in field.grid_parameters()]))
+    from torch._dynamo.utils import counters
+
+    assert counters["stats"]["unique_graphs"] >= 1  # compiled, not silently run eagerly
     (eager_terms, eager_grads), (comp_terms, comp_grads) = results
     torch.testing.assert_close(comp_terms, eager_terms, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(comp_grads, eager_grads, rtol=1e-5, atol=1e-7)

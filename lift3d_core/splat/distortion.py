@@ -55,6 +55,7 @@ is at ``-1 + 2 i / (R - 1)``.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -251,6 +252,8 @@ GROUPS: dict[str, tuple[int, ...]] = {
     "uv": tuple(p for p in FRAME_PLANES if PLANE_PAIRS[p][0] >= NUM_SPATIAL_AXES),
 }
 _PLANE_SLOT = {p: (name, i) for name, planes in GROUPS.items() for i, p in enumerate(planes)}
+# _Level.frame_lines relies on this order of the (spatial, frame) planes: xu, xv, yu, yv, zu, zv
+assert [PLANE_PAIRS[p] for p in GROUPS["frame"]] == [(a, b) for a in range(NUM_SPATIAL_AXES) for b in (3, 4)]
 
 
 class _Level(nn.Module):
@@ -293,8 +296,8 @@ class _Level(nn.Module):
         x-u line: a constant factor commutes with interpolation)."""
         planes = self.frame  # [6, C, Rf, R]: xu, xv, yu, yv, zu, zv
         six, c, rf, r = planes.shape
-        which = torch.tensor([PLANE_PAIRS[p][1] - NUM_SPATIAL_AXES for p in GROUPS["frame"]], device=codes.device)
-        t = ((codes[:, which].clamp(-1.0, 1.0) + 1.0) * 0.5 * (rf - 1))  # [S, 6] continuous row index
+        # the planes' frame axes are u, v, u, v, u, v (_FRAME_AXES): the codes repeated, no host-to-device copy
+        t = ((codes.repeat(1, NUM_SPATIAL_AXES).clamp(-1.0, 1.0) + 1.0) * 0.5 * (rf - 1))  # [S, 6] row index
         i0 = t.detach().floor().clamp(0, rf - 2).long()
         w = (t - i0)[..., None, None]
         plane_idx = torch.arange(six, device=codes.device)[None, :]
@@ -310,8 +313,9 @@ class _Level(nn.Module):
 
         Args:
             grid: ``[3, M, 2]`` (see :func:`line_grid`): column 0 the point's x, y or z, column 1 its frame's row.
-            lines: ``[3, 2C, S, R]``: :meth:`frame_lines` of S frames with the frames stacked as rows (``lines``
-                of one axis form an S x R image whose row j is frame j's line; a point on row j samples only it).
+            lines: ``[3, 2C, H, R]``: :meth:`frame_lines` of S frames with the frames stacked as rows (the
+                lines of one axis form an image whose row j is frame j's line, H >= S rows, see
+                :func:`_exact_rows`; a point on row j samples only it).
         """
         # unbind and chunk are views whose backward is one stack / cat (indexing s[0], s[0, :c] instead would
         # back-propagate six zero-filled copies of the whole [3, 2C, M] sample)
@@ -334,7 +338,7 @@ _COPY_BYTES = 32 << 20
 
 
 def _copies(images: torch.Tensor, points: int) -> int:
-    if images.device.type != "cuda":
+    if images.device.type != "cuda" or not torch.is_grad_enabled():
         return 1
     by_memory = _COPY_BYTES // max(images.numel() * images.element_size(), 1)
     return int(max(1, min(_COPY_MAX, points // _COPY_POINTS, by_memory)))
@@ -378,9 +382,19 @@ def line_grid(xyz: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.stack([t, rows.expand_as(t)], dim=-1)
 
 
+def _exact_rows(num_frames: int) -> int:
+    """Rows of the image that stacks ``num_frames`` frames' lines: ``2^k + 1 >= num_frames`` (1 for one frame),
+    so that every row's ``align_corners`` coordinate ``-1 + 2 j / (rows - 1)`` and grid_sample's way back to
+    ``j`` are exact in float32 and a point samples its own row with weight exactly 1 (any other row count can
+    leave a weight of ~1e-5 on the neighbouring frame's row)."""
+    if num_frames <= 1:
+        return 1
+    return 2 ** math.ceil(math.log2(num_frames - 1)) + 1
+
+
 def _row_coordinates(num_rows: int, counts: list[int], like: torch.Tensor) -> torch.Tensor:
-    """``[sum counts]``: row ``j``'s ``align_corners`` coordinate in an image of ``num_rows`` rows, ``counts[j]``
-    times each (built on the device without a host-to-device copy)."""
+    """``[sum counts]``: row ``j``'s ``align_corners`` coordinate in an image of ``num_rows`` rows (see
+    :func:`_exact_rows`), ``counts[j]`` times each (built on the device without a host-to-device copy)."""
     step = 2.0 / (num_rows - 1) if num_rows > 1 else 0.0
     parts = [like.new_full((n,), -1.0 + step * j if num_rows > 1 else 0.0) for j, n in enumerate(counts)]
     return torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -473,7 +487,7 @@ class DistortionField(nn.Module):
             segments: S entries, each a ``[M_j]`` long tensor of rows of ``means`` or None for all rows.
 
         Returns:
-            ``[sum M_j, feature_dim]``, segment after segment.
+            ``[sum M_j, feature_dim]``, segment after segment (a transposed view: column-major memory).
         """
         xyz = self.normalise_xyz(means)
         c = torch.as_tensor(codes, dtype=means.dtype, device=means.device).reshape(-1, 2) * 2.0 - 1.0
@@ -482,15 +496,17 @@ class DistortionField(nn.Module):
         rows = None
         if not (len(segments) == 1 and segments[0] is None):
             rows = torch.cat([torch.arange(n, device=means.device) if seg is None else seg for seg in segments])
-        # every segment's lines in one sample per level: frame j's lines are row j of an S-row image
-        lgrid = line_grid(xyz if rows is None else xyz.index_select(0, rows), _row_coordinates(c.shape[0], counts, xyz))
+        # every segment's lines in one sample per level: frame j's lines are row j of one image per axis
+        s = c.shape[0]
+        num_rows = _exact_rows(s)
+        lgrid = line_grid(xyz if rows is None else xyz.index_select(0, rows), _row_coordinates(num_rows, counts, xyz))
         sgrid = spatial_grid(xyz)
         per_level = []
         for level in self.levels:
             sp = level.spatial_features(sgrid)  # [C, N]: frame-independent, once for all segments
-            lines = level.frame_lines(c).permute(1, 2, 0, 3)  # [3, 2C, S, R]
+            lines = F.pad(level.frame_lines(c).permute(1, 2, 0, 3), (0, 0, 0, num_rows - s))  # [3, 2C, rows, R]
             per_level.append((sp if rows is None else sp.index_select(1, rows)) * level.line_features(lgrid, lines))
-        return torch.cat(per_level, dim=0).t()
+        return torch.cat(per_level, dim=0).t()  # a transposed view of [feature_dim, sum M_j]
 
     def _group_by_code(self, means: torch.Tensor, frame_code) -> tuple[torch.Tensor, list, torch.Tensor | None]:
         code = torch.as_tensor(frame_code, dtype=means.dtype, device=means.device)

@@ -214,10 +214,10 @@ class DensifyStrategy:
             self.count = grad.new_zeros(num)
         # Pixel -> NDC gradient ((W/2, H/2)), times the number of views because the loss averages over them.
         norms = torch.hypot(grad[..., 0] * (width / 2.0 * num_cams), grad[..., 1] * (height / 2.0 * num_cams))
-        visible = (out.radii > 0).to(grad.dtype)  # [C, N]
+        visible = out.radii > 0  # [C, N]
         # dense over cameras (no device sync, no atomics): an invisible Gaussian's screen gradient counts as 0
-        self.grad2d += (norms * visible).sum(dim=0)
-        self.count += visible.sum(dim=0)
+        self.grad2d += torch.where(visible, norms, 0.0).sum(dim=0)
+        self.count += visible.sum(dim=0).to(self.count.dtype)
 
     def _split_noise(self, shape, device) -> torch.Tensor:
         if self._generator is None or self._generator.device != torch.device(device):

@@ -381,8 +381,8 @@ class Trainer:
         """``index`` (a small host tensor: frame indices, random picks) on the training device. On CUDA the copy
         goes through pinned memory without blocking: a plain copy of pageable memory would wait for every queued
         kernel, and the step would stop queueing work while the device drains."""
-        if self.device.type != "cuda" or index.device == self.device:
-            return index
+        if self.device.type != "cuda" or index.device.type != "cpu":
+            return index.to(self.device)
         return index.pin_memory().to(self.device, non_blocking=True)
 
     def target_rgb(self, idx: torch.Tensor) -> torch.Tensor:

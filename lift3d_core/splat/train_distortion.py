@@ -337,6 +337,7 @@ class DistortionTrainer(Trainer):
         self.field.mlp_dtype = torch.bfloat16 if mlp_dtype == "bfloat16" else None
         self._compile_regularisers = cfg.compile_regularisers == "on" or (
             cfg.compile_regularisers == "auto" and self.device.type == "cuda")
+        self._regularisers_compiled = False
         self._input_code = torch.tensor(cfg.input_code, dtype=torch.float32, device=self.device)
         self._step_offsets: dict[str, object] = {}
         scale = self.scene_extent if cfg.field_lr_scale_by_extent else 1.0
@@ -409,7 +410,7 @@ class DistortionTrainer(Trainer):
             counts = [n] * len(idx)
         else:
             rows, cols = torch.nonzero(self._visible_batch(canonical.means, frames), as_tuple=True)
-            counts = torch.bincount(rows, minlength=len(idx)).tolist()  # the step's one device sync
+            counts = torch.bincount(rows, minlength=len(idx)).tolist()  # the step's device syncs: nonzero, counts
         points, codes, segments = [field_input], [self.frame_codes[frames]], list(cols.split(counts))
         extra: dict[str, tuple] = {}
         start = n
@@ -484,6 +485,12 @@ class DistortionTrainer(Trainer):
     def _regularisers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._compile_regularisers:
             try:
+                if not self._regularisers_compiled:
+                    # compile forward *and* backward here (AOTAutograd compiles the backward lazily, at the first
+                    # backward pass, outside this try): gradients taken without touching .grad
+                    groups = self.field.grid_parameters()
+                    torch.autograd.grad(sum(field_regularisers(self.field, compiled=True)), groups)
+                    self._regularisers_compiled = True
                 return field_regularisers(self.field, compiled=True)
             except Exception as exc:  # a missing compiler or Triton must not stop training
                 if self.dcfg.compile_regularisers == "on":
