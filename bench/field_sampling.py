@@ -4,7 +4,9 @@
 
 The field is the reference's (3 levels, 16 features, 64-sample planes, 128-wide MLP); the points cluster on a few
 surfaces as a trained scene's Gaussians do (a ground, a wall, a blob), and two frames see 85% of them each, as in
-one batch-2 fine step. Each variant caps the replicas at ``--copies`` values (1: plain grid_sample).
+one batch-2 fine step. Each variant caps the replicas at ``--copies`` values (1: plain grid_sample); the
+memory cap (``distortion._COPY_BYTES``) still applies, so large planes get fewer replicas than the cap (the
+reference's 256x256 level: 2), and caps above the memory cap time the same there.
 
     python bench/field_sampling.py --n 350000 500000 --copies 1 16 64 128 --out field_sampling.json
 """
