@@ -296,7 +296,7 @@ class _Level(nn.Module):
         x-u line: a constant factor commutes with interpolation)."""
         planes = self.frame  # [6, C, Rf, R]: xu, xv, yu, yv, zu, zv
         six, c, rf, r = planes.shape
-        # the planes' frame axes are u, v, u, v, u, v (_FRAME_AXES): the codes repeated, no host-to-device copy
+        # the planes' frame axes are u, v, u, v, u, v (asserted with GROUPS): the codes repeated, no host copy
         t = ((codes.repeat(1, NUM_SPATIAL_AXES).clamp(-1.0, 1.0) + 1.0) * 0.5 * (rf - 1))  # [S, 6] row index
         i0 = t.detach().floor().clamp(0, rf - 2).long()
         w = (t - i0)[..., None, None]
@@ -395,8 +395,8 @@ def _exact_rows(num_frames: int) -> int:
 def _row_coordinates(num_rows: int, counts: list[int], like: torch.Tensor) -> torch.Tensor:
     """``[sum counts]``: row ``j``'s ``align_corners`` coordinate in an image of ``num_rows`` rows (see
     :func:`_exact_rows`), ``counts[j]`` times each (built on the device without a host-to-device copy)."""
-    step = 2.0 / (num_rows - 1) if num_rows > 1 else 0.0
-    parts = [like.new_full((n,), -1.0 + step * j if num_rows > 1 else 0.0) for j, n in enumerate(counts)]
+    step = 2.0 / (num_rows - 1) if num_rows > 1 else 0.0  # one row: grid_sample maps any coordinate to it
+    parts = [like.new_full((n,), -1.0 + step * j) for j, n in enumerate(counts)]
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 

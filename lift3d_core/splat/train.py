@@ -330,15 +330,13 @@ class Trainer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         frames, c2w, K, inv_depth = _validate_inputs(init, frames, c2w, K, inv_depth, cfg)
         self.frames = frames.to(self.device)  # uint8: a quarter of the memory of float targets
-        # Cameras stay float64 on the CPU: render inverts c2w in float64 before moving it to the device.
-        self.c2w = c2w.to("cpu", torch.float64)
-        self.K = K.to("cpu", torch.float64)
+        # Cameras on the device, as the rasterizer takes them: world-to-camera inverted once in float64 on the host
+        # (float32 inversion of a far-from-origin pose loses millimetres), so a step copies nothing from the host.
+        self.viewmats = torch.linalg.inv(c2w.to("cpu", torch.float64)).to(self.device, torch.float32)
+        self.Ks = K.to(self.device, torch.float32)
         self.inv_depth = None if inv_depth is None else inv_depth.to(self.device, torch.float32)
         self.num_frames, self.height, self.width = frames.shape[0], frames.shape[1], frames.shape[2]
         self.background = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)
-        # The same cameras on the device for rendering (inverted in float64 on the host, once).
-        self.viewmats = torch.linalg.inv(self.c2w).to(self.device, torch.float32)
-        self.Ks = self.K.to(self.device, torch.float32)
 
         self.scene_extent = cfg.scene_extent or scene_extent_from_cameras(c2w, init.means)
         self.params = GaussianParams.from_gaussians(_match_sh_degree(init, cfg.sh_degree).to(self.device))
