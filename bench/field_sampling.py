@@ -4,11 +4,12 @@
 
 The field is the reference's (3 levels, 16 features, 64-sample planes, 128-wide MLP); the points cluster on a few
 surfaces as a trained scene's Gaussians do (a ground, a wall, a blob), and two frames see 85% of them each, as in
-one batch-2 fine step. Each variant caps the replicas at ``--copies`` values (1: plain grid_sample); the
-memory cap (``distortion._COPY_BYTES``) still applies, so large planes get fewer replicas than the cap (the
-reference's 256x256 level: 2), and caps above the memory cap time the same there.
+one batch-2 fine step. The grid_sample variants cap the replicas at ``--copies`` values (1: plain grid_sample);
+the memory cap (``distortion._COPY_BYTES``) still applies, so large planes get fewer replicas than the cap (the
+reference's 256x256 level: 2), and caps above the memory cap time the same there. The Triton variants (where
+``field_triton.available``) run the fused kernels with the one-hot line gradient up to ``--line-dot`` cells.
 
-    python bench/field_sampling.py --n 350000 500000 --copies 1 16 64 128 --out field_sampling.json
+    python bench/field_sampling.py --n 350000 500000 --copies 1 64 --line-dot 0 128 256 --out field_sampling.json
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lift3d_core.splat import distortion as D  # noqa: E402 - after the sys.path insert
+from lift3d_core.splat import field_triton  # noqa: E402
 
 
 def surface_points(n: int, device, seed: int = 0) -> torch.Tensor:
@@ -53,6 +55,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[350_000, 500_000])
     ap.add_argument("--copies", type=int, nargs="+", default=[1, 16, 64, 128], help="caps of the replica count")
+    ap.add_argument("--line-dot", type=int, nargs="+", default=[0, 128, 256],
+                    help="fused Triton kernels, with field_triton.LINE_DOT_MAX_R at each of these values")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None)
@@ -71,8 +75,16 @@ def main(argv=None) -> int:
         segments = [torch.nonzero(torch.rand(n, generator=gen) < 0.85).flatten().to(device) for _ in range(2)]
         codes = torch.tensor([[0.3, 0.5], [0.7, 0.6]], device=device)
         upstream = None
-        for cap in args.copies:
-            old, D._COPY_MAX = D._COPY_MAX, cap
+        variants = [("grid_sample", cap) for cap in args.copies]
+        if field_triton.available(device):
+            variants += [("triton", r) for r in args.line_dot]
+        for kind, value in variants:
+            old_copies, old_dot = D._COPY_MAX, field_triton.LINE_DOT_MAX_R
+            field.kernels = "torch" if kind == "grid_sample" else "triton"
+            if kind == "grid_sample":
+                D._COPY_MAX = value
+            else:
+                field_triton.LINE_DOT_MAX_R = value
             try:
                 feats = field.segment_features(means, codes, segments)
                 if upstream is None:
@@ -89,11 +101,12 @@ def main(argv=None) -> int:
                     off = field.evaluate(means, codes, segments)
                     (off.d_means.sum() + off.d_log_scales.sum() + off.d_quats.sum()).backward()
 
-                row = {"n": n, "copies_cap": cap, "forward_ms": timed(forward, device, args.reps),
+                row = {"n": n, "kernels": kind, ("copies_cap" if kind == "grid_sample" else "line_dot_max_r"): value,
+                       "forward_ms": timed(forward, device, args.reps),
                        "forward_backward_ms": timed(backward, device, args.reps),
                        "with_mlp_ms": timed(with_mlp, device, args.reps)}
             finally:
-                D._COPY_MAX = old
+                D._COPY_MAX, field_triton.LINE_DOT_MAX_R = old_copies, old_dot
             field.zero_grad(set_to_none=True)
             means.grad = None
             rows.append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})

@@ -28,8 +28,9 @@ def make_trainer(n, width, height, device, backend, **overrides):
     g = random_scene(n, width, height, kind="heavy", seed=1, device=device)
     frames, c2w, K = _tree_targets(g, width, height, 16, device, backend)
     init = _perturbed(g, 2)
+    plain_keys = {k: overrides.pop(k) for k in list(overrides) if k in ("compile_loss",)}
     plain = TrainConfig(iterations=10**6, batch_size=2, backend=backend, densify_until=0, opacity_reset_every=10**9,
-                        log_every=10**9)
+                        log_every=10**9, **plain_keys)
     cfg = replace(DistortionTrainConfig(coarse_iterations=0, fine_iterations=10**6, batch_size=2, train=plain), **overrides)
     codes = torch.stack([torch.linspace(0.2, 0.8, 16), torch.full((16,), 0.5)], dim=1)
     return DistortionTrainer(init, frames, c2w, K, codes, cfg, device=device)
@@ -60,16 +61,26 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--backend", default="gsplat")
     ap.add_argument("--variants", nargs="+", default=None, help="names of the variants to time (default: all)")
+    ap.add_argument("--line-dot-max-r", type=int, default=None,
+                    help="field_triton.LINE_DOT_MAX_R: longest line whose gradient uses the one-hot product")
+    ap.add_argument("--profile-variant", default="default", help="the variant the profiler records")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.line_dot_max_r is not None:
+        from lift3d_core.splat import field_triton
+
+        field_triton.LINE_DOT_MAX_R = args.line_dot_max_r
     variants = {
         "default": {},
         "no regularisers": dict(plane_tv_weight=0.0, frame_smoothness_weight=0.0, frame_l1_weight=0.0),
         "no anchor": dict(anchor_weight=0.0),
-        "no culling": dict(field_cull_margin=None),
+        "culling": dict(field_cull_margin=0.2),
         "position head only": dict(deform_scale=False, deform_rotation=False),
         "one level": dict(multires=(1,)),
         "eager regularisers": dict(compile_regularisers="off"),
+        "grid_sample field": dict(field_kernels="torch"),
+        "eager loss": dict(compile_loss="off"),
+        "culling, eager loss": dict(field_cull_margin=0.2, compile_loss="off"),
     }
     rows = {}
     for name, over in variants.items():
@@ -81,7 +92,8 @@ def main(argv=None) -> int:
         del trainer
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend)
+    trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend,
+                           **dict(variants[args.profile_variant]))
     time_steps(trainer, 3, args.device)
     acts = [torch.profiler.ProfilerActivity.CPU]
     if args.device.startswith("cuda"):

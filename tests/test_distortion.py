@@ -318,6 +318,34 @@ def test_distortion_trainer_runs_and_reduces_loss():
     torch.testing.assert_close(moved.means, expect)
 
 
+def test_field_culling_leaves_the_step_unchanged():
+    # Evaluating the field only for centres near each frame's view (field_cull_margin) renders the same images:
+    # the same loss and the same gradients as evaluating it everywhere, on a fine step with a trained-looking field.
+    from lift3d_core.splat.train_distortion import DistortionTrainer
+
+    scene = tiny_scene()
+    c2w, codes, K = tiny_cameras()
+    frames = render_frames(scene, c2w, K)
+    init = noisy_init(scene)
+    aside = init.clone()
+    aside.means = aside.means + torch.tensor([40.0, 0.0, 0.0])  # far outside every view: culled
+    init = Gaussians.cat([init, aside])
+    grads = []
+    for margin in (None, 0.2):
+        trainer = DistortionTrainer(init, frames, c2w, K, codes,
+                                    tiny_train_cfg(coarse_iterations=0, field_cull_margin=margin), device="cpu")
+        randomise_heads(trainer.field)
+        visible = trainer._visible_batch(trainer.params["means"], torch.tensor([0, 3])).float().mean()
+        assert 0.3 < visible < 0.7
+        trainer.step = 1
+        idx = torch.tensor([0, 3])
+        out = trainer.render_frames(idx, 0)
+        loss = trainer.losses(idx, out)["photometric"]
+        grads.append((loss.detach(), *torch.autograd.grad(loss, [trainer.params["means"], trainer.params["sh0"]])))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_coarse_stage_is_plain_3dgs():
     """With no fine stage the trainer is the plain trainer, step for step (same frame order, same updates)."""
     from dataclasses import replace
@@ -576,9 +604,11 @@ def test_new_train_options_are_validated():
 
     for bad in ({"curriculum_steps": -1}, {"curriculum_start": 0.0}, {"curriculum_start": 1.5},
                 {"max_offset_fraction": 0.0}, {"pyramid_weight": -1.0}, {"pyramid_levels": 0},
-                {"compile_regularisers": "yes"}):
+                {"compile_regularisers": "yes"}, {"field_kernels": "cuda"}):
         with pytest.raises(Lift3DError):
             DistortionTrainConfig(**bad)
+    with pytest.raises(Lift3DError):
+        DistortionTrainConfig.from_dict({"compile_loss": "maybe"})
     cfg = DistortionTrainConfig(max_offset_fraction=0.1)
     assert cfg.field_config(((0.0, 0.0, 0.0), (2.0, 3.0, 6.0))).max_offset == pytest.approx(0.7)
 

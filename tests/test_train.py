@@ -14,6 +14,7 @@ from lift3d_core.splat.train import (
     TrainConfig,
     Trainer,
     fast_photometric_loss,
+    photometric_loss_shifted,
     scene_extent_from_cameras,
     stack_renders,
     train_gaussians,
@@ -135,15 +136,43 @@ def test_gaussian_params_round_trip(scene):
     assert params.gaussians().means is params["means"]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the convolution path runs on CUDA"))])
 @pytest.mark.parametrize("shape", [(1, 96, 128, 3), (2, 24, 32, 3), (24, 32, 3), (2, 9, 7, 3)])
-def test_fast_photometric_loss_equals_reference(shape):
+def test_fast_photometric_loss_equals_reference(shape, device):
     gen = torch.Generator().manual_seed(0)
-    pred = torch.rand(shape, generator=gen, dtype=torch.float64, requires_grad=True)
-    target = torch.rand(shape, generator=gen, dtype=torch.float64)
+    pred = torch.rand(shape, generator=gen, dtype=torch.float64).to(device).requires_grad_(True)
+    target = torch.rand(shape, generator=gen, dtype=torch.float64).to(device)
     for lam in (0.0, 0.2, 1.0):
         ref, fast = photometric_loss(pred, target, lam), fast_photometric_loss(pred, target, lam)
         torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(torch.autograd.grad(fast, pred)[0], torch.autograd.grad(ref, pred)[0])
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 32, 3), (2, 9, 7, 3)])
+def test_shifted_photometric_loss_equals_reference(shape):
+    gen = torch.Generator().manual_seed(1)
+    pred = torch.rand(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(shape, generator=gen, dtype=torch.float64)
+    for lam in (0.0, 0.2):
+        ref, shifted = photometric_loss(pred, target, lam), photometric_loss_shifted(pred, target, lam)
+        torch.testing.assert_close(shifted, ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(torch.autograd.grad(shifted, pred)[0], torch.autograd.grad(ref, pred)[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled loss is a CUDA feature")
+def test_compiled_loss_equals_eager_on_cuda(scene):
+    init, frames, c2w, K, _ = scene
+    trainer = Trainer(init, frames, c2w, K, TrainConfig(iterations=10, compile_loss="on", backend="torch"), device="cuda")
+    gen = torch.Generator().manual_seed(2)
+    pred = torch.rand(2, 48, 64, 3, generator=gen).cuda().requires_grad_(True)
+    target = torch.rand(2, 48, 64, 3, generator=gen).cuda()
+    compiled = trainer._photometric(pred, target)
+    assert trainer._compiled_loss is not None
+    eager = fast_photometric_loss(pred, target, trainer.cfg.lambda_dssim)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(compiled, pred)[0], torch.autograd.grad(eager, pred)[0],
+                               rtol=1e-4, atol=1e-8)
 
 
 def test_sh_bands_above_the_active_degree_get_no_gradient(scene):

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lift3d_core.errors import Lift3DError
+from lift3d_core.splat import field_triton
 from lift3d_core.splat.gaussians import Gaussians
 
 AXES = ("x", "y", "z", "u", "v")
@@ -300,8 +301,12 @@ class _Level(nn.Module):
         t = ((codes.repeat(1, NUM_SPATIAL_AXES).clamp(-1.0, 1.0) + 1.0) * 0.5 * (rf - 1))  # [S, 6] row index
         i0 = t.detach().floor().clamp(0, rf - 2).long()
         w = (t - i0)[..., None, None]
-        plane_idx = torch.arange(six, device=codes.device)[None, :]
-        rows = planes[plane_idx, :, i0] * (1.0 - w) + planes[plane_idx, :, i0 + 1] * w  # [S, 6, C, R]
+        # rows i0 and i0 + 1 of every (frame, plane) by one index_select of the planes as [6 Rf, C, R] rows (its
+        # backward is one index_add; advanced indexing planes[p, :, i0] back-propagates by a sorting scatter)
+        flat = planes.transpose(1, 2).reshape(six * rf, c, r)
+        at = (torch.arange(six, device=codes.device) * rf)[None, :] + i0  # [S, 6]
+        ends = flat.index_select(0, torch.cat([at.flatten(), at.flatten() + 1])).view(2, *at.shape, c, r)
+        rows = ends[0] * (1.0 - w) + ends[1] * w  # [S, 6, C, R]
         uv = F.grid_sample(self.uv, codes[None, None], mode="bilinear", padding_mode="border", align_corners=True)
         uv = uv[0, :, 0, :].transpose(0, 1)  # [S, C]
         rows = torch.cat([rows[:, :1] * uv[:, None, :, None], rows[:, 1:]], dim=1)
@@ -408,6 +413,9 @@ class DistortionField(nn.Module):
         grids: per level, the 10 planes in ``PLANE_PAIRS`` order as ``[1, C, R_b, R_a]`` views.
         feature_net: shared MLP ``feature_dim -> net_width``.
         heads: ``ModuleDict`` with keys among ``position, scale, rotation, opacity, sh``.
+        kernels: how the planes are sampled: ``"auto"`` (the fused Triton kernels of
+            :mod:`lift3d_core.splat.field_triton` where they can run, ``grid_sample`` elsewhere), ``"triton"``
+            (the kernels or an error), ``"torch"`` (``grid_sample``). Same values up to float rounding.
         mlp_dtype: dtype of the MLP's matrix products (None: float32). ``torch.bfloat16`` on CUDA is several
             times faster for the large per-Gaussian batches of training; the planes, their samples and the
             offsets stay float32.
@@ -417,6 +425,7 @@ class DistortionField(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.mlp_dtype: torch.dtype | None = None
+        self.kernels = "auto"
         gen = torch.Generator().manual_seed(cfg.seed)
         self.levels = nn.ModuleList(_Level(cfg, level, gen) for level in range(len(cfg.multires)))
         layers: list[nn.Module] = [nn.Linear(cfg.feature_dim, cfg.net_width)]
@@ -478,6 +487,18 @@ class DistortionField(nn.Module):
         lo, hi = self.bounds_lo.to(means), self.bounds_hi.to(means)
         return ((means - lo) / (hi - lo) * 2.0 - 1.0).clamp(-1.0, 1.0)
 
+    def uses_fused_kernels(self, like: torch.Tensor) -> bool:
+        """Whether :meth:`segment_features` runs the fused kernels for tensors like ``like`` (see ``kernels``)."""
+        if self.kernels == "torch":
+            return False
+        ok = field_triton.available(like.device) and field_triton.supports(self.cfg.features_per_plane)
+        if self.kernels == "triton" and not ok:
+            raise Lift3DError(f"distortion field: kernels='triton' but the fused kernels cannot run on {like.device} "
+                              f"(needs CUDA and the triton package, and a power-of-two features_per_plane)")
+        if self.kernels not in ("auto", "triton"):
+            raise Lift3DError(f"distortion field: kernels must be auto, triton or torch, got {self.kernels!r}")
+        return ok
+
     def segment_features(self, means: torch.Tensor, codes: torch.Tensor, segments: list) -> torch.Tensor:
         """Features of several groups of points, each at one frame code.
 
@@ -493,6 +514,11 @@ class DistortionField(nn.Module):
         c = torch.as_tensor(codes, dtype=means.dtype, device=means.device).reshape(-1, 2) * 2.0 - 1.0
         n = xyz.shape[0]
         counts = [n if seg is None else int(seg.shape[0]) for seg in segments]
+        if self.uses_fused_kernels(xyz):
+            layout = field_triton.QueryLayout.build(segments, counts, n, xyz.device)
+            spatial = [level.spatial.permute(0, 2, 3, 1) for level in self.levels]  # [3, R, R, C]
+            lines = [level.frame_lines(c).permute(1, 0, 3, 2) for level in self.levels]  # [3, S, R, 2C]
+            return field_triton.fused_features(xyz, layout, spatial, lines)
         rows = None
         if not (len(segments) == 1 and segments[0] is None):
             rows = torch.cat([torch.arange(n, device=means.device) if seg is None else seg for seg in segments])
@@ -522,16 +548,26 @@ class DistortionField(nn.Module):
         feats = self.segment_features(means, codes, segments)
         return feats if order is None else torch.empty_like(feats).index_copy(0, order, feats)
 
+    def _run_mlp(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        # The heads run as one wide layer (their first layers stacked) and one block-diagonal layer (their last
+        # layers): two matrix products for all heads instead of two per head; the same function of the same
+        # parameters (each head's gradient is its block's).
+        hidden = torch.relu(self.feature_net(feats))
+        heads = list(self.heads.values())
+        if len(heads) == 1:
+            return {name: head[1:](hidden) for name, head in self.heads.items()}
+        wide = torch.relu(F.linear(hidden, torch.cat([h[1].weight for h in heads]), torch.cat([h[1].bias for h in heads])))
+        out = F.linear(wide, torch.block_diag(*[h[3].weight for h in heads]), torch.cat([h[3].bias for h in heads]))
+        return dict(zip(self.heads, out.split([h[3].out_features for h in heads], dim=-1)))
+
     def decode(self, feats: torch.Tensor) -> Offsets:
         """Offsets of features ``[M, feature_dim]`` (the MLP and heads)."""
         dtype = self.mlp_dtype
         if dtype is not None and dtype != feats.dtype:
             with torch.autocast(device_type=feats.device.type, dtype=dtype):
-                hidden = self.feature_net(feats)
-                out = {name: head(hidden).float() for name, head in self.heads.items()}
+                out = {name: t.float() for name, t in self._run_mlp(feats).items()}
         else:
-            hidden = self.feature_net(feats)
-            out = {name: head(hidden) for name, head in self.heads.items()}
+            out = self._run_mlp(feats)
         m = self.cfg.max_offset
         if m is not None and "position" in out:
             out["position"] = m * torch.tanh(out["position"] / m)

@@ -51,12 +51,20 @@ def rasterize_gsplat(
         raise Lift3DError(f"gsplat backend renders float32 Gaussians, got {means.dtype}")
     C = viewmats.shape[0]
     backgrounds = None if background is None else background.expand(C, 3).contiguous()
+    # View-dependent colour evaluated here, as gsplat would (SH at the direction from the camera centre, + 0.5,
+    # clamped at 0), but from the camera centre -R^T t instead of gsplat's torch.inverse of the view matrices,
+    # whose error check waits for the device on every render.
+    from gsplat import spherical_harmonics
+
+    campos = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # [C, 3]
+    dirs = means[None] - campos[:, None]  # [C, N, 3]
+    colors = spherical_harmonics(sh_degree, dirs, sh.expand(C, *sh.shape)).add(0.5).clamp_min(0.0)  # [C, N, 3]
     colors, alphas, meta = rasterization(
         means=means,
         quats=quats,  # gsplat normalises them
         scales=scales,
         opacities=opacities,
-        colors=sh,
+        colors=colors,
         viewmats=viewmats.contiguous(),
         Ks=Ks.contiguous(),
         width=width,
@@ -64,7 +72,7 @@ def rasterize_gsplat(
         near_plane=near,
         far_plane=far,
         eps2d=0.3,
-        sh_degree=sh_degree,
+        sh_degree=None,  # colours, not SH coefficients (above)
         packed=False,  # [C, N, ...] outputs, as RenderOutput promises
         backgrounds=backgrounds,
         render_mode="RGB+ED",

@@ -27,7 +27,7 @@ import torch
 
 from lift3d_core.errors import Lift3DError
 from lift3d_core.splat.gaussians import Gaussians, num_sh_bases
-from lift3d_core.splat.loss import SSIM_C1, SSIM_C2, _gaussian_kernel_1d, inverse_depth_loss, psnr
+from lift3d_core.splat.loss import SSIM_C1, SSIM_C2, _blur, _gaussian_kernel_1d, inverse_depth_loss, psnr
 from lift3d_core.splat.optim import (
     LearningRates,
     active_sh_degree,
@@ -57,6 +57,7 @@ class TrainConfig:
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     seed: int = 0
     backend: str = "torch"
+    compile_loss: str = "auto"  # photometric loss as one torch.compile graph: auto (on CUDA), on, off
     scene_extent: float | None = None  # None: from the cameras as 3DGS does (see scene_extent_from_cameras)
     log_every: int = 100
     # densification (strategy.DensifyConfig)
@@ -87,6 +88,7 @@ class TrainConfig:
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(0 <= self.sh_degree <= 3, f"sh_degree must be in 0..3, got {self.sh_degree}")
         need(self.sh_degree_every >= 1, f"sh_degree_every must be >= 1, got {self.sh_degree_every}")
+        need(self.compile_loss in ("auto", "on", "off"), f"compile_loss must be auto, on or off, got {self.compile_loss!r}")
         need(0.0 <= self.lambda_dssim <= 1.0, f"lambda_dssim must be in [0, 1], got {self.lambda_dssim}")
         need(self.depth_weight >= 0.0, f"depth_weight must be >= 0, got {self.depth_weight}")
         need(self.depth_decay > 0.0, f"depth_decay must be > 0, got {self.depth_decay}")
@@ -280,12 +282,44 @@ def _blur_matrix(size: int, device: torch.device, dtype: torch.dtype) -> torch.T
     return torch.where(inside, kernel[(offset + radius).clamp(0, 2 * radius)], torch.zeros((), dtype=dtype, device=device))
 
 
+# The SSIM window's 11 taps (sigma 1.5) as Python numbers, so that a compiled graph holds them as constants.
+_SSIM_TAPS = tuple(float(t) for t in _gaussian_kernel_1d(11, 1.5, "cpu", torch.float64))
+
+
+def _shifted_blur(x: torch.Tensor) -> torch.Tensor:
+    """The zero-padded separable SSIM filter of ``x [N, H, W]`` as sums of shifted copies (elementwise work that
+    ``torch.compile`` fuses into a few kernels; eagerly it is slow)."""
+    r = len(_SSIM_TAPS) // 2
+    h, w = x.shape[-2:]
+    xp = torch.nn.functional.pad(x, (r, r))
+    x = sum(t * xp[..., i : i + w] for i, t in enumerate(_SSIM_TAPS))
+    xp = torch.nn.functional.pad(x, (0, 0, r, r))
+    return sum(t * xp[..., i : i + h, :] for i, t in enumerate(_SSIM_TAPS))
+
+
+def photometric_loss_shifted(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
+    """:func:`fast_photometric_loss` with the blur as shifted sums: the form the trainer compiles on a GPU (one
+    fused graph, forward and backward, instead of ~70 kernels a step). Equal up to float round-off."""
+    l1 = (pred - target).abs().mean()
+    if lambda_dssim == 0.0:
+        return l1
+    h, w = pred.shape[-3], pred.shape[-2]
+    a = pred.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w)
+    b = target.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w).to(a.dtype)
+    mu_a, mu_b, aa, bb, ab = _shifted_blur(torch.cat([a, b, a * a, b * b, a * b])).chunk(5)
+    var_a, var_b, cov_ab = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
+    num = (2.0 * mu_a * mu_b + SSIM_C1) * (2.0 * cov_ab + SSIM_C2)
+    den = (mu_a * mu_a + mu_b * mu_b + SSIM_C1) * (var_a + var_b + SSIM_C2)
+    return (1.0 - lambda_dssim) * l1 + lambda_dssim * (1.0 - (num / den).mean())
+
+
 def fast_photometric_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
     """``loss.photometric_loss`` (zero padding, the 3DGS training loss) of ``[..., H, W, 3]`` images, faster on a CPU.
 
     The separable SSIM blur of the five maps (a, b, a², b², ab) runs as two batched products with banded
     ``[H, H]`` and ``[W, W]`` matrices instead of ten single-channel convolutions: at 128x96, forward and backward
-    take ~10 ms instead of ~32 ms on one core. Equal to the reference up to float round-off (tests hold them so).
+    take ~10 ms instead of ~32 ms on one core. On CUDA it convolves the stacked maps (two cuDNN calls). Equal to
+    the reference up to float round-off (tests hold them so).
     """
     l1 = (pred - target).abs().mean()
     if lambda_dssim == 0.0:
@@ -294,8 +328,13 @@ def fast_photometric_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim
     a = pred.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w)
     b = target.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w).to(a.dtype)
     maps = torch.cat([a, b, a * a, b * b, a * b])  # [5 B', H, W]
-    blur_h, blur_w = _blur_matrix(h, a.device, a.dtype), _blur_matrix(w, a.device, a.dtype)
-    blurred = torch.matmul(blur_h, (maps.reshape(-1, w) @ blur_w.T).view(-1, h, w))
+    if maps.is_cuda:
+        # on a GPU the banded products are the slow way (~60 GFLOP a step at 1024x576): cuDNN's two 11-tap
+        # convolutions of the stacked maps compute the same zero-padded separable filter
+        blurred = _blur(maps[:, None], _gaussian_kernel_1d(11, 1.5, a.device, a.dtype), "zeros")[:, 0]
+    else:
+        blur_h, blur_w = _blur_matrix(h, a.device, a.dtype), _blur_matrix(w, a.device, a.dtype)
+        blurred = torch.matmul(blur_h, (maps.reshape(-1, w) @ blur_w.T).view(-1, h, w))
     mu_a, mu_b, aa, bb, ab = blurred.chunk(5)
     var_a, var_b, cov_ab = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
     num = (2.0 * mu_a * mu_b + SSIM_C1) * (2.0 * cov_ab + SSIM_C2)
@@ -337,6 +376,8 @@ class Trainer:
         self.inv_depth = None if inv_depth is None else inv_depth.to(self.device, torch.float32)
         self.num_frames, self.height, self.width = frames.shape[0], frames.shape[1], frames.shape[2]
         self.background = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)
+        self._compile_loss = cfg.compile_loss == "on" or (cfg.compile_loss == "auto" and self.device.type == "cuda")
+        self._compiled_loss = None
 
         self.scene_extent = cfg.scene_extent or scene_extent_from_cameras(c2w, init.means)
         self.params = GaussianParams.from_gaussians(_match_sh_degree(init, cfg.sh_degree).to(self.device))
@@ -387,6 +428,26 @@ class Trainer:
         """``[B, H, W, 3]`` float targets in [0, 1]."""
         return self.frames[self.on_device(idx)].float() / 255.0
 
+    def _photometric(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The photometric loss, through one ``torch.compile`` graph where ``compile_loss`` asks for it (compiled,
+        forward and backward, on first use; eager with a warning if that fails and the setting is ``auto``)."""
+        lam = self.cfg.lambda_dssim
+        if self._compiled_loss is None and self._compile_loss:
+            try:
+                fn = torch.compile(photometric_loss_shifted, dynamic=False, fullgraph=True)
+                probe = pred.detach().clone().requires_grad_(True)
+                torch.autograd.grad(fn(probe, target, lam), probe)  # compiles the backward now, inside the try
+                self._compiled_loss = fn
+            except Exception as exc:  # a missing compiler or Triton must not stop training
+                if self.cfg.compile_loss == "on":
+                    raise Lift3DError(f"compile_loss: on, but torch.compile failed: {exc}") from exc
+                warnings.warn(f"torch.compile of the photometric loss failed ({type(exc).__name__}: {exc}); "
+                              "running it eagerly", RuntimeWarning, stacklevel=2)
+                self._compile_loss = False
+        if self._compiled_loss is not None:
+            return self._compiled_loss(pred, target, lam)
+        return fast_photometric_loss(pred, target, lam)
+
     def depth_weight(self, step: int) -> float:
         cfg = self.cfg
         if cfg.depth_weight == 0.0 or self.inv_depth is None:
@@ -395,7 +456,7 @@ class Trainer:
 
     def losses(self, idx: torch.Tensor, out) -> dict[str, torch.Tensor]:
         """Loss terms of one step; ``"loss"`` is the total that is back-propagated."""
-        terms = {"photometric": fast_photometric_loss(out.rgb, self.target_rgb(idx), self.cfg.lambda_dssim)}
+        terms = {"photometric": self._photometric(out.rgb, self.target_rgb(idx))}
         loss = terms["photometric"]
         weight = self.depth_weight(self.step)
         if weight > 0.0:

@@ -1,0 +1,125 @@
+"""The fused Triton kernels of the distortion field against ``grid_sample``: values and every gradient.
+
+On a CPU the kernels run in Triton's interpreter, which must be switched on before Triton is imported, so the
+comparison runs in a subprocess (this file as a script); on CUDA it also runs in-process on the real kernels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def compare(device: str, multires=(1, 2, 3), spatial_resolution=8, line_dot_max_r=128, seed=0) -> dict:
+    """Largest |fused - grid_sample| of the features and of the gradients of the centres and of every plane group,
+    each relative to the largest reference value, for a field with random frame planes and queries in several
+    segments (all points, a random multiset, an empty one, a short one; centres partly outside the bounds)."""
+    from lift3d_core.splat import field_triton
+    from lift3d_core.splat.distortion import DistortionField, DistortionFieldConfig
+
+    field_triton.LINE_DOT_MAX_R = line_dot_max_r
+    gen = torch.Generator().manual_seed(seed)
+    cfg = DistortionFieldConfig(bounds=((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0)), spatial_resolution=spatial_resolution,
+                                frame_resolution=6, multires=tuple(multires), net_width=32)
+    field = DistortionField(cfg).to(device)
+    with torch.no_grad():
+        for level in field.levels:
+            level.frame.add_(0.3 * torch.randn(level.frame.shape, generator=gen).to(device))
+            level.uv.add_(0.3 * torch.randn(level.uv.shape, generator=gen).to(device))
+    n = 300
+    means = ((torch.rand(n, 3, generator=gen) * 2.4 - 1.2).to(device)).requires_grad_(True)
+    codes = torch.rand(4, 2, generator=gen).to(device)
+    segments = [None, torch.randint(0, n, (70,), generator=gen).to(device), torch.arange(0, device=device),
+                torch.arange(5, device=device)]
+    weights = None
+
+    def run(kernels: str):
+        nonlocal weights
+        field.kernels = kernels
+        field.zero_grad(set_to_none=True)
+        means.grad = None
+        feats = field.segment_features(means, codes, segments)
+        if weights is None:
+            weights = torch.randn(feats.shape, generator=gen).to(device)
+        (feats * weights).sum().backward()
+        return [feats.detach().clone(), means.grad.clone()] + [p.grad.clone() for p in field.grid_parameters()]
+
+    ref = run("torch")
+    fused = run("triton")
+    names = ["features", "means"] + [f"group{i}" for i in range(len(ref) - 2)]
+    return {k: float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for k, a, b in zip(names, fused, ref)}
+
+
+CASES = {
+    "dot": dict(multires=(1, 2, 3), spatial_resolution=8, line_dot_max_r=128),  # R = 8, 16, 24 (not a power of 2)
+    "atomic": dict(multires=(1, 2), spatial_resolution=8, line_dot_max_r=0),
+    "long lines": dict(multires=(1,), spatial_resolution=80, line_dot_max_r=128),  # several one-hot chunks
+}
+
+
+def _check(errors: dict) -> None:
+    assert set(errors) >= {"features", "means", "group0"}
+    for name, err in errors.items():
+        assert err < 2e-5, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_kernels_equal_grid_sample_in_the_interpreter(case):
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, __file__, case], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs CUDA and triton")
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_kernels_equal_grid_sample_on_cuda(case):
+    _check(compare("cuda", **CASES[case]))
+
+
+def test_query_layout_pads_segments_to_blocks():
+    from lift3d_core.splat import field_triton
+
+    b = field_triton.BLOCK
+    segs = [torch.arange(b + 3), None, torch.arange(0), torch.tensor([7, 7])]
+    counts = [b + 3, 10, 0, 2]
+    lay = field_triton.QueryLayout.build(segs, counts, 10, torch.device("cpu"))
+    assert lay.num_out == sum(counts) and lay.num_segments == 4
+    assert lay.points.shape[0] == lay.num_blocks * b
+    seg, first, size = lay.blocks.tolist()
+    assert seg == [0, 0, 1, 3] and first == [0, b, b + 3, b + 13] and size == [b, 3, 10, 2]
+    pts = lay.points.view(-1, b)
+    assert pts[1, :3].tolist() == [b, b + 1, b + 2] and (pts[1, 3:] == -1).all()
+    assert pts[2, :10].tolist() == list(range(10)) and pts[3, :2].tolist() == [7, 7]
+
+
+def test_fused_heads_equal_each_head_on_its_own():
+    from lift3d_core.splat.distortion import DistortionField, DistortionFieldConfig
+
+    cfg = DistortionFieldConfig(bounds=((0, 0, 0), (1, 1, 1)), spatial_resolution=4, frame_resolution=4,
+                                multires=(1,), net_width=16, deform_opacity=True, deform_sh=True)
+    field = DistortionField(cfg)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in field.mlp_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    feats = torch.randn(50, cfg.feature_dim, generator=gen)
+    fused = field._run_mlp(feats)
+    hidden = field.feature_net(feats)
+    for name, head in field.heads.items():
+        torch.testing.assert_close(fused[name], head(hidden), rtol=1e-5, atol=1e-5)
+
+
+if __name__ == "__main__":
+    print(json.dumps(compare("cpu", **CASES[sys.argv[1]])))
