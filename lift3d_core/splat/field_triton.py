@@ -3,7 +3,7 @@
 :meth:`DistortionField.segment_features` computes, per resolution level and for every query point ``q`` (a
 Gaussian's centre ``p(q)`` at the code of segment ``j(q)``)::
 
-    feat[q, c] = xy[c](x, y) * xz[c](x, z) * yz[c](x, z) * xu_j[c](x) * xv_j[c](x) * yu_j[c](y) * ... * zv_j[c](z)
+    feat[q, c] = xy[c](x, y) * xz[c](x, z) * yz[c](y, z) * xu_j[c](x) * xv_j[c](x) * yu_j[c](y) * ... * zv_j[c](z)
 
 three bilinear samples of the spatial planes and six linear samples of segment ``j``'s frame lines (see
 ``_Level.frame_lines``). In PyTorch that is a dozen ``grid_sample`` calls and their products per level, and
@@ -15,7 +15,8 @@ computes the whole product, and one kernel its gradients:
   the channels;
 * frame lines: a block of points of one segment accumulates its gradient over the line's ``R`` cells as a
   matrix product (``one_hot_weights [R, points] @ grads [points, C]``, on tensor cores, in three-pass TF32
-  that keeps float32 accuracy), then adds ``R x C`` values instead of ``2 x points x C``;
+  that keeps float32 accuracy), then adds ``R x C`` values instead of ``2 x points x C`` (lines of at most
+  ``LINE_DOT_MAX_R`` cells; longer ones take plain atomic adds);
 * coordinates: the derivative of every sample with respect to the point's normalised coordinates, summed over
   channels and levels, is written per query (no atomics); the caller adds the queries of one point.
 

@@ -88,6 +88,8 @@ class TrainConfig:
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(0 <= self.sh_degree <= 3, f"sh_degree must be in 0..3, got {self.sh_degree}")
         need(self.sh_degree_every >= 1, f"sh_degree_every must be >= 1, got {self.sh_degree_every}")
+        if isinstance(self.compile_loss, bool):  # YAML reads a bare on / off as a boolean
+            object.__setattr__(self, "compile_loss", "on" if self.compile_loss else "off")
         need(self.compile_loss in ("auto", "on", "off"), f"compile_loss must be auto, on or off, got {self.compile_loss!r}")
         need(0.0 <= self.lambda_dssim <= 1.0, f"lambda_dssim must be in [0, 1], got {self.lambda_dssim}")
         need(self.depth_weight >= 0.0, f"depth_weight must be >= 0, got {self.depth_weight}")

@@ -192,6 +192,8 @@ class DistortionTrainConfig:
         need(self.max_offset_fraction is None or self.max_offset_fraction > 0,
              f"max_offset_fraction must be > 0 or None, got {self.max_offset_fraction}")
         need(self.pyramid_weight >= 0 and self.pyramid_levels >= 1, "pyramid_weight must be >= 0 and pyramid_levels >= 1")
+        if isinstance(self.compile_regularisers, bool):  # YAML reads a bare on / off as a boolean
+            object.__setattr__(self, "compile_regularisers", "on" if self.compile_regularisers else "off")
         need(self.compile_regularisers in ("auto", "on", "off"),
              f"compile_regularisers must be auto, on or off, got {self.compile_regularisers!r}")
         need(self.field_kernels in ("auto", "triton", "torch"),
