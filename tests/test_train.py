@@ -160,6 +160,15 @@ def test_shifted_photometric_loss_equals_reference(shape):
         torch.testing.assert_close(torch.autograd.grad(shifted, pred)[0], torch.autograd.grad(ref, pred)[0])
 
 
+def test_compile_switches_accept_yaml_booleans():
+    # YAML reads a bare `off` as False: the switches take it as "off" rather than failing
+    from lift3d_core.splat.train_distortion import DistortionTrainConfig
+
+    assert TrainConfig(compile_loss=False).compile_loss == "off"
+    assert TrainConfig(compile_loss=True).compile_loss == "on"
+    assert DistortionTrainConfig(compile_regularisers=False).compile_regularisers == "off"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled loss is a CUDA feature")
 def test_compiled_loss_equals_eager_on_cuda(scene):
     init, frames, c2w, K, _ = scene
