@@ -299,6 +299,15 @@ def _shifted_blur(x: torch.Tensor) -> torch.Tensor:
     return sum(t * xp[..., i : i + h, :] for i, t in enumerate(_SSIM_TAPS))
 
 
+def _mix(l1: torch.Tensor, blurred: torch.Tensor, lambda_dssim: float) -> torch.Tensor:
+    """``(1 - lambda) L1 + lambda (1 - mean SSIM)`` from the blurred maps ``[5 B', H, W]`` (a, b, a², b², ab)."""
+    mu_a, mu_b, aa, bb, ab = blurred.chunk(5)
+    var_a, var_b, cov_ab = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
+    num = (2.0 * mu_a * mu_b + SSIM_C1) * (2.0 * cov_ab + SSIM_C2)
+    den = (mu_a * mu_a + mu_b * mu_b + SSIM_C1) * (var_a + var_b + SSIM_C2)
+    return (1.0 - lambda_dssim) * l1 + lambda_dssim * (1.0 - (num / den).mean())
+
+
 def photometric_loss_shifted(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
     """:func:`fast_photometric_loss` with the blur as shifted sums: the form the trainer compiles on a GPU (one
     fused graph, forward and backward, instead of ~70 kernels a step). Equal up to float round-off."""
@@ -308,11 +317,7 @@ def photometric_loss_shifted(pred: torch.Tensor, target: torch.Tensor, lambda_ds
     h, w = pred.shape[-3], pred.shape[-2]
     a = pred.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w)
     b = target.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w).to(a.dtype)
-    mu_a, mu_b, aa, bb, ab = _shifted_blur(torch.cat([a, b, a * a, b * b, a * b])).chunk(5)
-    var_a, var_b, cov_ab = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
-    num = (2.0 * mu_a * mu_b + SSIM_C1) * (2.0 * cov_ab + SSIM_C2)
-    den = (mu_a * mu_a + mu_b * mu_b + SSIM_C1) * (var_a + var_b + SSIM_C2)
-    return (1.0 - lambda_dssim) * l1 + lambda_dssim * (1.0 - (num / den).mean())
+    return _mix(l1, _shifted_blur(torch.cat([a, b, a * a, b * b, a * b])), lambda_dssim)
 
 
 def fast_photometric_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
@@ -337,11 +342,7 @@ def fast_photometric_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim
     else:
         blur_h, blur_w = _blur_matrix(h, a.device, a.dtype), _blur_matrix(w, a.device, a.dtype)
         blurred = torch.matmul(blur_h, (maps.reshape(-1, w) @ blur_w.T).view(-1, h, w))
-    mu_a, mu_b, aa, bb, ab = blurred.chunk(5)
-    var_a, var_b, cov_ab = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
-    num = (2.0 * mu_a * mu_b + SSIM_C1) * (2.0 * cov_ab + SSIM_C2)
-    den = (mu_a * mu_a + mu_b * mu_b + SSIM_C1) * (var_a + var_b + SSIM_C2)
-    return (1.0 - lambda_dssim) * l1 + lambda_dssim * (1.0 - (num / den).mean())
+    return _mix(l1, blurred, lambda_dssim)
 
 
 class Trainer:
