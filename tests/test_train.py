@@ -287,3 +287,17 @@ def test_config_and_input_validation(scene):
     deg3 = Gaussians(**{**init.tensors(), "shN": torch.zeros(init.num, 15, 3)})
     with pytest.raises(Lift3DError, match="SH degree"):
         Trainer(deg3, frames, c2w, K, TrainConfig(iterations=1, sh_degree=1), device="cpu")
+
+
+def test_compiled_or_eager_warns_or_raises_by_setting():
+    from lift3d_core.errors import Lift3DError
+    from lift3d_core.splat.train import compiled_or_eager
+
+    def broken():
+        raise RuntimeError("no compiler")
+
+    assert compiled_or_eager("auto", "compile_loss", lambda: None) is True
+    with pytest.warns(RuntimeWarning, match="compile_loss"):
+        assert compiled_or_eager("auto", "compile_loss", broken) is False
+    with pytest.raises(Lift3DError, match="compile_loss: on"):
+        compiled_or_eager("on", "compile_loss", broken)

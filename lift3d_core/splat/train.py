@@ -299,6 +299,30 @@ def _shifted_blur(x: torch.Tensor) -> torch.Tensor:
     return sum(t * xp[..., i : i + h, :] for i, t in enumerate(_SSIM_TAPS))
 
 
+def _ssim_maps(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``[5 B', H, W]``: the maps a, b, a², b², ab that SSIM blurs, of ``[..., H, W, 3]`` images (channels as B')."""
+    h, w = pred.shape[-3], pred.shape[-2]
+    a = pred.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w)
+    b = target.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w).to(a.dtype)
+    return torch.cat([a, b, a * a, b * b, a * b])
+
+
+def compiled_or_eager(setting: str, what: str, warm_up: Callable[[], object]) -> bool:
+    """Whether a ``torch.compile``'d function can be used: runs ``warm_up`` (which must compile the forward *and*
+    the backward, e.g. by ``torch.autograd.grad``: AOTAutograd compiles the backward lazily, at the first backward
+    pass, which would be outside any try). On failure (a missing compiler or Triton) raises if ``setting`` is
+    ``"on"``, else warns and returns False, so that training goes on eagerly."""
+    try:
+        warm_up()
+        return True
+    except Exception as exc:
+        if setting == "on":
+            raise Lift3DError(f"{what}: on, but torch.compile failed: {exc}") from exc
+        warnings.warn(f"torch.compile for {what} failed ({type(exc).__name__}: {exc}); running eagerly",
+                      RuntimeWarning, stacklevel=3)
+        return False
+
+
 def _mix(l1: torch.Tensor, blurred: torch.Tensor, lambda_dssim: float) -> torch.Tensor:
     """``(1 - lambda) L1 + lambda (1 - mean SSIM)`` from the blurred maps ``[5 B', H, W]`` (a, b, a², b², ab)."""
     mu_a, mu_b, aa, bb, ab = blurred.chunk(5)
@@ -314,10 +338,7 @@ def photometric_loss_shifted(pred: torch.Tensor, target: torch.Tensor, lambda_ds
     l1 = (pred - target).abs().mean()
     if lambda_dssim == 0.0:
         return l1
-    h, w = pred.shape[-3], pred.shape[-2]
-    a = pred.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w)
-    b = target.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w).to(a.dtype)
-    return _mix(l1, _shifted_blur(torch.cat([a, b, a * a, b * b, a * b])), lambda_dssim)
+    return _mix(l1, _shifted_blur(_ssim_maps(pred, target)), lambda_dssim)
 
 
 def fast_photometric_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
@@ -331,16 +352,14 @@ def fast_photometric_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim
     l1 = (pred - target).abs().mean()
     if lambda_dssim == 0.0:
         return l1
-    h, w = pred.shape[-3], pred.shape[-2]
-    a = pred.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w)
-    b = target.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w).to(a.dtype)
-    maps = torch.cat([a, b, a * a, b * b, a * b])  # [5 B', H, W]
+    maps = _ssim_maps(pred, target)
+    h, w = maps.shape[-2:]
     if maps.is_cuda:
         # on a GPU the banded products are the slow way (~60 GFLOP a step at 1024x576): cuDNN's two 11-tap
         # convolutions of the stacked maps compute the same zero-padded separable filter
-        blurred = _blur(maps[:, None], _gaussian_kernel_1d(11, 1.5, a.device, a.dtype), "zeros")[:, 0]
+        blurred = _blur(maps[:, None], _gaussian_kernel_1d(11, 1.5, maps.device, maps.dtype), "zeros")[:, 0]
     else:
-        blur_h, blur_w = _blur_matrix(h, a.device, a.dtype), _blur_matrix(w, a.device, a.dtype)
+        blur_h, blur_w = _blur_matrix(h, maps.device, maps.dtype), _blur_matrix(w, maps.device, maps.dtype)
         blurred = torch.matmul(blur_h, (maps.reshape(-1, w) @ blur_w.T).view(-1, h, w))
     return _mix(l1, blurred, lambda_dssim)
 
@@ -436,17 +455,11 @@ class Trainer:
         forward and backward, on first use; eager with a warning if that fails and the setting is ``auto``)."""
         lam = self.cfg.lambda_dssim
         if self._compiled_loss is None and self._compile_loss:
-            try:
-                fn = torch.compile(photometric_loss_shifted, dynamic=False, fullgraph=True)
-                probe = pred.detach().clone().requires_grad_(True)
-                torch.autograd.grad(fn(probe, target, lam), probe)  # compiles the backward now, inside the try
-                self._compiled_loss = fn
-            except Exception as exc:  # a missing compiler or Triton must not stop training
-                if self.cfg.compile_loss == "on":
-                    raise Lift3DError(f"compile_loss: on, but torch.compile failed: {exc}") from exc
-                warnings.warn(f"torch.compile of the photometric loss failed ({type(exc).__name__}: {exc}); "
-                              "running it eagerly", RuntimeWarning, stacklevel=2)
-                self._compile_loss = False
+            fn = torch.compile(photometric_loss_shifted, dynamic=False, fullgraph=True)
+            probe = pred.detach().clone().requires_grad_(True)
+            self._compile_loss = compiled_or_eager(
+                self.cfg.compile_loss, "compile_loss", lambda: torch.autograd.grad(fn(probe, target, lam), probe))
+            self._compiled_loss = fn if self._compile_loss else None
         if self._compiled_loss is not None:
             return self._compiled_loss(pred, target, lam)
         return fast_photometric_loss(pred, target, lam)

@@ -20,7 +20,6 @@ extra times to the frame stack (``input_view_repeats`` here, 0 by default so tha
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
@@ -39,7 +38,7 @@ from lift3d_core.splat.distortion import (
 )
 from lift3d_core.splat.gaussians import Gaussians
 from lift3d_core.splat.optim import ADAM_EPS, expon_lr, fused_adam_supported
-from lift3d_core.splat.train import TrainConfig, Trainer
+from lift3d_core.splat.train import TrainConfig, Trainer, compiled_or_eager
 
 # LiftImage3D's schedule (distort-3dgs/arguments/distort_3dgs/default.py): densify until 10k, reset every 3k.
 LIFTIMAGE3D_TRAIN = TrainConfig(densify_until=10_000, opacity_reset_every=3000)
@@ -495,22 +494,13 @@ class DistortionTrainer(Trainer):
         return terms
 
     def _regularisers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._compile_regularisers:
-            try:
-                if not self._regularisers_compiled:
-                    # compile forward *and* backward here (AOTAutograd compiles the backward lazily, at the first
-                    # backward pass, outside this try): gradients taken without touching .grad
-                    groups = self.field.grid_parameters()
-                    torch.autograd.grad(sum(field_regularisers(self.field, compiled=True)), groups)
-                    self._regularisers_compiled = True
-                return field_regularisers(self.field, compiled=True)
-            except Exception as exc:  # a missing compiler or Triton must not stop training
-                if self.dcfg.compile_regularisers == "on":
-                    raise Lift3DError(f"compile_regularisers: on, but torch.compile failed: {exc}") from exc
-                warnings.warn(f"torch.compile of the field regularisers failed ({type(exc).__name__}: {exc}); "
-                              "running them eagerly", RuntimeWarning, stacklevel=2)
-                self._compile_regularisers = False
-        return field_regularisers(self.field)
+        if self._compile_regularisers and not self._regularisers_compiled:
+            # gradients taken without touching .grad
+            groups = self.field.grid_parameters()
+            self._compile_regularisers = self._regularisers_compiled = compiled_or_eager(
+                self.dcfg.compile_regularisers, "compile_regularisers",
+                lambda: torch.autograd.grad(sum(field_regularisers(self.field, compiled=True)), groups))
+        return field_regularisers(self.field, compiled=self._compile_regularisers)
 
     def _anchor_queries(self) -> torch.Tensor:
         """``[M, 3]`` detached canonical centres where the anchor pins the field to zero at the input code
