@@ -3,7 +3,9 @@
     python bench/profile_distortion.py --n 500000 --width 1024 --height 576 --out prof.json
 
 Prints the step's wall time with and without the field's pieces switched off (regularisers, anchor, culling)
-and the profiler's top operators by CUDA and by CPU time.
+and the profiler's top operators by CUDA and by CPU time. ``--attribute`` adds where the step's host time goes:
+the operators that launch work, counted per line of lift3d_core / gsplat that called them (backward operators
+per autograd node), and the Python functions with the most own time (cProfile).
 """
 
 from __future__ import annotations
@@ -52,6 +54,97 @@ def time_steps(trainer, steps, device):
     return 1000 * (time.perf_counter() - t0) / steps
 
 
+def attribute(trainer, steps: int) -> dict:
+    """Where the host's time of a step goes, over ``steps`` training steps: milliseconds per step spent inside
+    each piece of the step (inclusive; the step queues its GPU work without waiting, so while the host is the
+    bottleneck these times add up to the step's), the operators that launch work per step counted by the line
+    of lift3d_core / gsplat that called them (backward operators per autograd node; torch.compile'd regions
+    run eagerly under the counter, so their operators show up there although training launches them fused),
+    and cProfile's top functions."""
+    import collections
+    import contextlib
+    import cProfile
+    import functools
+    import io
+    import pstats
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from lift3d_core.splat import render as render_module
+
+    spent: collections.Counter = collections.Counter()
+
+    @contextlib.contextmanager
+    def patched(owner, name: str, label: str):
+        original, own = getattr(owner, name), name in vars(owner)
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - t0
+
+        setattr(owner, name, timed)
+        try:
+            yield
+        finally:
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
+
+    pieces = [
+        (trainer, "train_step", "step"), (trainer, "render_frames", "render_frames"),
+        (trainer, "losses", "losses"), (trainer, "_regularisers", "losses/regularisers"),
+        (trainer, "_photometric", "losses/photometric"), (trainer, "_visible_batch", "render_frames/visible mask"),
+        (trainer.field, "segment_features", "render_frames/field features"),
+        (trainer.field, "decode", "render_frames/field MLP"),
+        (render_module, "render_w2c_each", "render_frames/rasterize"),
+        (trainer.strategy, "step_post_backward", "densify statistics"),
+        (torch.Tensor, "backward", "backward"),
+    ] + [(opt, "step", "optimizers") for opt in trainer.all_optimizers()]
+    with contextlib.ExitStack() as stack:
+        for owner, name, label in pieces:
+            stack.enter_context(patched(owner, name, label))
+        for _ in range(steps):
+            trainer.train_step()
+        sync(trainer.device.type)
+    host_ms = {k: round(1000 * v / steps, 3) for k, v in spent.most_common()}
+    counts: collections.Counter = collections.Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                node = torch._C._current_autograd_node()
+                where = f"backward {node.name()}" if node is not None else "?"
+                if node is None:
+                    frame = sys._getframe(1)
+                    while frame is not None:
+                        name = frame.f_code.co_filename
+                        if "lift3d_core" in name or "gsplat" in name:
+                            where = f"{name.split('site-packages/')[-1].split('main/')[-1]}:{frame.f_lineno}"
+                            break
+                        frame = frame.f_back
+                counts[f"{where} {func.overloadpacket.__name__}"] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        for _ in range(steps):
+            trainer.train_step()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        trainer.train_step()
+    sync(trainer.device.type)
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(40)
+    ops = {k: v / steps for k, v in counts.most_common()}
+    return {"host_ms_per_step": host_ms, "ops_per_step": sum(ops.values()), "ops": ops, "cprofile": text.getvalue()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=500_000)
@@ -64,6 +157,7 @@ def main(argv=None) -> int:
     ap.add_argument("--line-dot-max-r", type=int, default=None,
                     help="field_triton.LINE_DOT_MAX_R: longest line whose gradient uses the one-hot product")
     ap.add_argument("--profile-variant", default="default", help="the variant the profiler records")
+    ap.add_argument("--attribute", action="store_true", help="also count operators by caller and run cProfile")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.line_dot_max_r is not None:
@@ -75,9 +169,10 @@ def main(argv=None) -> int:
         "no regularisers": dict(plane_tv_weight=0.0, frame_smoothness_weight=0.0, frame_l1_weight=0.0),
         "no anchor": dict(anchor_weight=0.0),
         "culling": dict(field_cull_margin=0.2),
+        "no culling": dict(field_cull_margin=None),
         "position head only": dict(deform_scale=False, deform_rotation=False),
         "one level": dict(multires=(1,)),
-        "eager regularisers": dict(compile_regularisers="off"),
+        "eager field": dict(compile_field="off"),
         "grid_sample field": dict(field_kernels="torch"),
         "eager loss": dict(compile_loss="off"),
         "culling, eager loss": dict(field_cull_margin=0.2, compile_loss="off"),
@@ -106,8 +201,17 @@ def main(argv=None) -> int:
     by_cpu = prof.key_averages().table(sort_by="cpu_time_total", row_limit=30)
     print(by_dev)
     print(by_cpu)
+    result = {"args": vars(args), "ms_per_step": rows, "by_device": by_dev, "by_cpu": by_cpu}
+    if args.attribute:
+        result["attribution"] = attribution = attribute(trainer, 5)
+        for where, ms in attribution["host_ms_per_step"].items():
+            print(f"host {ms:8.3f} ms/step  {where}")
+        print(f"operators per step: {attribution['ops_per_step']:.0f}")
+        for where, n in list(attribution["ops"].items())[:60]:
+            print(f"{n:7.1f}  {where}")
+        print(attribution["cprofile"])
     if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "ms_per_step": rows, "by_device": by_dev, "by_cpu": by_cpu}, indent=1))
+        Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
 
 

@@ -274,6 +274,8 @@ def noisy_init(scene: Gaussians, seed: int = 1) -> Gaussians:
     return init
 
 
+# The trainer tests below run on the CPU wherever they run (they compare numbers bit for bit or against
+# thresholds set on the CPU path; a GPU's atomics reorder sums): the GPU path is bench/gpu_schedule.py's.
 def tiny_train_cfg(**kw):
     from lift3d_core.splat.train import TrainConfig
     from lift3d_core.splat.train_distortion import DistortionTrainConfig
@@ -302,7 +304,7 @@ def test_distortion_trainer_runs_and_reduces_loss():
     c2w, codes, K = tiny_cameras()
     frames = render_frames(scene, c2w, K)
     stages = []
-    res = train_distortion_aware(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg(), callback=lambda s, m: stages.append((s, m["stage"])))
+    res = train_distortion_aware(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg(), callback=lambda s, m: stages.append((s, m["stage"])), device="cpu")
     losses = np.array([v for _, v in res.loss_curve])
     assert len(losses) == 30 and np.isfinite(losses).all()
     assert losses[-5:].mean() < 0.8 * losses[:5].mean()
@@ -357,8 +359,8 @@ def test_coarse_stage_is_plain_3dgs():
     c2w, codes, K = tiny_cameras()
     frames = render_frames(scene, c2w, K)
     cfg = tiny_train_cfg(coarse_iterations=15, fine_iterations=0)
-    a = train_distortion_aware(noisy_init(scene), frames, c2w, K, codes, cfg)
-    b = train_gaussians(noisy_init(scene), frames, c2w, K, replace(cfg.plain_config()))
+    a = train_distortion_aware(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
+    b = train_gaussians(noisy_init(scene), frames, c2w, K, replace(cfg.plain_config()), device="cpu")
     torch.testing.assert_close(a.gaussians.means, b.gaussians.means)
     assert [v for _, v in a.loss_curve] == pytest.approx([v for _, v in b.loss_curve])
 
@@ -375,7 +377,7 @@ def test_offsets_stay_small_on_undistorted_frames():
     scene = tiny_scene()
     c2w, codes, K = tiny_cameras()
     frames = render_frames(scene, c2w, K)
-    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg(coarse_iterations=10, fine_iterations=40))
+    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg(coarse_iterations=10, fine_iterations=40), device="cpu")
     trainer.run()
     extent = float((scene.means.max(0).values - scene.means.min(0).values).norm()) / 2
     mean_off, max_off = trainer.offset_magnitudes()
@@ -394,7 +396,7 @@ def test_field_absorbs_a_known_per_frame_shift():
     # Field learning rates of a short run (4DGS's are meant for 14k steps and a scene extent near 1).
     lrs = dict(field_lr_scale_by_extent=False, lr_grid=0.1, lr_grid_final=0.01, lr_mlp=0.01, lr_mlp_final=0.001)
     cfg = tiny_train_cfg(coarse_iterations=10, fine_iterations=60, frame_resolution=3, **lrs)
-    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg)
+    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
     trainer.run()
     with torch.no_grad():
         learned = torch.stack([trainer.field(trainer.params["means"], torch.tensor(c, dtype=torch.float32)).d_means.mean(0) for c in codes])
@@ -429,7 +431,7 @@ def test_frame_mean_penalty_sees_only_what_all_frames_share():
     c2w, codes, K = tiny_cameras()
     frames = render_frames(scene, c2w, K)
     cfg = tiny_train_cfg(frame_mean_weight=1.0, frame_mean_codes=9, frame_mean_samples=10_000)
-    trainer = DistortionTrainer(scene, frames, c2w, K, codes, cfg)
+    trainer = DistortionTrainer(scene, frames, c2w, K, codes, cfg, device="cpu")
     trainer.step = cfg.coarse_iterations + 1  # a fine step: the term is computed as training computes it
 
     def penalty() -> torch.Tensor:
@@ -439,7 +441,7 @@ def test_frame_mean_penalty_sees_only_what_all_frames_share():
     assert penalty().item() == 0.0
     with torch.no_grad():
         trainer.field.heads["position"][-1].bias.copy_(torch.tensor([0.1, 0.0, 0.0]))  # the same shift in every frame
-    torch.testing.assert_close(penalty(), torch.tensor(0.01 / 3))
+    torch.testing.assert_close(penalty().cpu(), torch.tensor(0.01 / 3))
 
 
 def test_factored_features_equal_product_of_ten_bilinear_plane_samples():
@@ -521,7 +523,7 @@ def test_curriculum_admits_the_frames_nearest_the_input_view_first():
     c2w, codes, K = tiny_cameras()
     frames = render_frames(scene, c2w, K)
     cfg = tiny_train_cfg(coarse_iterations=6, fine_iterations=20, curriculum_steps=10, curriculum_start=0.2)
-    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg)
+    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
     dist = np.linalg.norm(codes - 0.5, axis=1)
     assert trainer.frames_by_distance[0] == 4 and (np.diff(dist[trainer.frames_by_distance]) > -1e-6).all()
     seen: dict[int, set] = {}
@@ -535,7 +537,7 @@ def test_curriculum_admits_the_frames_nearest_the_input_view_first():
     assert trainer.admitted_frames() == 6
     assert set().union(*(seen[s] for s in range(17, 27))) - set(trainer.frames_by_distance[:6])  # far frames came in
     # without a curriculum, every frame from step 1 (and the coarse stage stays plain 3DGS: see the test above)
-    plain = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg())
+    plain = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg(), device="cpu")
     plain.step = 1
     assert plain.admitted_frames() == 9
 
@@ -547,7 +549,7 @@ def test_restart_schedule_restarts_position_lr_and_densification_at_the_fine_sta
     c2w, codes, K = tiny_cameras()
     frames = render_frames(scene, c2w, K)
     cfg = tiny_train_cfg(coarse_iterations=8, fine_iterations=12, restart_schedule=True)
-    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg)
+    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
     lrs = []
     for _ in range(20):
         trainer.train_step()
@@ -559,7 +561,7 @@ def test_restart_schedule_restarts_position_lr_and_densification_at_the_fine_sta
     expect += [means_lr(s, trainer.lrs, trainer.scene_extent, 12) for s in range(1, 13)]
     assert lrs == pytest.approx(expect)
     assert lrs[8] > lrs[7] and lrs[19] < lrs[8]  # the fine stage starts high again
-    once = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg(coarse_iterations=8, fine_iterations=12))
+    once = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg(coarse_iterations=8, fine_iterations=12), device="cpu")
     for _ in range(9):
         once.train_step()
     assert once.schedule_step() == (9, 20) and once.optimizers["means"].param_groups[0]["lr"] < lrs[8]
@@ -604,7 +606,7 @@ def test_new_train_options_are_validated():
 
     for bad in ({"curriculum_steps": -1}, {"curriculum_start": 0.0}, {"curriculum_start": 1.5},
                 {"max_offset_fraction": 0.0}, {"pyramid_weight": -1.0}, {"pyramid_levels": 0},
-                {"compile_regularisers": "yes"}, {"field_kernels": "cuda"}):
+                {"compile_field": "yes"}, {"field_kernels": "cuda"}):
         with pytest.raises(Lift3DError):
             DistortionTrainConfig(**bad)
     with pytest.raises(Lift3DError):
@@ -638,3 +640,56 @@ def test_compiled_regularisers_equal_eager_values_and_gradients():
     torch.testing.assert_close(comp_grads, eager_grads, rtol=1e-5, atol=1e-7)
     assert eager_terms[0] > 0 and eager_terms[1] > 0 and eager_terms[2] > 0
     assert [t.item() for t in eager_terms] == [f(field).item() for f in (plane_tv, frame_smoothness, frame_planes_l1)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_frame_lines_equal_eager_values_and_gradients():
+    # With the fused kernels the trainer builds every level's frame lines as one torch.compile graph (CUDA by
+    # default); forced here on torch.compile's CPU backend: the eager values and gradients, also after the
+    # number of codes changes (a recompile with that size dynamic).
+    from lift3d_core.splat.distortion import kernel_lines
+
+    field = DistortionField(tiny_cfg())
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(6)
+        for p in field.grid_parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    params = [level.frame for level in field.levels] + [level.uv for level in field.levels]
+    for codes in (torch.tensor([[0.3, -0.2], [-0.9, 0.7], [0.0, 0.0]]), torch.tensor([[0.5, 0.5]])):
+        results = []
+        for compiled in (False, True):
+            lines = kernel_lines(field, codes, compiled=compiled)
+            weights = [torch.linspace(-1.0, 1.0, t.numel()).reshape(t.shape) for t in lines]
+            grads = torch.autograd.grad(sum((t * w).sum() for t, w in zip(lines, weights)), params)
+            results.append(([t.detach() for t in lines], grads))
+        (eager, eager_grads), (comp, comp_grads) = results
+        assert [tuple(t.shape) for t in eager] == [(3, codes.shape[0], r, 2 * 4) for r in (8, 16)]
+        torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(comp_grads, eager_grads, rtol=1e-5, atol=1e-6)
+        assert all(g.abs().sum() > 0 for g in eager_grads)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_mlp_equals_eager_for_any_row_count():
+    # DistortionField.compiled runs the MLP as one graph with a dynamic row count (the Gaussians' number changes
+    # every densification): the eager offsets and gradients, for two sizes, with the offset bound on.
+    field = DistortionField(tiny_cfg(max_offset=0.05))
+    randomise_heads(field)
+    params = list(field.mlp_parameters())
+    for rows in (300, 517):
+        feats = torch.rand(rows, field.cfg.feature_dim, generator=torch.Generator().manual_seed(rows))
+        results = []
+        for compiled in (False, True):
+            field.compiled = compiled
+            off = field.decode(feats)
+            loss = sum((t * torch.linspace(-1, 1, t.numel()).reshape(t.shape)).sum() for t in off if t is not None)
+            results.append(([t.detach() for t in off if t is not None], torch.autograd.grad(loss, params)))
+        field.compiled = False
+        (eager, eager_grads), (comp, comp_grads) = results
+        assert eager[0].shape == (rows, 3) and eager[0].abs().max() <= 0.05
+        torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(comp_grads, eager_grads, rtol=1e-4, atol=1e-5)  # sums of ~500 rows

@@ -166,7 +166,7 @@ def test_compile_switches_accept_yaml_booleans():
 
     assert TrainConfig(compile_loss=False).compile_loss == "off"
     assert TrainConfig(compile_loss=True).compile_loss == "on"
-    assert DistortionTrainConfig(compile_regularisers=False).compile_regularisers == "off"
+    assert DistortionTrainConfig(compile_field=False).compile_field == "off"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled loss is a CUDA feature")
@@ -210,6 +210,23 @@ def test_stack_renders_equals_batched_render(scene):
     assert torch.equal(stacked.radii, both.radii)
     # The strategy reads the stacked screen-space gradient as it reads a batched render's.
     torch.testing.assert_close(stacked.means2d.grad, both.means2d.grad)
+
+
+def test_render_each_camera_its_own_gaussians(scene):
+    from lift3d_core.splat.render import render_w2c_each
+
+    init, _, c2w, K, _ = scene
+    viewmats = torch.linalg.inv(torch.as_tensor(c2w[:2])).float()
+    Ks = torch.as_tensor(K).float().expand(2, 3, 3)
+    moved = Gaussians(**{**init.tensors(), "means": init.means + torch.tensor([0.05, 0.0, 0.0])})
+    out = render_w2c_each([init, moved], viewmats, Ks, W, H, sh_degree=0)
+    assert out.rgb.shape == (2, H, W, 3) and out.means2d.shape == (2, init.num, 2)
+    torch.testing.assert_close(out.rgb[0], render(init, c2w[0], K, W, H, sh_degree=0).rgb[0])
+    torch.testing.assert_close(out.rgb[1], render(moved, c2w[1], K, W, H, sh_degree=0).rgb[0])
+    with pytest.raises(Lift3DError, match="one size"):
+        render_w2c_each([init, init[: init.num - 1]], viewmats, Ks, W, H)
+    with pytest.raises(Lift3DError, match="2 cameras"):
+        render_w2c_each([init], viewmats, Ks, W, H)
 
 
 def test_schedules():

@@ -257,6 +257,50 @@ _PLANE_SLOT = {p: (name, i) for name, planes in GROUPS.items() for i, p in enume
 assert [PLANE_PAIRS[p] for p in GROUPS["frame"]] == [(a, b) for a in range(NUM_SPATIAL_AXES) for b in (3, 4)]
 
 
+def frame_lines(frame: torch.Tensor, uv: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``[S, 3, 2C, R]``: for each of S frame codes (``[S, 2]`` in [-1, 1]), the frame planes ``frame [6, C, Rf,
+    R]`` (xu, xv, yu, yv, zu, zv) interpolated at the code, i.e. lines over x, x, y, y, z, z, the two lines of one
+    axis stacked along the channels (``[:, a, :C]`` the a-u line, ``[:, a, C:]`` the a-v line), and the u-v plane
+    ``uv [1, C, Rf, Rf]``'s value at the code folded into the x-u line (a constant factor commutes with
+    interpolation)."""
+    six, c, rf, r = frame.shape
+    # the planes' frame axes are u, v, u, v, u, v (asserted with GROUPS): the codes repeated, no host copy
+    t = ((codes.repeat(1, NUM_SPATIAL_AXES).clamp(-1.0, 1.0) + 1.0) * 0.5 * (rf - 1))  # [S, 6] row index
+    i0 = t.detach().floor().clamp(0, rf - 2).long()
+    w = (t - i0)[..., None, None]
+    # rows i0 and i0 + 1 of every (frame, plane) by one index_select of the planes as [6 Rf, C, R] rows (its
+    # backward is one index_add; advanced indexing planes[p, :, i0] back-propagates by a sorting scatter)
+    flat = frame.transpose(1, 2).reshape(six * rf, c, r)
+    at = (torch.arange(six, device=codes.device) * rf)[None, :] + i0  # [S, 6]
+    ends = flat.index_select(0, torch.cat([at.flatten(), at.flatten() + 1])).view(2, *at.shape, c, r)
+    rows = ends[0] * (1.0 - w) + ends[1] * w  # [S, 6, C, R]
+    uv = F.grid_sample(uv, codes[None, None], mode="bilinear", padding_mode="border", align_corners=True)
+    uv = uv[0, :, 0, :].transpose(0, 1)  # [S, C]
+    rows = torch.cat([rows[:, :1] * uv[:, None, :, None], rows[:, 1:]], dim=1)
+    return rows.reshape(rows.shape[0], NUM_SPATIAL_AXES, 2 * c, r)
+
+
+def _kernel_lines(frames: list[torch.Tensor], uvs: list[torch.Tensor], codes: torch.Tensor) -> list[torch.Tensor]:
+    """Every level's :func:`frame_lines` at ``codes``, laid out as the fused kernels read them: ``[3, S, R, 2C]``."""
+    return [frame_lines(f, uv, codes).permute(1, 0, 3, 2) for f, uv in zip(frames, uvs)]
+
+
+_compiled_kernel_lines = None
+
+
+def kernel_lines(field: DistortionField, codes: torch.Tensor, compiled: bool = False) -> list[torch.Tensor]:
+    """:func:`_kernel_lines` of ``field``'s levels; ``compiled``: as one ``torch.compile`` graph (forward and
+    backward), a few kernels instead of ~40 small ones per level and step. Recompiled once if the number of codes
+    changes (then with that size dynamic)."""
+    global _compiled_kernel_lines
+    frames, uvs = [level.frame for level in field.levels], [level.uv for level in field.levels]
+    if not compiled:
+        return _kernel_lines(frames, uvs, codes)
+    if _compiled_kernel_lines is None:
+        _compiled_kernel_lines = torch.compile(_kernel_lines, fullgraph=True)
+    return _compiled_kernel_lines(frames, uvs, codes)
+
+
 class _Level(nn.Module):
     """The planes of one resolution level, grouped as in ``GROUPS`` (parameters ``spatial``, ``frame``, ``uv``)."""
 
@@ -291,26 +335,8 @@ class _Level(nn.Module):
         return xy * xz * yz
 
     def frame_lines(self, codes: torch.Tensor) -> torch.Tensor:
-        """``[S, 3, 2C, R]``: for each of S frame codes (``[S, 2]`` in [-1, 1]), the planes xu, xv, yu, yv, zu, zv
-        interpolated at the code, i.e. lines over x, x, y, y, z, z, the two lines of one axis stacked along the
-        channels (``[:, a, :C]`` the a-u line, ``[:, a, C:]`` the a-v line; the u-v plane's value folded into the
-        x-u line: a constant factor commutes with interpolation)."""
-        planes = self.frame  # [6, C, Rf, R]: xu, xv, yu, yv, zu, zv
-        six, c, rf, r = planes.shape
-        # the planes' frame axes are u, v, u, v, u, v (asserted with GROUPS): the codes repeated, no host copy
-        t = ((codes.repeat(1, NUM_SPATIAL_AXES).clamp(-1.0, 1.0) + 1.0) * 0.5 * (rf - 1))  # [S, 6] row index
-        i0 = t.detach().floor().clamp(0, rf - 2).long()
-        w = (t - i0)[..., None, None]
-        # rows i0 and i0 + 1 of every (frame, plane) by one index_select of the planes as [6 Rf, C, R] rows (its
-        # backward is one index_add; advanced indexing planes[p, :, i0] back-propagates by a sorting scatter)
-        flat = planes.transpose(1, 2).reshape(six * rf, c, r)
-        at = (torch.arange(six, device=codes.device) * rf)[None, :] + i0  # [S, 6]
-        ends = flat.index_select(0, torch.cat([at.flatten(), at.flatten() + 1])).view(2, *at.shape, c, r)
-        rows = ends[0] * (1.0 - w) + ends[1] * w  # [S, 6, C, R]
-        uv = F.grid_sample(self.uv, codes[None, None], mode="bilinear", padding_mode="border", align_corners=True)
-        uv = uv[0, :, 0, :].transpose(0, 1)  # [S, C]
-        rows = torch.cat([rows[:, :1] * uv[:, None, :, None], rows[:, 1:]], dim=1)
-        return rows.reshape(rows.shape[0], NUM_SPATIAL_AXES, 2 * c, r)
+        """``[S, 3, 2C, R]``: :func:`frame_lines` of this level's planes at ``codes [S, 2]`` (in [-1, 1])."""
+        return frame_lines(self.frame, self.uv, codes)
 
     @staticmethod
     def line_features(grid: torch.Tensor, lines: torch.Tensor) -> torch.Tensor:
@@ -419,6 +445,9 @@ class DistortionField(nn.Module):
         mlp_dtype: dtype of the MLP's matrix products (None: float32). ``torch.bfloat16`` on CUDA is several
             times faster for the large per-Gaussian batches of training; the planes, their samples and the
             offsets stay float32.
+        compiled: while gradients are on, run the MLP (:meth:`decode`) and, with the fused kernels, the frame
+            lines of every level (:func:`kernel_lines`) as ``torch.compile`` graphs, forward and backward: a few
+            kernels instead of ~100 small ones a step (the trainer sets it on CUDA). Same values.
     """
 
     def __init__(self, cfg: DistortionFieldConfig) -> None:
@@ -426,6 +455,7 @@ class DistortionField(nn.Module):
         self.cfg = cfg
         self.mlp_dtype: torch.dtype | None = None
         self.kernels = "auto"
+        self.compiled = False
         gen = torch.Generator().manual_seed(cfg.seed)
         self.levels = nn.ModuleList(_Level(cfg, level, gen) for level in range(len(cfg.multires)))
         layers: list[nn.Module] = [nn.Linear(cfg.feature_dim, cfg.net_width)]
@@ -517,7 +547,7 @@ class DistortionField(nn.Module):
         if self.uses_fused_kernels(xyz):
             layout = field_triton.QueryLayout.build(segments, counts, n, xyz.device)
             spatial = [level.spatial.permute(0, 2, 3, 1) for level in self.levels]  # [3, R, R, C]
-            lines = [level.frame_lines(c).permute(1, 0, 3, 2) for level in self.levels]  # [3, S, R, 2C]
+            lines = kernel_lines(self, c, compiled=self.compiled and torch.is_grad_enabled())  # [3, S, R, 2C]
             return field_triton.fused_features(xyz, layout, spatial, lines)
         rows = None
         if not (len(segments) == 1 and segments[0] is None):
@@ -561,23 +591,14 @@ class DistortionField(nn.Module):
         return dict(zip(self.heads, out.split([h[3].out_features for h in heads], dim=-1)))
 
     def decode(self, feats: torch.Tensor) -> Offsets:
-        """Offsets of features ``[M, feature_dim]`` (the MLP and heads)."""
-        dtype = self.mlp_dtype
-        if dtype is not None and dtype != feats.dtype:
-            with torch.autocast(device_type=feats.device.type, dtype=dtype):
-                out = {name: t.float() for name, t in self._run_mlp(feats).items()}
-        else:
-            out = self._run_mlp(feats)
-        m = self.cfg.max_offset
-        if m is not None and "position" in out:
-            out["position"] = m * torch.tanh(out["position"] / m)
-        return Offsets(
-            d_means=out.get("position"),
-            d_log_scales=out.get("scale"),
-            d_quats=out.get("rotation"),
-            d_opacity=out["opacity"][:, 0] if "opacity" in out else None,
-            d_sh0=out["sh"][:, None, :] if "sh" in out else None,
-        )
+        """Offsets of features ``[M, feature_dim]`` (the MLP and heads); one compiled graph when ``compiled``
+        and gradients are on (its row count dynamic: one graph for every size)."""
+        global _compiled_decode
+        if self.compiled and torch.is_grad_enabled():
+            if _compiled_decode is None:
+                _compiled_decode = torch.compile(_decode, dynamic=True, fullgraph=True)
+            return _compiled_decode(self, feats)
+        return _decode(self, feats)
 
     def evaluate(self, means: torch.Tensor, codes: torch.Tensor, segments: list) -> Offsets:
         """Offsets of several groups of points, each at one code (see :meth:`segment_features`), rows segment
@@ -601,6 +622,28 @@ class DistortionField(nn.Module):
     def state(self) -> dict:
         """``{"config": dict, "state_dict": {name: tensor}}``: everything :func:`load_field` needs."""
         return {"config": self.cfg.to_dict(), "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+
+_compiled_decode = None
+
+
+def _decode(field: DistortionField, feats: torch.Tensor) -> Offsets:
+    dtype = field.mlp_dtype
+    if dtype is not None and dtype != feats.dtype:
+        with torch.autocast(device_type=feats.device.type, dtype=dtype):
+            out = {name: t.float() for name, t in field._run_mlp(feats).items()}
+    else:
+        out = field._run_mlp(feats)
+    m = field.cfg.max_offset
+    if m is not None and "position" in out:
+        out["position"] = m * torch.tanh(out["position"] / m)
+    return Offsets(
+        d_means=out.get("position"),
+        d_log_scales=out.get("scale"),
+        d_quats=out.get("rotation"),
+        d_opacity=out["opacity"][:, 0] if "opacity" in out else None,
+        d_sh0=out["sh"][:, None, :] if "sh" in out else None,
+    )
 
 
 def load_field(field_state: dict, device: torch.device | str = "cpu") -> DistortionField:

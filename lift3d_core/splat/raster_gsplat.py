@@ -40,7 +40,11 @@ def rasterize_gsplat(
     near: float,
     far: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Same arguments and outputs as :func:`lift3d_core.splat.raster_torch.rasterize_torch`.
+    """Same arguments and outputs as :func:`lift3d_core.splat.raster_torch.rasterize_torch`, plus *per-camera
+    Gaussians*: every Gaussian tensor may carry a leading ``[C]`` axis (``means [C, N, 3]``, ``sh [C, N, K, 3]``,
+    ...; those without it are shared by all cameras), camera ``c`` then sees row ``c``. One gsplat call renders
+    them all (gsplat's batch dimensions, one camera per batch), so C frames of differently deformed Gaussians
+    cost one projection, one tile sort and one rasterization, not C of each.
 
     The Gaussians must be float32 tensors on a CUDA device.
     """
@@ -50,6 +54,13 @@ def rasterize_gsplat(
     if means.dtype != torch.float32:
         raise Lift3DError(f"gsplat backend renders float32 Gaussians, got {means.dtype}")
     C = viewmats.shape[0]
+    per_camera = means.dim() == 3 or quats.dim() == 3 or scales.dim() == 3 or opacities.dim() == 2 or sh.dim() == 4
+    if per_camera:
+        n = means.shape[-2]
+        means = means.expand(C, n, 3)
+        quats, scales = quats.expand(C, n, 4), scales.expand(C, n, 3)
+        opacities = opacities.expand(C, n)
+        sh = sh.expand(C, *sh.shape[-3:])
     backgrounds = None if background is None else background.expand(C, 3).contiguous()
     # View-dependent colour evaluated here, as gsplat would (SH at the direction from the camera centre, + 0.5,
     # clamped at 0), but from the camera centre -R^T t instead of gsplat's torch.inverse of the view matrices,
@@ -57,8 +68,12 @@ def rasterize_gsplat(
     from gsplat import spherical_harmonics
 
     campos = -torch.einsum("cji,cj->ci", viewmats[:, :3, :3], viewmats[:, :3, 3])  # [C, 3]
-    dirs = means[None] - campos[:, None]  # [C, N, 3]
-    colors = spherical_harmonics(sh_degree, dirs, sh.expand(C, *sh.shape)).add(0.5).clamp_min(0.0)  # [C, N, 3]
+    dirs = means - campos[:, None] if per_camera else means[None] - campos[:, None]  # [C, N, 3]
+    colors = spherical_harmonics(sh_degree, dirs, sh if per_camera else sh.expand(C, *sh.shape))
+    colors = colors.add(0.5).clamp_min(0.0)  # [C, N, 3]
+    if per_camera:  # batch dims [C], one camera each
+        colors, viewmats, Ks = colors[:, None], viewmats[:, None], Ks[:, None]
+        backgrounds = None if backgrounds is None else backgrounds[:, None]
     colors, alphas, meta = rasterization(
         means=means,
         quats=quats,  # gsplat normalises them
@@ -78,10 +93,27 @@ def rasterize_gsplat(
         render_mode="RGB+ED",
         rasterize_mode="classic",
     )
-    means2d = meta["means2d"]  # [C, N, 2]
-    if means2d.requires_grad:
-        means2d.retain_grad()
+    means2d = meta["means2d"]  # [C, N, 2], or [C, 1, N, 2] per camera
     radii = meta["radii"]
+    if per_camera:
+        colors, alphas, radii = colors[:, 0], alphas[:, 0], radii[:, 0]
+        means2d = _squeezed_grad_leaf(means2d)
+    elif means2d.requires_grad:
+        means2d.retain_grad()
     if radii.dim() == 3:  # gsplat >= 1.5: per-axis radii [C, N, 2]
         radii = radii.max(dim=-1).values
     return colors[..., :3], alphas, colors[..., 3:4], means2d, radii.to(torch.int32)
+
+
+def _squeezed_grad_leaf(means2d: torch.Tensor) -> torch.Tensor:
+    """``[C, N, 2]`` stand-in for gsplat's ``[C, 1, N, 2]`` screen positions whose ``.grad`` backward fills (a view
+    of them would get none: the loss reaches the rasterizer through the original tensor, not through a view)."""
+    leaf = means2d[:, 0].detach().requires_grad_(means2d.requires_grad)
+    if means2d.requires_grad:
+
+        def write(grad: torch.Tensor) -> None:
+            leaf.grad = grad[:, 0]
+
+        means2d.register_hook(write)
+    return leaf
+

@@ -13,7 +13,7 @@ returns the same :class:`RenderOutput`; callers never branch on the backend.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -169,3 +169,85 @@ def render_w2c(
 
         rgb, alpha, depth, means2d, radii = rasterize_inria(*args)
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii)
+
+
+def render_w2c_each(
+    gaussians: list[Gaussians],
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    *,
+    backend: str = "torch",
+    background: torch.Tensor | None = None,
+    sh_degree: int | None = None,
+    near: float = 0.01,
+    far: float = 1e10,
+) -> RenderOutput:
+    """:func:`render_w2c` of C cameras where camera ``c`` sees its own Gaussians ``gaussians[c]`` (all with the
+    same N: e.g. one set moved differently for each frame), as one :class:`RenderOutput` with C images whose
+    ``means2d [C, N, 2]`` row ``c`` is ``gaussians[c]``'s and whose ``.grad`` backward fills.
+
+    ``gsplat`` renders all C in one call (its batch dimensions); a tensor that every camera shares (the same
+    object in each ``gaussians[c]``) is passed once, not stacked. The other backends render camera by camera.
+    """
+    if len(gaussians) != viewmats.shape[0] or len(gaussians) != Ks.shape[0]:
+        raise Lift3DError(f"{len(gaussians)} sets of Gaussians for {viewmats.shape[0]} cameras and {Ks.shape[0]} Ks")
+    if len({g.num for g in gaussians}) != 1:
+        raise Lift3DError(f"per-camera Gaussians must have one size, got {sorted({g.num for g in gaussians})}")
+    if backend != "gsplat" or len(gaussians) == 1:
+        return stack_renders([
+            render_w2c(g, viewmats[c : c + 1], Ks[c : c + 1], width, height, backend=backend, background=background,
+                       sh_degree=sh_degree, near=near, far=far)
+            for c, g in enumerate(gaussians)
+        ])
+    first = gaussians[0]
+
+    def stacked(name: str) -> torch.Tensor:
+        tensors = [getattr(g, name) for g in gaussians]
+        return tensors[0] if all(t is tensors[0] for t in tensors) else torch.stack(tensors)
+
+    per_camera = Gaussians(**{name: stacked(name) for name in Gaussians.field_names()})
+    degree = first.sh_degree if sh_degree is None else int(sh_degree)
+    dtype, device = first.means.dtype, first.device
+    if background is not None:
+        background = torch.as_tensor(background, dtype=dtype, device=device).reshape(3)
+    from lift3d_core.splat.raster_gsplat import rasterize_gsplat
+
+    sh0, shN = per_camera.sh0, per_camera.shN
+    if sh0.dim() != shN.dim():  # one of them per camera: expand the other
+        sh0, shN = sh0.expand(len(gaussians), *sh0.shape[-3:]), shN.expand(len(gaussians), *shN.shape[-3:])
+    sh = torch.cat([sh0, shN], dim=-2)  # [(C,) N, K, 3]
+    rgb, alpha, depth, means2d, radii = rasterize_gsplat(
+        per_camera.means, per_camera.quats, torch.exp(per_camera.log_scales), torch.sigmoid(per_camera.opacity_logits),
+        sh, viewmats, Ks, int(width), int(height), degree, background, float(near), float(far))
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii)
+
+
+def stack_renders(outs: list[RenderOutput]) -> RenderOutput:
+    """Concatenate renders along C (e.g. frames of differently deformed Gaussians) into one ``RenderOutput``.
+
+    The loss flows through the parts' ``means2d``, not through a concatenation of them, so the stacked
+    ``means2d [C, N, 2]`` is a fresh leaf whose ``.grad`` backward hooks on the parts fill: the densification
+    strategy reads it as it reads a batched render's.
+    """
+    if len(outs) == 1:
+        return outs[0]
+    means2d = torch.cat([o.means2d.detach() for o in outs]).requires_grad_(any(o.means2d.requires_grad for o in outs))
+    start = 0
+    for o in outs:
+        if o.means2d.requires_grad:
+            o.means2d.register_hook(_grad_writer(means2d, start, start + o.means2d.shape[0]))
+        start += o.means2d.shape[0]
+    parts = {f.name: torch.cat([getattr(o, f.name) for o in outs]) for f in fields(RenderOutput) if f.name != "means2d"}
+    return RenderOutput(means2d=means2d, **parts)
+
+
+def _grad_writer(stacked: torch.Tensor, lo: int, hi: int):
+    def write(grad: torch.Tensor) -> None:
+        if stacked.grad is None:
+            stacked.grad = torch.zeros_like(stacked)
+        stacked.grad[lo:hi] += grad
+
+    return write
+

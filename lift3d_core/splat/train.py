@@ -9,7 +9,7 @@ Pieces meant for reuse (the distortion-aware trainer subclasses :class:`Trainer`
 * :class:`GaussianParams`: ``dict[str, nn.Parameter]`` keyed like :class:`Gaussians` fields <-> ``Gaussians``.
 * :class:`Trainer`: ``render_frames(idx, sh_degree)`` (override to render deformed Gaussians; the result must be
   one ``RenderOutput`` whose ``means2d [C, N, 2]`` rows are the canonical Gaussians' and whose ``means2d.grad``
-  is filled by backward; :func:`stack_renders` builds one from per-frame renders),
+  is filled by backward; ``render.render_w2c_each`` renders each frame's own Gaussians into one),
   ``losses(idx, out)`` (override to add terms; return a dict with the total under ``"loss"``),
   ``extra_optimizers`` (stepped and zeroed with the Gaussians' ones), ``train_step()`` and ``run()``.
 """
@@ -35,6 +35,7 @@ from lift3d_core.splat.optim import (
     make_optimizers,
     update_learning_rates,
 )
+from lift3d_core.splat.render import stack_renders
 from lift3d_core.splat.strategy import DensifyConfig, DensifyStrategy
 
 
@@ -231,34 +232,6 @@ def scene_extent_from_cameras(c2w: np.ndarray | torch.Tensor, means: torch.Tenso
     if spread > 1e-3 * depth_scale:
         return spread
     return depth_scale if depth_scale > 0.0 else 1.0
-
-
-def stack_renders(outs: list) -> "RenderOutput":  # noqa: F821 (render imported lazily)
-    """Concatenate renders along C (e.g. frames of differently deformed Gaussians) into one ``RenderOutput``.
-
-    The loss flows through the parts' ``means2d``, not through a concatenation of them, so the stacked
-    ``means2d [C, N, 2]`` is a fresh leaf whose ``.grad`` backward hooks on the parts fill: the strategy reads
-    it as it reads a batched render's.
-    """
-    from lift3d_core.splat.render import RenderOutput
-
-    means2d = torch.cat([o.means2d.detach() for o in outs]).requires_grad_(any(o.means2d.requires_grad for o in outs))
-    start = 0
-    for o in outs:
-        if o.means2d.requires_grad:
-            o.means2d.register_hook(_grad_writer(means2d, start, start + o.means2d.shape[0]))
-        start += o.means2d.shape[0]
-    parts = {f.name: torch.cat([getattr(o, f.name) for o in outs]) for f in fields(RenderOutput) if f.name != "means2d"}
-    return RenderOutput(means2d=means2d, **parts)
-
-
-def _grad_writer(stacked: torch.Tensor, lo: int, hi: int):
-    def write(grad: torch.Tensor) -> None:
-        if stacked.grad is None:
-            stacked.grad = torch.zeros_like(stacked)
-        stacked.grad[lo:hi] += grad
-
-    return write
 
 
 def _match_sh_degree(gaussians: Gaussians, degree: int) -> Gaussians:

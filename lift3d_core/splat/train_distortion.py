@@ -33,6 +33,7 @@ from lift3d_core.splat.distortion import (
     DistortionFieldConfig,
     apply_offsets,
     field_regularisers,
+    kernel_lines,
     load_field,
     offset_penalty,
 )
@@ -95,9 +96,10 @@ class DistortionTrainConfig:
 
     ``field_mlp_dtype``: dtype of the field MLP's matrix products: ``auto`` (bfloat16 on CUDA, float32
     elsewhere), ``float32`` or ``bfloat16``. The planes, the offsets and the Gaussians stay float32.
-    ``compile_regularisers``: run the plane regularisers as one ``torch.compile`` graph (see
-    ``distortion.field_regularisers``): ``auto`` (on CUDA; eager if compiling fails, with a warning), ``on``,
-    ``off``. Same values; fewer kernel launches per step. ``field_kernels``: how the field samples its planes
+    ``compile_field``: run the field's many small per-step operations as ``torch.compile`` graphs: the plane
+    regularisers (``distortion.field_regularisers``), the MLP (``DistortionField.decode``) and, with the fused
+    kernels, the frame lines of every level (``distortion.kernel_lines``): ``auto`` (on CUDA; eager if compiling
+    fails, with a warning), ``on``, ``off``. Same values; a few kernels a step instead of ~500 small ones. ``field_kernels``: how the field samples its planes
     (``distortion.DistortionField.kernels``): ``auto`` (the fused Triton kernels on CUDA, ``grid_sample``
     elsewhere), ``triton`` (an error where they cannot run), ``torch``. Same values up to float rounding.
 
@@ -155,7 +157,7 @@ class DistortionTrainConfig:
     field_lr_scale_by_extent: bool = True
     input_view_repeats: int = 0
     field_mlp_dtype: str = "auto"
-    compile_regularisers: str = "auto"
+    compile_field: str = "auto"
     field_kernels: str = "auto"
     restart_schedule: bool = False
     curriculum_steps: int = 0
@@ -192,10 +194,10 @@ class DistortionTrainConfig:
         need(self.max_offset_fraction is None or self.max_offset_fraction > 0,
              f"max_offset_fraction must be > 0 or None, got {self.max_offset_fraction}")
         need(self.pyramid_weight >= 0 and self.pyramid_levels >= 1, "pyramid_weight must be >= 0 and pyramid_levels >= 1")
-        if isinstance(self.compile_regularisers, bool):  # YAML reads a bare on / off as a boolean
-            object.__setattr__(self, "compile_regularisers", "on" if self.compile_regularisers else "off")
-        need(self.compile_regularisers in ("auto", "on", "off"),
-             f"compile_regularisers must be auto, on or off, got {self.compile_regularisers!r}")
+        if isinstance(self.compile_field, bool):  # YAML reads a bare on / off as a boolean
+            object.__setattr__(self, "compile_field", "on" if self.compile_field else "off")
+        need(self.compile_field in ("auto", "on", "off"),
+             f"compile_field must be auto, on or off, got {self.compile_field!r}")
         need(self.field_kernels in ("auto", "triton", "torch"),
              f"field_kernels must be auto, triton or torch, got {self.field_kernels!r}")
         need(self.field_mlp_dtype in ("auto", "float32", "bfloat16"),
@@ -268,39 +270,6 @@ def field_bounds(means: torch.Tensor, margin: float = 0.0) -> tuple[tuple[float,
     return tuple((lo - pad).tolist()), tuple((hi + pad).tolist())
 
 
-class _ScreenGradStack:
-    """Frames rendered one by one, presented to the densification strategy as one render.
-
-    Each frame's deformed Gaussians are rendered separately, so the per-frame ``means2d`` tensors are the ones
-    the loss flows through; the stacked ``means2d`` is a leaf whose ``.grad`` the parts' backward hooks fill.
-    """
-
-    @staticmethod
-    def stack(outs: list):
-        from lift3d_core.splat.render import RenderOutput
-
-        means2d = torch.cat([o.means2d.detach() for o in outs]).requires_grad_(True)
-        for i, o in enumerate(outs):
-            if o.means2d.requires_grad:
-                o.means2d.register_hook(_make_grad_writer(means2d, i))
-        return RenderOutput(
-            rgb=torch.cat([o.rgb for o in outs]),
-            alpha=torch.cat([o.alpha for o in outs]),
-            depth=torch.cat([o.depth for o in outs]),
-            means2d=means2d,
-            radii=torch.cat([o.radii for o in outs]),
-        )
-
-
-def _make_grad_writer(stacked: torch.Tensor, i: int):
-    def write(grad: torch.Tensor) -> None:
-        if stacked.grad is None:
-            stacked.grad = torch.zeros_like(stacked)
-        stacked.grad[i : i + 1] += grad
-
-    return write
-
-
 class DistortionTrainer(Trainer):
     """:class:`Trainer` with the coarse / fine stages of distortion-aware 3DGS.
 
@@ -346,9 +315,8 @@ class DistortionTrainer(Trainer):
         self.field.mlp_dtype = torch.bfloat16 if mlp_dtype == "bfloat16" else None
         self.field.kernels = cfg.field_kernels
         self.field.uses_fused_kernels(self.field.bounds_lo)  # kernels: triton where they cannot run fails here
-        self._compile_regularisers = cfg.compile_regularisers == "on" or (
-            cfg.compile_regularisers == "auto" and self.device.type == "cuda")
-        self._regularisers_compiled = False
+        self._compile_field = cfg.compile_field == "on" or (cfg.compile_field == "auto" and self.device.type == "cuda")
+        self._field_compiled = False
         self._input_code = torch.tensor(cfg.input_code, dtype=torch.float32, device=self.device)
         self._step_offsets: dict[str, object] = {}
         scale = self.scene_extent if cfg.field_lr_scale_by_extent else 1.0
@@ -403,26 +371,23 @@ class DistortionTrainer(Trainer):
     def render_frames(self, idx: torch.Tensor, sh_degree: int):
         """Fine stage: every frame of the batch rendered from the canonical Gaussians moved by its offsets.
 
-        One field evaluation per step serves the whole batch: the visible centres of every frame (see
-        ``field_cull_margin``) with that frame's code, followed by the anchor's and the frame-mean penalty's
-        samples, so the planes are sampled and the MLP run once per step, not once per frame and term.
+        One field evaluation per step serves the whole batch: every centre at each frame's code, followed by
+        the anchor's and the frame-mean penalty's samples, so the planes are sampled and the MLP run once per
+        step, not once per frame and term. With ``field_cull_margin`` the offsets of the centres outside a
+        frame's enlarged view are multiplied by zero (the field neither moves them nor learns from them): a mask
+        computed on the device, so the step never waits for it. One render call draws all frames.
         """
         if not self.fine:
             return super().render_frames(idx, sh_degree)
-        from lift3d_core.splat.render import render_w2c
+        from lift3d_core.splat.render import render_w2c_each
 
         d = self.dcfg
         canonical = self.params.gaussians()
-        n = canonical.num
+        n, b = canonical.num, len(idx)
         field_input = canonical.means.detach() if d.detach_field_input else canonical.means
         frames = self.on_device(idx)
-        if d.field_cull_margin is None:
-            cols = torch.arange(n, device=self.device).repeat(len(idx))
-            counts = [n] * len(idx)
-        else:
-            rows, cols = torch.nonzero(self._visible_batch(canonical.means, frames), as_tuple=True)
-            counts = torch.bincount(rows, minlength=len(idx)).tolist()  # the step's device syncs: nonzero, counts
-        points, codes, segments = [field_input], [self.frame_codes[frames]], list(cols.split(counts))
+        points, codes = [field_input], [self.frame_codes[frames]]
+        segments = [torch.arange(n, device=self.device)] * b  # the canonical centres, once per frame
         extra: dict[str, tuple] = {}
         start = n
         if d.frame_mean_weight > 0:
@@ -440,30 +405,18 @@ class DistortionTrainer(Trainer):
             segments.append(torch.arange(start, start + a_points.shape[0], device=self.device))
             extra["anchor"] = (1, a_points.shape[0])
         off = self.field.evaluate(torch.cat(points), torch.cat(codes), segments)
-        parts = _split_offsets(off, [sum(counts)] + [k * m for k, m in extra.values()])
+        parts = _split_offsets(off, [b * n] + [k * m for k, m in extra.values()])
         frame_off = parts[0]
+        if d.field_cull_margin is not None:
+            keep = self._visible_batch(canonical.means, frames).reshape(b * n, 1).to(canonical.means.dtype)
+            frame_off = type(frame_off)(*(None if t is None else t * keep.view(-1, *[1] * (t.dim() - 1))
+                                          for t in frame_off))
         self._step_offsets = {"frames": frame_off}
         for name, part in zip(extra, parts[1:]):
             self._step_offsets[name] = (part, *extra[name]) if name == "frame_mean" else part
-
-        outs = []
-        for i, sel, part in zip(idx.tolist(), segments, _split_offsets(frame_off, counts)):
-            # the frame's offsets, zero for the centres outside its view (the rasterizer culls those)
-            frame = part if d.field_cull_margin is None else type(part)(
-                *(None if t is None else t.new_zeros((n, *t.shape[1:])).index_copy(0, sel, t) for t in part))
-            outs.append(
-                render_w2c(
-                    apply_offsets(canonical, frame),
-                    self.viewmats[i : i + 1],
-                    self.Ks[i : i + 1],
-                    self.width,
-                    self.height,
-                    backend=self.cfg.backend,
-                    background=self.background,
-                    sh_degree=sh_degree,
-                )
-            )
-        return _ScreenGradStack.stack(outs)
+        per_frame = [apply_offsets(canonical, part) for part in _split_offsets(frame_off, [n] * b)]
+        return render_w2c_each(per_frame, self.viewmats[frames], self.Ks[frames], self.width, self.height,
+                               backend=self.cfg.backend, background=self.background, sh_degree=sh_degree)
 
     def losses(self, idx: torch.Tensor, out) -> dict[str, torch.Tensor]:
         terms = super().losses(idx, out)
@@ -494,13 +447,30 @@ class DistortionTrainer(Trainer):
         return terms
 
     def _regularisers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._compile_regularisers and not self._regularisers_compiled:
-            # gradients taken without touching .grad
-            groups = self.field.grid_parameters()
-            self._compile_regularisers = self._regularisers_compiled = compiled_or_eager(
-                self.dcfg.compile_regularisers, "compile_regularisers",
-                lambda: torch.autograd.grad(sum(field_regularisers(self.field, compiled=True)), groups))
-        return field_regularisers(self.field, compiled=self._compile_regularisers)
+        return field_regularisers(self.field, compiled=self._compile_field)
+
+    def _compile_field_graphs(self) -> None:
+        """Compile (forward and backward) the regularisers, the MLP and, with the fused kernels, the frame lines,
+        once, at the first fine step; on failure fall back to eager (``auto``) or raise (``on``)."""
+        self._field_compiled = True
+        field = self.field
+        params = list(field.parameters())
+        codes = torch.full((self.cfg.batch_size + 1, 2), 0.25, device=self.device)
+        feats = torch.rand(257, field.cfg.feature_dim, device=self.device)
+
+        def warm_up():
+            field.compiled = True
+            try:
+                terms = list(field_regularisers(field, compiled=True))
+                terms += [t.sum() for t in field.decode(feats) if t is not None]
+                if field.uses_fused_kernels(codes):
+                    terms += [lines.sum() for lines in kernel_lines(field, codes, compiled=True)]
+                torch.autograd.grad(sum(terms), params, allow_unused=True)
+            finally:
+                field.compiled = False
+
+        self._compile_field = compiled_or_eager(self.dcfg.compile_field, "compile_field", warm_up)
+        field.compiled = self._compile_field
 
     def _anchor_queries(self) -> torch.Tensor:
         """``[M, 3]`` detached canonical centres where the anchor pins the field to zero at the input code
@@ -539,6 +509,8 @@ class DistortionTrainer(Trainer):
 
     def train_step(self):
         if self.step + 1 > self.dcfg.coarse_iterations:  # the coming step is a fine one
+            if self._compile_field and not self._field_compiled:
+                self._compile_field_graphs()
             if self.field_optimizer not in self.extra_optimizers:
                 self.extra_optimizers.append(self.field_optimizer)
             fine_step = self.step - self.dcfg.coarse_iterations  # 0-based
