@@ -26,6 +26,7 @@ from lift3d_core.splat.distortion import (
     sample_plane,
 )
 from lift3d_core.splat.gaussians import Gaussians
+from lift3d_core.splat.optim import param_group
 
 BOUNDS = ((-1.0, -2.0, 0.5), (1.0, 2.0, 3.0))
 
@@ -554,7 +555,7 @@ def test_restart_schedule_restarts_position_lr_and_densification_at_the_fine_sta
     for _ in range(20):
         trainer.train_step()
         assert trainer.schedule_step() == ((trainer.step, 8) if trainer.step <= 8 else (trainer.step - 8, 12))
-        lrs.append(trainer.optimizers["means"].param_groups[0]["lr"])
+        lrs.append(param_group(trainer.optimizers["means"], "means")["lr"])
     from lift3d_core.splat.optim import means_lr
 
     expect = [means_lr(s, trainer.lrs, trainer.scene_extent, 8) for s in range(1, 9)]
@@ -564,7 +565,7 @@ def test_restart_schedule_restarts_position_lr_and_densification_at_the_fine_sta
     once = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, tiny_train_cfg(coarse_iterations=8, fine_iterations=12), device="cpu")
     for _ in range(9):
         once.train_step()
-    assert once.schedule_step() == (9, 20) and once.optimizers["means"].param_groups[0]["lr"] < lrs[8]
+    assert once.schedule_step() == (9, 20) and param_group(once.optimizers["means"], "means")["lr"] < lrs[8]
 
 
 def test_max_offset_bounds_position_offsets_smoothly():

@@ -5,7 +5,7 @@ import torch
 
 from lift3d_core.errors import Lift3DError
 from lift3d_core.splat.gaussians import Gaussians
-from lift3d_core.splat.optim import LearningRates, make_optimizers
+from lift3d_core.splat.optim import LearningRates, make_optimizers, param_group, unique_optimizers
 from lift3d_core.splat.render import RenderOutput
 from lift3d_core.splat.strategy import (
     DensifyConfig,
@@ -38,7 +38,7 @@ def _adam_step(params, optimizers, seed=1):
     gen = torch.Generator().manual_seed(seed)
     for p in params.values():
         p.grad = torch.randn(p.shape, generator=gen)
-    for opt in optimizers.values():
+    for opt in unique_optimizers(optimizers.values()):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -55,7 +55,7 @@ def _render_out(pixel_grads, radii) -> RenderOutput:
 def _assert_state_consistent(params, optimizers):
     for name, p in params.items():
         opt = optimizers[name]
-        assert opt.param_groups[0]["params"][0] is p
+        assert param_group(opt, name)["params"] == [p]
         state = opt.state[p]
         assert state["exp_avg"].shape == p.shape and state["exp_avg_sq"].shape == p.shape
 

@@ -1,9 +1,11 @@
 """Optimisers and schedules of 3DGS: per-parameter Adam learning rates, the exponential decay of the
 position learning rate, and the SH degree that grows by one every 1000 iterations.
 
-Design: one ``torch.optim.Adam`` per Gaussian field (``dict[name, Adam]`` with a single param group each, the
-layout of gsplat's strategies), so densification can swap one field's tensor and its Adam moments without
-touching the others.
+Design: one ``torch.optim.Adam`` with one param group per Gaussian field (named after it), handed around as
+``dict[name, Adam]`` (the layout of gsplat's strategies: the same optimizer under every name here), so that
+densification can swap one field's tensor and its Adam moments without touching the others, while a training
+step pays for one optimizer step, not six (each ``Optimizer.step`` costs ~0.15 ms of host time on top of its
+kernels).
 """
 
 from __future__ import annotations
@@ -59,19 +61,34 @@ def make_optimizers(
     lrs: LearningRates,
     scene_extent: float,
 ) -> dict[str, torch.optim.Adam]:
-    """One Adam per parameter (same keys as ``params``), at the initial 3DGS learning rates.
+    """One Adam over ``params``, a param group per name (``group["name"]``, see :func:`param_group`) at the
+    initial 3DGS learning rates, returned under every name of ``params``.
 
     The fused Adam is used where torch has one: the same update, computed in one pass over each tensor instead
     of ~10 (measured at 30k Gaussians on one CPU core: 4.6 ms a step instead of 17.7 ms).
     """
-    return {
-        name: torch.optim.Adam(
-            [{"params": [p], "lr": lrs.initial(name, scene_extent), "name": name}],
-            eps=ADAM_EPS,
-            fused=fused_adam_supported(p.device) or None,
-        )
-        for name, p in params.items()
-    }
+    if not params:
+        return {}
+    device = next(iter(params.values())).device
+    adam = torch.optim.Adam(
+        [{"params": [p], "lr": lrs.initial(name, scene_extent), "name": name} for name, p in params.items()],
+        eps=ADAM_EPS,
+        fused=fused_adam_supported(device) or None,
+    )
+    return dict.fromkeys(params, adam)
+
+
+def param_group(optimizer: torch.optim.Optimizer, name: str) -> dict:
+    """The param group of ``optimizer`` named ``name`` (a :class:`Lift3DError` if it has none)."""
+    for group in optimizer.param_groups:
+        if group.get("name") == name:
+            return group
+    raise Lift3DError(f"optimizer has no param group named {name!r}")
+
+
+def unique_optimizers(optimizers) -> list[torch.optim.Optimizer]:
+    """``optimizers`` (an iterable, e.g. a dict's values) with repeats removed, in order: each steps once."""
+    return list({id(o): o for o in optimizers}.values())
 
 
 def expon_lr(step: int, lr_init: float, lr_final: float, max_steps: int) -> float:
@@ -94,8 +111,7 @@ def update_learning_rates(
 ) -> float:
     """Apply the schedule for ``step`` (only the means decay, as in 3DGS); returns the means learning rate."""
     lr = means_lr(step, lrs, scene_extent, max_steps)
-    for group in optimizers["means"].param_groups:
-        group["lr"] = lr
+    param_group(optimizers["means"], "means")["lr"] = lr
     return lr
 
 

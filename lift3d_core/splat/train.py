@@ -33,6 +33,8 @@ from lift3d_core.splat.optim import (
     active_sh_degree,
     expon_lr,
     make_optimizers,
+    param_group,
+    unique_optimizers,
     update_learning_rates,
 )
 from lift3d_core.splat.render import stack_renders
@@ -465,7 +467,7 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def all_optimizers(self) -> list[torch.optim.Optimizer]:
-        return list(self.optimizers.values()) + self.extra_optimizers
+        return unique_optimizers([*self.optimizers.values(), *self.extra_optimizers])
 
     def train_step(self) -> tuple[dict[str, torch.Tensor], object, dict[str, int]]:
         """One iteration; returns (loss terms, the render, what densification did)."""
@@ -537,7 +539,7 @@ class Trainer:
         metrics.update(
             psnr=psnr(out.rgb.detach().clamp(0, 1), self.target_rgb(idx)),
             num_gaussians=self.params.num,
-            lr_means=self.optimizers["means"].param_groups[0]["lr"],
+            lr_means=param_group(self.optimizers["means"], "means")["lr"],
             sh_degree=active_sh_degree(self.step, self.cfg.sh_degree, self.cfg.sh_degree_every),
             seconds=seconds,
         )
