@@ -694,3 +694,26 @@ def test_compiled_mlp_equals_eager_for_any_row_count():
         assert eager[0].shape == (rows, 3) and eager[0].abs().max() <= 0.05
         torch.testing.assert_close(comp, eager, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(comp_grads, eager_grads, rtol=1e-4, atol=1e-5)  # sums of ~500 rows
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_field_warm_up_compiles_the_graphs_training_uses():
+    # compile_field compiles the regularisers and the MLP once, before the first fine step, with the inputs
+    # training gives them (features that require grad): the fine steps then compile nothing more.
+    from torch._dynamo.utils import counters
+
+    from lift3d_core.splat.train_distortion import DistortionTrainer
+
+    scene = tiny_scene()
+    c2w, codes, K = tiny_cameras()
+    frames = render_frames(scene, c2w, K)
+    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes,
+                                tiny_train_cfg(coarse_iterations=0, compile_field="on"), device="cpu")
+    trainer._compile_field_graphs()
+    assert trainer.field.compiled
+    compiled = counters["stats"]["unique_graphs"]
+    for _ in range(3):
+        trainer.train_step()
+    assert counters["stats"]["unique_graphs"] == compiled

@@ -92,7 +92,7 @@ def test_torch_and_gsplat_agree_on_images_and_gradients():
 def test_per_camera_gaussians_in_one_gsplat_call_equal_one_render_per_camera():
     # render_w2c_each: each camera its own moved copy of the Gaussians (shN shared), one batched gsplat call;
     # against one gsplat render per camera: the same images, screen-space gradients and parameter gradients.
-    from lift3d_core.splat.render import render_w2c_each, render_w2c
+    from lift3d_core.splat.render import render_w2c, render_w2c_each
 
     viewmats = torch.linalg.inv(cameras()).float().cuda()
     Ks = K.float().cuda().expand(3, 3, 3).contiguous()
@@ -107,13 +107,13 @@ def test_per_camera_gaussians_in_one_gsplat_call_equal_one_render_per_camera():
                  for s in shifts]
         if batched:
             out = render_w2c_each(moved, viewmats, Ks, W, H, backend="gsplat", background=bg, sh_degree=3)
-            means2d_grad = lambda: out.means2d.grad  # noqa: E731
+            means2d_grad = lambda: out.means2d.grad
         else:
             outs = [render_w2c(g, viewmats[c : c + 1], Ks[c : c + 1], W, H, backend="gsplat", background=bg,
                                sh_degree=3) for c, g in enumerate(moved)]
             out = RenderOutput(**{k: torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "alpha", "depth",
                                                                                         "means2d", "radii")})
-            means2d_grad = lambda: torch.cat([o.means2d.grad for o in outs])  # noqa: E731
+            means2d_grad = lambda: torch.cat([o.means2d.grad for o in outs])
         ((out.rgb * weights).sum() + out.alpha.sum()).backward()
         return out, means2d_grad(), {name: getattr(params, name).grad for name in NAMES}
 

@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -327,3 +328,24 @@ def test_compiled_or_eager_warns_or_raises_by_setting():
         assert compiled_or_eager("auto", "compile_loss", broken) is False
     with pytest.raises(Lift3DError, match="compile_loss: on"):
         compiled_or_eager("on", "compile_loss", broken)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_loss_warm_up_compiles_the_graph_training_uses(scene):
+    # The render's RGB is a view of RGB+depth channels; the warm-up must compile for those strides, or training
+    # compiles a second graph (on an H100 the first compile of this loss costs ~20 s).
+    from torch._dynamo.utils import counters
+
+    init, frames, c2w, K, _ = scene
+    trainer = Trainer(init, frames, c2w, K, TrainConfig(iterations=2, compile_loss="on"), device="cpu")
+    rgbd = torch.rand(2, H, W, 4, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    pred, target = rgbd[..., :3], trainer.target_rgb(torch.tensor([0, 1]))
+    before = counters["stats"]["unique_graphs"]
+    loss = trainer._photometric(pred, target)
+    grad = torch.autograd.grad(loss, rgbd)[0]
+    assert counters["stats"]["unique_graphs"] - before == 1
+    eager = fast_photometric_loss(pred, target, trainer.cfg.lambda_dssim)
+    torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, torch.autograd.grad(eager, rgbd)[0], rtol=1e-4, atol=1e-8)

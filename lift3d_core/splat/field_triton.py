@@ -199,7 +199,9 @@ if triton is not None:
         z = tl.load(xyz_ptr + pt * 3 + 2, mask=valid, other=0.0)
         return lane, seg, out0, valid, x, y, z
 
-    @triton.jit
+    # The sizes are not specialised: Triton would otherwise compile a kernel variant the first time the block count
+    # turns divisible by 16 (or not), i.e. again in the middle of training as densification changes it.
+    @triton.jit(do_not_specialize=["nblocks", "nseg"])
     def _forward_kernel(xyz_ptr, pts_ptr, blocks_ptr, sp_ptr, ln_ptr, out_ptr, nblocks, nseg, out_stride, col0,
                         R: tl.constexpr, C: tl.constexpr, BLOCK_Q: tl.constexpr):
         pid = tl.program_id(0)
@@ -258,7 +260,7 @@ if triton is not None:
             tl.atomic_add(gptr + o0 + 2 * C, du * t, mask=m, sem="relaxed")
             tl.atomic_add(gptr + o0 + 3 * C, dv * t, mask=m, sem="relaxed")
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["nblocks", "nseg"])
     def _backward_kernel(xyz_ptr, pts_ptr, blocks_ptr, sp_ptr, ln_ptr, gout_ptr, gsp_ptr, gln_ptr, gq_ptr,
                          nblocks, nseg, gout_stride, col0,
                          ACCUM: tl.constexpr, R: tl.constexpr, C: tl.constexpr, BLOCK_Q: tl.constexpr,

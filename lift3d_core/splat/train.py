@@ -431,7 +431,9 @@ class Trainer:
         lam = self.cfg.lambda_dssim
         if self._compiled_loss is None and self._compile_loss:
             fn = torch.compile(photometric_loss_shifted, dynamic=False, fullgraph=True)
-            probe = pred.detach().clone().requires_grad_(True)
+            # the render itself, detached: a probe of other strides (a clone is contiguous; the render is a view of
+            # RGB+depth channels) would compile a graph training never uses, then training would compile again
+            probe = pred.detach().requires_grad_(True)
             self._compile_loss = compiled_or_eager(
                 self.cfg.compile_loss, "compile_loss", lambda: torch.autograd.grad(fn(probe, target, lam), probe))
             self._compiled_loss = fn if self._compile_loss else None

@@ -33,7 +33,6 @@ from lift3d_core.splat.distortion import (
     DistortionFieldConfig,
     apply_offsets,
     field_regularisers,
-    kernel_lines,
     load_field,
     offset_penalty,
 )
@@ -91,8 +90,9 @@ class DistortionTrainConfig:
     ``field_cull_margin``: the field is evaluated only for centres projecting inside the frame enlarged by this
     fraction of its size on every side (None: all). Not only a speed-up: without it the field may also move
     Gaussians from outside a frame's view into it, which cost 0.5 dB at amplitude 0 in one ablation run
-    (bench/RESULTS.md). With the fused kernels on a GPU, None is faster (no device-to-host wait for the visible
-    counts each step).
+    (bench/RESULTS.md). The field is evaluated for every centre and the offsets outside the view multiplied by a
+    mask built on the device (no device-to-host wait); with ``offset_weight`` the penalty's mean then runs over
+    all of a frame's centres, zeros included.
 
     ``field_mlp_dtype``: dtype of the field MLP's matrix products: ``auto`` (bfloat16 on CUDA, float32
     elsewhere), ``float32`` or ``bfloat16``. The planes, the offsets and the Gaussians stay float32.
@@ -455,16 +455,21 @@ class DistortionTrainer(Trainer):
         self._field_compiled = True
         field = self.field
         params = list(field.parameters())
-        codes = torch.full((self.cfg.batch_size + 1, 2), 0.25, device=self.device)
-        feats = torch.rand(257, field.cfg.feature_dim, device=self.device)
+        d = self.dcfg
+        # as many codes as a fine step samples at (the frames, the frame-mean codes, the anchor's)
+        num_codes = (self.cfg.batch_size + (min(d.frame_mean_codes, len(self.unique_codes)) if d.frame_mean_weight > 0 else 0)
+                     + (1 if d.anchor_weight > 0 else 0))
+        codes = torch.full((num_codes, 2), 0.25, device=self.device)
 
         def warm_up():
             field.compiled = True
             try:
                 terms = list(field_regularisers(field, compiled=True))
+                # features as training computes them (with the fused kernels through the compiled frame lines;
+                # they require grad; the CPU path gives a transposed view): other flags, strides or code counts
+                # would compile graphs that training never uses, then the ones it does
+                feats = field.segment_features(self.params["means"].detach()[:257], codes, [None] * num_codes)
                 terms += [t.sum() for t in field.decode(feats) if t is not None]
-                if field.uses_fused_kernels(codes):
-                    terms += [lines.sum() for lines in kernel_lines(field, codes, compiled=True)]
                 torch.autograd.grad(sum(terms), params, allow_unused=True)
             finally:
                 field.compiled = False
