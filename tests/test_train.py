@@ -17,7 +17,7 @@ from lift3d_core.splat.optim import (
     param_group,
     unique_optimizers,
 )
-from lift3d_core.splat.render import render
+from lift3d_core.splat.render import render, stack_renders
 from lift3d_core.splat.train import (
     GaussianParams,
     TrainConfig,
@@ -25,7 +25,6 @@ from lift3d_core.splat.train import (
     fast_photometric_loss,
     photometric_loss_shifted,
     scene_extent_from_cameras,
-    stack_renders,
     train_gaussians,
 )
 

@@ -54,6 +54,7 @@ is at ``-1 + 2 i / (R - 1)``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import asdict, dataclass
@@ -285,20 +286,20 @@ def _kernel_lines(frames: list[torch.Tensor], uvs: list[torch.Tensor], codes: to
     return [frame_lines(f, uv, codes).permute(1, 0, 3, 2) for f, uv in zip(frames, uvs)]
 
 
-_compiled_kernel_lines = None
+@functools.cache
+def _compiled(fn, dynamic: bool | None):
+    """``torch.compile(fn)`` made once per function (its graphs are then reused by every field of one shape)."""
+    return torch.compile(fn, fullgraph=True, dynamic=dynamic)
 
 
 def kernel_lines(field: DistortionField, codes: torch.Tensor, compiled: bool = False) -> list[torch.Tensor]:
     """:func:`_kernel_lines` of ``field``'s levels; ``compiled``: as one ``torch.compile`` graph (forward and
     backward), a few kernels instead of ~40 small ones per level and step. Recompiled once if the number of codes
     changes (then with that size dynamic)."""
-    global _compiled_kernel_lines
     frames, uvs = [level.frame for level in field.levels], [level.uv for level in field.levels]
     if not compiled:
         return _kernel_lines(frames, uvs, codes)
-    if _compiled_kernel_lines is None:
-        _compiled_kernel_lines = torch.compile(_kernel_lines, fullgraph=True)
-    return _compiled_kernel_lines(frames, uvs, codes)
+    return _compiled(_kernel_lines, None)(frames, uvs, codes)
 
 
 class _Level(nn.Module):
@@ -593,11 +594,8 @@ class DistortionField(nn.Module):
     def decode(self, feats: torch.Tensor) -> Offsets:
         """Offsets of features ``[M, feature_dim]`` (the MLP and heads); one compiled graph when ``compiled``
         and gradients are on (its row count dynamic: one graph for every size)."""
-        global _compiled_decode
         if self.compiled and torch.is_grad_enabled():
-            if _compiled_decode is None:
-                _compiled_decode = torch.compile(_decode, dynamic=True, fullgraph=True)
-            return _compiled_decode(self, feats)
+            return _compiled(_decode, True)(self, feats)
         return _decode(self, feats)
 
     def evaluate(self, means: torch.Tensor, codes: torch.Tensor, segments: list) -> Offsets:
@@ -622,9 +620,6 @@ class DistortionField(nn.Module):
     def state(self) -> dict:
         """``{"config": dict, "state_dict": {name: tensor}}``: everything :func:`load_field` needs."""
         return {"config": self.cfg.to_dict(), "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
-
-
-_compiled_decode = None
 
 
 def _decode(field: DistortionField, feats: torch.Tensor) -> Offsets:
@@ -719,9 +714,6 @@ def _all_regularisers(groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.T
     return _tv(groups), _smoothness(groups), _frame_l1(groups)
 
 
-_compiled_regularisers = None
-
-
 def field_regularisers(field: DistortionField, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(:func:`plane_tv`, :func:`frame_smoothness`, :func:`frame_planes_l1`) of ``field`` in one call.
 
@@ -731,13 +723,10 @@ def field_regularisers(field: DistortionField, compiled: bool = False) -> tuple[
     compiles once per field shape (tens of seconds) and is reused, by any field of that shape. The values are
     the same sums.
     """
-    global _compiled_regularisers
     groups = field.grid_parameters()
     if not compiled:
         return _all_regularisers(groups)
-    if _compiled_regularisers is None:
-        _compiled_regularisers = torch.compile(_all_regularisers, fullgraph=True, dynamic=False)
-    return _compiled_regularisers(groups)
+    return _compiled(_all_regularisers, False)(groups)
 
 
 def anchor_loss(field: DistortionField, means: torch.Tensor, code: tuple[float, float] = INPUT_VIEW_CODE) -> torch.Tensor:

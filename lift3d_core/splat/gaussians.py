@@ -59,7 +59,7 @@ class Gaussians:
 
     @property
     def sh_degree(self) -> int:
-        k = self.shN.shape[1] + 1
+        k = self.shN.shape[-2] + 1
         degree = int(round(k**0.5)) - 1
         if num_sh_bases(degree) != k:
             raise ValueError(f"shN holds {k - 1} coefficients, not (d+1)^2-1 for any degree")
@@ -83,8 +83,9 @@ class Gaussians:
 
     @property
     def sh(self) -> torch.Tensor:
-        """``[N, K, 3]`` all SH coefficients."""
-        return torch.cat([self.sh0, self.shN], dim=1)
+        """``[N, K, 3]`` all SH coefficients (``[C, N, K, 3]`` for per-camera Gaussians, see
+        ``render.render_w2c_each``)."""
+        return torch.cat([self.sh0, self.shN], dim=-2)
 
     # -- structural helpers ---------------------------------------------------
     @classmethod

@@ -201,27 +201,19 @@ def render_w2c_each(
                        sh_degree=sh_degree, near=near, far=far)
             for c, g in enumerate(gaussians)
         ])
-    first = gaussians[0]
+    count = len(gaussians)
 
     def stacked(name: str) -> torch.Tensor:
         tensors = [getattr(g, name) for g in gaussians]
         return tensors[0] if all(t is tensors[0] for t in tensors) else torch.stack(tensors)
 
+    # tensors [C, N, ...] where the cameras' Gaussians differ, [N, ...] where they share one (gsplat broadcasts)
     per_camera = Gaussians(**{name: stacked(name) for name in Gaussians.field_names()})
-    degree = first.sh_degree if sh_degree is None else int(sh_degree)
-    dtype, device = first.means.dtype, first.device
-    if background is not None:
-        background = torch.as_tensor(background, dtype=dtype, device=device).reshape(3)
-    from lift3d_core.splat.raster_gsplat import rasterize_gsplat
-
-    sh0, shN = per_camera.sh0, per_camera.shN
-    if sh0.dim() != shN.dim():  # one of them per camera: expand the other
-        sh0, shN = sh0.expand(len(gaussians), *sh0.shape[-3:]), shN.expand(len(gaussians), *shN.shape[-3:])
-    sh = torch.cat([sh0, shN], dim=-2)  # [(C,) N, K, 3]
-    rgb, alpha, depth, means2d, radii = rasterize_gsplat(
-        per_camera.means, per_camera.quats, torch.exp(per_camera.log_scales), torch.sigmoid(per_camera.opacity_logits),
-        sh, viewmats, Ks, int(width), int(height), degree, background, float(near), float(far))
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, means2d=means2d, radii=radii)
+    if per_camera.sh0.dim() != per_camera.shN.dim():  # SH bands concatenate: both per camera then
+        per_camera.sh0 = per_camera.sh0.expand(count, *gaussians[0].sh0.shape)
+        per_camera.shN = per_camera.shN.expand(count, *gaussians[0].shN.shape)
+    return render_w2c(per_camera, viewmats, Ks, width, height, backend=backend, background=background,
+                      sh_degree=sh_degree, near=near, far=far)
 
 
 def stack_renders(outs: list[RenderOutput]) -> RenderOutput:

@@ -37,7 +37,6 @@ from lift3d_core.splat.optim import (
     unique_optimizers,
     update_learning_rates,
 )
-from lift3d_core.splat.render import stack_renders
 from lift3d_core.splat.strategy import DensifyConfig, DensifyStrategy
 
 
@@ -636,6 +635,5 @@ __all__ = [
     "Trainer",
     "fast_photometric_loss",
     "scene_extent_from_cameras",
-    "stack_renders",
     "train_gaussians",
 ]
