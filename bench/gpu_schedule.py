@@ -112,6 +112,7 @@ def main(argv=None) -> int:
             "heldout_psnr": round(metrics.psnr(renders, targets), 2),
             "heldout_ssim": round(metrics.ssim(renders, targets), 4),
             "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
+            "compile_seconds": res.stats.get("compile_seconds", {}),
         }
         if method == "distortion" and "coarse" in marks and "fine" in marks:
             c_end, f_end = marks["coarse"][-1], marks["fine"][-1]

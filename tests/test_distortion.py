@@ -79,8 +79,13 @@ def test_config_validation():
         tiny_cfg(multires=())
     with pytest.raises(Lift3DError):
         tiny_cfg(deform_position=False, deform_scale=False, deform_rotation=False)
-    cfg = tiny_cfg(deform_opacity=True)
+    with pytest.raises(Lift3DError, match="activation"):
+        tiny_cfg(activation="tanh")
+    cfg = tiny_cfg(deform_opacity=True, activation="silu")
     assert DistortionFieldConfig.from_dict(cfg.to_dict()) == cfg
+    stored = cfg.to_dict()
+    del stored["activation"]  # a field stored before the setting existed was a ReLU field
+    assert DistortionFieldConfig.from_dict(stored).activation == "relu"
 
 
 def test_shapes_and_zero_offsets_at_init():
@@ -216,6 +221,44 @@ def test_field_state_round_trip():
     assert torch.equal(DistortionField(tiny_cfg(seed=3)).grids[0][0], DistortionField(tiny_cfg(seed=3)).grids[0][0])
     with pytest.raises(Lift3DError):
         load_field({"state_dict": {}})
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_a_field_pushed_inactive_recovers_only_without_relu(activation):
+    # The failure seen on the GPU: every hidden unit pushed below zero on every input, so the offsets are one
+    # constant (the last bias). A ReLU field then gets no gradient for anything but that bias and stays
+    # constant whatever the loss asks; a SiLU field still gets gradient everywhere and learns the target.
+    field = DistortionField(tiny_cfg(activation=activation, deform_scale=False, deform_rotation=False))
+    with torch.no_grad():
+        for module in [field.feature_net[-1], field.heads["position"][1]]:
+            module.bias.fill_(-5.0)  # far below any w . x of these inputs
+    means = random_gaussians(256, seed=4).means
+    codes = torch.tensor([[0.2, 0.3], [0.7, 0.6]])
+    target = [0.05 * torch.sin(3.0 * means + 5.0 * c.sum()) for c in codes]
+
+    def loss_fn():
+        return sum((field(means, c).d_means - t).square().mean() for c, t in zip(codes, target))
+
+    first = float(loss_fn())
+    opt = torch.optim.Adam(field.parameters(), lr=1e-2)
+    # Adam moves the pushed biases by about the learning rate a step: ~300 steps bring a SiLU unit back into its
+    # responsive range, the rest fit the target
+    for _ in range(800):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+    grads = torch.autograd.grad(loss_fn(), list(field.parameters()), allow_unused=True)
+    moving = {n for (n, _), g in zip(field.named_parameters(), grads) if g is not None and g.abs().max() > 0}
+    out = field(means, codes[0]).d_means
+    if activation == "relu":
+        assert moving == {"heads.position.3.bias"}  # only the constant can move
+        assert torch.allclose(out, out[:1].expand_as(out))  # still one constant offset
+        assert loss_fn() > 0.9 * sum(t.var(0, unbiased=False).sum() / 3 for t in target)
+    else:
+        assert any(n.startswith("levels") for n in moving) and "feature_net.0.weight" in moving
+        assert loss_fn() < 0.5 * first  # fits the frame-varying target
+        assert out.std(0).min() > 1e-3
 
 
 # -- the distortion-aware trainer -------------------------------------------------------------------
@@ -396,16 +439,18 @@ def test_field_absorbs_a_known_per_frame_shift():
     frames = render_frames(scene, c2w, K, shifts)
     # Field learning rates of a short run (4DGS's are meant for 14k steps and a scene extent near 1).
     lrs = dict(field_lr_scale_by_extent=False, lr_grid=0.1, lr_grid_final=0.01, lr_mlp=0.01, lr_mlp_final=0.001)
-    cfg = tiny_train_cfg(coarse_iterations=10, fine_iterations=60, frame_resolution=3, **lrs)
+    # 150 fine steps: at ~60 the field is mid-way through picking the shift up (its learned share moves from
+    # ~5% to ~35% with the seed and the CPU's kernels); by 150 it holds 68-93% of it on seeds 0-3, ReLU or SiLU.
+    cfg = tiny_train_cfg(coarse_iterations=10, fine_iterations=150, frame_resolution=3, **lrs)
     trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
     trainer.run()
     with torch.no_grad():
         learned = torch.stack([trainer.field(trainer.params["means"], torch.tensor(c, dtype=torch.float32)).d_means.mean(0) for c in codes])
     dx = learned[:, 0].numpy()
-    assert np.corrcoef(dx, shifts[:, 0])[0, 1] > 0.9, dx
-    assert dx.max() - dx.min() > 0.1 * np.ptp(shifts[:, 0]), dx
-    # the other axes, never shifted, move less than the shifted one
-    assert np.ptp(learned[:, 1].numpy()) < np.ptp(dx) and np.ptp(learned[:, 2].numpy()) < np.ptp(dx)
+    assert np.corrcoef(dx, shifts[:, 0])[0, 1] > 0.98, dx
+    assert np.ptp(dx) > 0.5 * np.ptp(shifts[:, 0]), dx  # at least half of the true shift's range
+    # the other axes, never shifted, stay nearly still
+    assert np.ptp(learned[:, 1].numpy()) < 0.1 * np.ptp(dx) and np.ptp(learned[:, 2].numpy()) < 0.1 * np.ptp(dx)
 
 
 def test_train_config_from_flat_params():

@@ -1,5 +1,6 @@
 import math
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -323,6 +324,9 @@ def test_compiled_or_eager_warns_or_raises_by_setting():
         raise RuntimeError("no compiler")
 
     assert compiled_or_eager("auto", "compile_loss", lambda: None) is True
+    seconds = {}
+    assert compiled_or_eager("auto", "compile_loss", lambda: time.sleep(0.05), seconds) is True
+    assert list(seconds) == ["compile_loss"] and seconds["compile_loss"] >= 0.05
     with pytest.warns(RuntimeWarning, match="compile_loss"):
         assert compiled_or_eager("auto", "compile_loss", broken) is False
     with pytest.raises(Lift3DError, match="compile_loss: on"):
@@ -345,6 +349,7 @@ def test_compiled_loss_warm_up_compiles_the_graph_training_uses(scene):
     loss = trainer._photometric(pred, target)
     grad = torch.autograd.grad(loss, rgbd)[0]
     assert counters["stats"]["unique_graphs"] - before == 1
+    assert "compile_loss" in trainer.compile_seconds
     eager = fast_photometric_loss(pred, target, trainer.cfg.lambda_dssim)
     torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, torch.autograd.grad(eager, rgbd)[0], rtol=1e-4, atol=1e-8)

@@ -98,6 +98,12 @@ class DistortionFieldConfig:
         multires: resolution multipliers, one level each, features concatenated
             (reference ``[1, 2, 4]``); they scale the spatial axes only, as in 4DGS.
         net_width, net_depth: the shared MLP (reference ``net_width`` 128, ``defor_depth`` 1).
+        activation: the MLP's nonlinearity, one of ``ACTIVATIONS``: ``"relu"`` (the reference's) or ``"silu"``.
+            Under Adam a ReLU field can die: when the photometric signal on the offsets is weak and the anchor
+            and frame-mean penalties pull them to zero, every step moves the hidden biases by about the learning
+            rate whatever the gradient's size, every unit can end inactive on every input, and the field is a
+            constant for the rest of training (seen in 1-2 of 16 GPU ablation runs). SiLU has no inactive
+            region, so a unit that was pushed down still gets gradient and recovers (bench/RESULTS.md).
         deform_*: which heads exist (reference: position, scale, rotation on; opacity, SH off).
         spatial_init: uniform range of the spatial planes at initialisation (k-planes 0.1..0.5).
         frame_init: constant value of the frame planes at initialisation (1: multiplicative
@@ -115,6 +121,7 @@ class DistortionFieldConfig:
     multires: tuple[int, ...] = (1, 2, 4)
     net_width: int = 128
     net_depth: int = 1
+    activation: str = "relu"
     deform_position: bool = True
     deform_scale: bool = True
     deform_rotation: bool = True
@@ -147,6 +154,8 @@ class DistortionFieldConfig:
             raise Lift3DError(f"DistortionFieldConfig.multires must be non-empty positive integers, got {self.multires}")
         if not (self.deform_position or self.deform_scale or self.deform_rotation or self.deform_opacity or self.deform_sh):
             raise Lift3DError("DistortionFieldConfig: at least one deform_* head must be on")
+        if self.activation not in ACTIVATIONS:
+            raise Lift3DError(f"DistortionFieldConfig.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if self.max_offset is not None and not float(self.max_offset) > 0:
             raise Lift3DError(f"DistortionFieldConfig.max_offset must be > 0 or None, got {self.max_offset}")
         if len(self.spatial_init) != 2 or not self.spatial_init[0] <= self.spatial_init[1]:
@@ -163,6 +172,7 @@ class DistortionFieldConfig:
     @classmethod
     def from_dict(cls, d: dict) -> DistortionFieldConfig:
         d = dict(d)
+        d.setdefault("activation", "relu")  # fields stored before the setting existed were ReLU fields
         d["bounds"] = tuple(tuple(c) for c in d["bounds"])
         d["multires"] = tuple(d["multires"])
         d["spatial_init"] = tuple(d["spatial_init"])
@@ -238,11 +248,16 @@ def sample_plane(plane: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return out[0, :, 0, :].transpose(0, 1)
 
 
-def _head(width: int, out_dim: int) -> nn.Sequential:
+# The MLP's nonlinearities (DistortionFieldConfig.activation): module and function of each.
+ACTIVATIONS = {"relu": (nn.ReLU, F.relu), "silu": (nn.SiLU, F.silu)}
+
+
+def _head(width: int, out_dim: int, activation: str) -> nn.Sequential:
     # Two layers per head as in 4DGS; the last starts at zero so offsets start at zero.
     last = nn.Linear(width, out_dim)
     last.zero_init = True
-    return nn.Sequential(nn.ReLU(), nn.Linear(width, width), nn.ReLU(), last)
+    act = ACTIVATIONS[activation][0]
+    return nn.Sequential(act(), nn.Linear(width, width), act(), last)
 
 
 # Plane groups of one level, each stored as one tensor so that a group is sampled by one batched grid_sample:
@@ -461,7 +476,7 @@ class DistortionField(nn.Module):
         self.levels = nn.ModuleList(_Level(cfg, level, gen) for level in range(len(cfg.multires)))
         layers: list[nn.Module] = [nn.Linear(cfg.feature_dim, cfg.net_width)]
         for _ in range(cfg.net_depth - 1):
-            layers += [nn.ReLU(), nn.Linear(cfg.net_width, cfg.net_width)]
+            layers += [ACTIVATIONS[cfg.activation][0](), nn.Linear(cfg.net_width, cfg.net_width)]
         self.feature_net = nn.Sequential(*layers)
         heads = {}
         for name, on, dim in (
@@ -472,7 +487,7 @@ class DistortionField(nn.Module):
             ("sh", cfg.deform_sh, 3),
         ):
             if on:
-                heads[name] = _head(cfg.net_width, dim)
+                heads[name] = _head(cfg.net_width, dim, cfg.activation)
         self.heads = nn.ModuleDict(heads)
         self._init_linear(gen)
         self.register_buffer("bounds_lo", torch.tensor(cfg.bounds[0], dtype=torch.float32), persistent=False)
@@ -583,11 +598,12 @@ class DistortionField(nn.Module):
         # The heads run as one wide layer (their first layers stacked) and one block-diagonal layer (their last
         # layers): two matrix products for all heads instead of two per head; the same function of the same
         # parameters (each head's gradient is its block's).
-        hidden = torch.relu(self.feature_net(feats))
+        act = ACTIVATIONS[self.cfg.activation][1]
+        hidden = act(self.feature_net(feats))
         heads = list(self.heads.values())
         if len(heads) == 1:
             return {name: head[1:](hidden) for name, head in self.heads.items()}
-        wide = torch.relu(F.linear(hidden, torch.cat([h[1].weight for h in heads]), torch.cat([h[1].bias for h in heads])))
+        wide = act(F.linear(hidden, torch.cat([h[1].weight for h in heads]), torch.cat([h[1].bias for h in heads])))
         out = F.linear(wide, torch.block_diag(*[h[3].weight for h in heads]), torch.cat([h[3].bias for h in heads]))
         return dict(zip(self.heads, out.split([h[3].out_features for h in heads], dim=-1)))
 

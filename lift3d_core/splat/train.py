@@ -178,7 +178,8 @@ class TrainConfig:
 class TrainResult:
     """``gaussians``: trained, detached, on CPU. ``loss_curve``: ``(step, loss)`` for every step.
     ``stats``: ``num_gaussians`` [(step, N)], ``seconds``, ``iterations_per_second``, ``scene_extent``,
-    ``cloned`` / ``split`` / ``pruned`` totals, ``final_psnr`` (training batch of the last step)."""
+    ``cloned`` / ``split`` / ``pruned`` totals, ``final_psnr`` (training batch of the last step), ``compile_seconds``
+    (``torch.compile`` warm-ups, seconds per setting name; empty when nothing was compiled)."""
 
     gaussians: Gaussians
     loss_curve: list[tuple[int, float]]
@@ -281,13 +282,18 @@ def _ssim_maps(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.cat([a, b, a * a, b * b, a * b])
 
 
-def compiled_or_eager(setting: str, what: str, warm_up: Callable[[], object]) -> bool:
+def compiled_or_eager(setting: str, what: str, warm_up: Callable[[], object],
+                      seconds: dict[str, float] | None = None) -> bool:
     """Whether a ``torch.compile``'d function can be used: runs ``warm_up`` (which must compile the forward *and*
     the backward, e.g. by ``torch.autograd.grad``: AOTAutograd compiles the backward lazily, at the first backward
     pass, which would be outside any try). On failure (a missing compiler or Triton) raises if ``setting`` is
-    ``"on"``, else warns and returns False, so that training goes on eagerly."""
+    ``"on"``, else warns and returns False, so that training goes on eagerly. ``seconds[what]``, if given, gets
+    the warm-up's wall time (the compile, or a hit of torch's on-disk compile caches)."""
+    t0 = time.perf_counter()
     try:
         warm_up()
+        if seconds is not None:
+            seconds[what] = round(time.perf_counter() - t0, 2)
         return True
     except Exception as exc:
         if setting == "on":
@@ -374,6 +380,7 @@ class Trainer:
         self.background = torch.tensor(cfg.background, dtype=torch.float32, device=self.device)
         self._compile_loss = cfg.compile_loss == "on" or (cfg.compile_loss == "auto" and self.device.type == "cuda")
         self._compiled_loss = None
+        self.compile_seconds: dict[str, float] = {}  # warm-up wall time per compiled graph family
 
         self.scene_extent = cfg.scene_extent or scene_extent_from_cameras(c2w, init.means)
         self.params = GaussianParams.from_gaussians(_match_sh_degree(init, cfg.sh_degree).to(self.device))
@@ -434,7 +441,8 @@ class Trainer:
             # RGB+depth channels) would compile a graph training never uses, then training would compile again
             probe = pred.detach().requires_grad_(True)
             self._compile_loss = compiled_or_eager(
-                self.cfg.compile_loss, "compile_loss", lambda: torch.autograd.grad(fn(probe, target, lam), probe))
+                self.cfg.compile_loss, "compile_loss", lambda: torch.autograd.grad(fn(probe, target, lam), probe),
+                self.compile_seconds)
             self._compiled_loss = fn if self._compile_loss else None
         if self._compiled_loss is not None:
             return self._compiled_loss(pred, target, lam)
@@ -527,6 +535,7 @@ class Trainer:
             "scene_extent": self.scene_extent,
             **totals,
             "final_psnr": metrics.get("psnr"),
+            "compile_seconds": dict(self.compile_seconds),
         }
         return TrainResult(
             gaussians=self.params.detached(),

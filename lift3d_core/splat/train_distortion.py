@@ -50,6 +50,7 @@ _FIELD_KEYS = (
     "multires",
     "net_width",
     "net_depth",
+    "activation",
     "deform_position",
     "deform_scale",
     "deform_rotation",
@@ -132,6 +133,7 @@ class DistortionTrainConfig:
     multires: tuple[int, ...] = (1, 2, 4)
     net_width: int = 128
     net_depth: int = 1
+    activation: str = "relu"
     deform_position: bool = True
     deform_scale: bool = True
     deform_rotation: bool = True
@@ -474,7 +476,7 @@ class DistortionTrainer(Trainer):
             finally:
                 field.compiled = False
 
-        self._compile_field = compiled_or_eager(self.dcfg.compile_field, "compile_field", warm_up)
+        self._compile_field = compiled_or_eager(self.dcfg.compile_field, "compile_field", warm_up, self.compile_seconds)
         field.compiled = self._compile_field
 
     def _anchor_queries(self) -> torch.Tensor:
