@@ -52,7 +52,12 @@ class TrainStageConfig:
         return cls(distortion=distortion, schedule=schedule, init_opacity=float(init_opacity))
 
     def key_params(self) -> dict[str, Any]:
-        return config_to_dict(self)
+        """What the train key hashes: everything for distortion-aware training; for plain 3DGS only what plain
+        training reads (``plain_config()``: the total of the two stage lengths, the batch and the 3DGS settings), so
+        that a field setting, or steps moved between the stages, re-uses a plain run instead of repeating it."""
+        if self.distortion:
+            return config_to_dict(self)
+        return {"distortion": False, "init_opacity": self.init_opacity, "plain": config_to_dict(self.schedule.plain_config())}
 
 
 def resolve_backend(name: str) -> tuple[str, str]:

@@ -48,6 +48,19 @@ def test_a_param_change_moves_exactly_its_stage_and_downstream(override, moved):
     assert {s for s in STAGES if before[s] != after[s]} == moved
 
 
+def test_plain_training_keys_only_what_plain_training_reads():
+    plain = apply_overrides(tiny_params(), ["train.distortion=false"])
+    base = _keys(plain)["train"]
+    # the field's settings, and steps moved between the two stages (same total), train the same plain 3DGS
+    for same in (["train.lr_grid=0.5"], ["train.net_width=8", "train.activation=silu"],
+                 ["train.coarse_iterations=20", "train.fine_iterations=10"]):
+        assert _keys(apply_overrides(plain, same))["train"] == base, same
+    for other in (["train.grad_threshold=0.001"], ["train.fine_iterations=16"], ["train.batch_size=1"], ["train.init_opacity=0.2"]):
+        assert _keys(apply_overrides(plain, other))["train"] != base, other
+    # distortion-aware training keys every setting
+    assert _keys(apply_overrides(tiny_params(), ["train.lr_grid=0.5"]))["train"] != _keys(tiny_params())["train"]
+
+
 def test_keys_are_stable_and_input_addressed(tmp_path):
     assert _keys(tiny_params()) == _keys(tiny_params())  # deterministic across calls
     a = tmp_path / "a.png"
