@@ -61,6 +61,12 @@ def configure_environment(project: Project) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "true")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{project.state_dir / 'mlflow.db'}")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow probes git; a missing git must not warn
+    # torch.compile's caches (inductor's graphs, Triton's kernels, ours in splat/field_triton.py too) with the
+    # project rather than in /tmp, which a reboot or a fresh container empties: the GPU trainer's graphs cost ~1-2
+    # minutes to compile on a new machine and seconds to load (bench/RESULTS.md). Their keys include the torch
+    # version and the device, so the folder can be copied to machines of the same kind. A user's setting wins.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(project.state_dir / "compile-cache" / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(project.state_dir / "compile-cache" / "triton"))
 
 
 # The demo profile (flows/demo.py runs it); here so that the CLI can read it before importing Prefect.

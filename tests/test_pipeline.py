@@ -61,6 +61,20 @@ def test_plain_training_keys_only_what_plain_training_reads():
     assert _keys(apply_overrides(tiny_params(), ["train.lr_grid=0.5"]))["train"] != _keys(tiny_params())["train"]
 
 
+def test_compile_caches_live_with_the_project_unless_the_user_set_them(tiny_project, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, triton_cache_dir
+
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    project = find_project(tiny_project)
+    configure_environment(project)
+    assert Path(cache_dir()) == project.state_dir / "compile-cache" / "inductor"  # what torch reads
+    assert Path(triton_cache_dir(0)) == project.state_dir / "compile-cache" / "triton"
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/elsewhere")
+    configure_environment(project)
+    assert triton_cache_dir(0) == "/elsewhere"
+
+
 def test_keys_are_stable_and_input_addressed(tmp_path):
     assert _keys(tiny_params()) == _keys(tiny_params())  # deterministic across calls
     a = tmp_path / "a.png"
