@@ -87,11 +87,11 @@ def main(argv=None) -> int:
         cfg = TrainStageConfig.from_params({**section, "distortion": method == "distortion"})
         marks = {}
 
-        def callback(step, m, marks=marks):
+        def callback(step, m, marks=marks, method=method):
             marks.setdefault(m.get("stage", "plain"), []).append((step, time.perf_counter(), m["num_gaussians"]))
             if step % 1000 == 0:
                 print(f"  {method} step {step} {m.get('stage', '')} N={m['num_gaussians']} psnr={m['psnr']:.2f} "
-                      f"t={time.perf_counter() - t:.1f}s", flush=True)
+                      f"t={time.perf_counter() - t:.1f}s", flush=True)  # noqa: B023 - this run's t, set below
 
         sync()
         if cuda:

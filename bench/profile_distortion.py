@@ -30,7 +30,7 @@ def make_trainer(n, width, height, device, backend, **overrides):
     g = random_scene(n, width, height, kind="heavy", seed=1, device=device)
     frames, c2w, K = _tree_targets(g, width, height, 16, device, backend)
     init = _perturbed(g, 2)
-    plain_keys = {k: overrides.pop(k) for k in list(overrides) if k in ("compile_loss",)}
+    plain_keys = {k: overrides.pop(k) for k in list(overrides) if k == "compile_loss"}
     plain = TrainConfig(iterations=10**6, batch_size=2, backend=backend, densify_until=0, opacity_reset_every=10**9,
                         log_every=10**9, **plain_keys)
     cfg = replace(DistortionTrainConfig(coarse_iterations=0, fine_iterations=10**6, batch_size=2, train=plain), **overrides)

@@ -125,7 +125,7 @@ class PrefectServer:
                                             stderr=subprocess.STDOUT,
                                             env={**_SERVER_DEFAULTS, **os.environ, **_SERVER_ENV})
         self._t0 = time.monotonic()
-        self._ready: Exception | None | bool = False
+        self._ready: Exception | bool | None = False
 
     @property
     def api_url(self) -> str:

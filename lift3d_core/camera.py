@@ -205,7 +205,7 @@ def rotmat_to_quat(R: np.ndarray) -> np.ndarray:
     q = cands[np.arange(len(k)), k]
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     q[q[:, 0] < 0] *= -1.0
-    return q.reshape(R.shape[:-2] + (4,))
+    return q.reshape((*R.shape[:-2], 4))
 
 
 def quat_to_rotmat(q: np.ndarray) -> np.ndarray:
@@ -221,7 +221,7 @@ def quat_to_rotmat(q: np.ndarray) -> np.ndarray:
         ],
         axis=-1,
     )
-    return R.reshape(q.shape[:-1] + (3, 3))
+    return R.reshape((*q.shape[:-1], 3, 3))
 
 
 def rotation_angle(R_a: np.ndarray, R_b: np.ndarray | None = None) -> np.ndarray:

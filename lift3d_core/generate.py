@@ -11,8 +11,8 @@ for tests, the demo and benchmarks). The MotionCtrl-SVD backend plugs in here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -21,8 +21,8 @@ from lift3d_core.export import ExportConfig
 from lift3d_core.generate import GenerateConfig
 from lift3d_core.image import IngestConfig, input_digest
 from lift3d_core.store import artifact_key
-from lift3d_core.trajectory import TrajectoryConfig
 from lift3d_core.train import TrainStageConfig
+from lift3d_core.trajectory import TrajectoryConfig
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def explain_miss(previous: dict[str, Any] | None, current: dict[str, Any]) -> li
             for k in sorted(set(a) | set(b)):
                 walk(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{path}.{k}" if path else k)
         elif a != b:
-            if path.startswith("inputs.") or path.startswith("models."):
+            if path.startswith(("inputs.", "models.")):
                 changes.append(f"{path} changed")
             else:
                 changes.append(f"{path}: {a!r} -> {b!r}")

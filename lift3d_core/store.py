@@ -57,7 +57,7 @@ import uuid
 import weakref
 import zipfile
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Self
 
 import filelock
 import fsspec
@@ -392,10 +392,10 @@ class Artifact:
     def close(self) -> None:
         self._closer()
 
-    def __enter__(self) -> Artifact:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _require(self, name: str) -> None:
@@ -875,7 +875,7 @@ def _manifest_problem(manifest: Any, stage: str, key: str) -> str | None:
 
 
 def _manifest_bytes(manifest: dict) -> bytes:
-    record = {k: v for k, v in manifest.items()}
+    record = dict(manifest)
     record["zip"] = {k: v for k, v in manifest["zip"].items() if k != "path"}
     return (json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
 
@@ -939,5 +939,5 @@ def _mtime(info: Mapping[str, Any], default: float) -> float:
             return float(value)
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
-                return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+                return dt.datetime.fromisoformat(value).timestamp()
     return default

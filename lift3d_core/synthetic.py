@@ -655,7 +655,7 @@ def _gaussians_from_surfels(xyz, t1, t2, sigma, rgb) -> Gaussians:
     quats = rotmat_to_quat(R)
     scales = np.concatenate([sigma, _THIN * sigma.min(1, keepdims=True)], 1)
     P = len(xyz)
-    f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))
+    f32 = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
     return Gaussians(
         means=f32(xyz),
         log_scales=f32(np.log(scales)),
@@ -883,7 +883,7 @@ def distort_gaussians(
 
     dc = np.asarray(frame_code, dtype=np.float64) - np.asarray(INPUT_CODE)
     dev, dt = gaussians.means.device, gaussians.means.dtype
-    T = lambda x: torch.as_tensor(np.asarray(x), dtype=dt, device=dev)
+    T = lambda x: torch.as_tensor(np.asarray(x), dtype=dt, device=dev)  # noqa: E731
     x = gaussians.means.detach()
     out = Gaussians(**gaussians.tensors())
     if amplitude > 0.0:

@@ -37,7 +37,7 @@ class TrainStageConfig:
     init_opacity: float = 0.1
 
     @classmethod
-    def from_params(cls, section: dict[str, Any] | None) -> "TrainStageConfig":
+    def from_params(cls, section: dict[str, Any] | None) -> TrainStageConfig:
         section = dict(section or {})
         distortion = section.pop("distortion", True)
         init_opacity = section.pop("init_opacity", 0.1)

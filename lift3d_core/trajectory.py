@@ -678,10 +678,10 @@ def tree_from_motionctrl(
         if cid in level:
             return
         if cid in stack:
-            raise Lift3DError(f"clip parents form a cycle: {' -> '.join(stack + (cid,))}")
+            raise Lift3DError(f"clip parents form a cycle: {' -> '.join((*stack, cid))}")
         pid = parent_of[cid]
         if pid is not None:
-            visit(pid, stack + (cid,))
+            visit(pid, (*stack, cid))
         level[cid] = 1 if pid is None else level[pid] + 1
         order.append(cid)
 

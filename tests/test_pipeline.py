@@ -247,9 +247,9 @@ def test_lift_runs_without_prefect_when_its_server_cannot_start(tiny_project, ca
     assert "running the stages without Prefect" in " ".join(out.out.split())  # rich wraps lines
     summary = json.loads((tiny_project / "data" / "runs" / "noprefect" / "summary.json").read_text())
     assert set(summary["stages"]) == set(STAGES) and not any(s["hit"] for s in summary["stages"].values())
-    from lift3d_core.pipeline import plan
-
     import yaml
+
+    from lift3d_core.pipeline import plan
 
     keys = {name: s.key for name, s in plan(yaml.safe_load((tiny_project / "params.yaml").read_text()), SOURCE).items()}
     assert {k: v["key"] for k, v in summary["stages"].items()} == keys

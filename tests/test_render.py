@@ -352,7 +352,7 @@ def test_eval_sh_matches_scipy_real_harmonics():
     theta = torch.arccos(dirs[:, 2]).numpy()  # polar
     phi = torch.atan2(dirs[:, 1], dirs[:, 0]).numpy()  # azimuth
     for k in range(16):
-        l = math.isqrt(k)
+        l = math.isqrt(k)  # noqa: E741 - l, m: the SH degree and order, as in the formulas
         m = k - l * l - l
         Y = special.sph_harm_y(l, abs(m), theta, phi)  # complex, with the Condon-Shortley phase
         if m == 0:
@@ -384,5 +384,5 @@ def test_gsplat_backend_without_cuda_says_how_to_install():
     g = gaussians([[0, 0, 2.0]], 0.1, [0.5], [[1, 1, 1]]).map(lambda t: t.float())
     with pytest.raises(Lift3DError, match="pip install gsplat"):
         render(g, EYE, K, W, H, backend="gsplat")
-    with pytest.raises(Lift3DError, match="diff.gaussian.rasterization"):
+    with pytest.raises(Lift3DError, match=r"diff.gaussian.rasterization"):
         render(g, EYE, K, W, H, backend="inria")

@@ -107,13 +107,13 @@ def test_per_camera_gaussians_in_one_gsplat_call_equal_one_render_per_camera():
                  for s in shifts]
         if batched:
             out = render_w2c_each(moved, viewmats, Ks, W, H, backend="gsplat", background=bg, sh_degree=3)
-            means2d_grad = lambda: out.means2d.grad
+            means2d_grad = lambda: out.means2d.grad  # noqa: E731
         else:
             outs = [render_w2c(g, viewmats[c : c + 1], Ks[c : c + 1], W, H, backend="gsplat", background=bg,
                                sh_degree=3) for c, g in enumerate(moved)]
             out = RenderOutput(**{k: torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "alpha", "depth",
                                                                                         "means2d", "radii")})
-            means2d_grad = lambda: torch.cat([o.means2d.grad for o in outs])
+            means2d_grad = lambda: torch.cat([o.means2d.grad for o in outs])  # noqa: E731
         ((out.rgb * weights).sum() + out.alpha.sum()).backward()
         return out, means2d_grad(), {name: getattr(params, name).grad for name in NAMES}
 

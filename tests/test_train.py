@@ -124,7 +124,7 @@ def test_trainer_pieces_and_depth_term(scene):
     order = torch.cat([trainer.sample_frames() for _ in range(6)])
     assert sorted(order.tolist()) == list(range(6))
     for _ in range(10):
-        terms, out, _ = trainer.train_step()
+        terms, _out, _ = trainer.train_step()
         assert set(terms) == {"photometric", "depth", "loss"} and torch.isfinite(terms["loss"])
         for name, p in trainer.params.items():  # Adam state follows densification
             state = trainer.optimizers[name].state[p]

@@ -324,7 +324,7 @@ class _Level(nn.Module):
         super().__init__()
         lo, hi = cfg.spatial_init
         for name, planes in GROUPS.items():
-            shape = (len(planes),) + cfg.plane_shape(level, planes[0])[1:]
+            shape = (len(planes), *cfg.plane_shape(level, planes[0])[1:])
             if name == "spatial":
                 value = lo + (hi - lo) * torch.rand(shape, generator=gen)
             else:

@@ -60,7 +60,7 @@ class Gaussians:
     @property
     def sh_degree(self) -> int:
         k = self.shN.shape[-2] + 1
-        degree = int(round(k**0.5)) - 1
+        degree = round(k**0.5) - 1
         if num_sh_bases(degree) != k:
             raise ValueError(f"shN holds {k - 1} coefficients, not (d+1)^2-1 for any degree")
         return degree
@@ -95,25 +95,25 @@ class Gaussians:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in self.field_names()}
 
-    def map(self, fn) -> "Gaussians":
+    def map(self, fn) -> Gaussians:
         """Apply ``fn`` to every tensor: ``g.map(lambda t: t.detach())``."""
         return Gaussians(**{k: fn(v) for k, v in self.tensors().items()})
 
-    def to(self, device: torch.device | str) -> "Gaussians":
+    def to(self, device: torch.device | str) -> Gaussians:
         return self.map(lambda t: t.to(device))
 
-    def detach(self) -> "Gaussians":
+    def detach(self) -> Gaussians:
         return self.map(lambda t: t.detach())
 
-    def clone(self) -> "Gaussians":
+    def clone(self) -> Gaussians:
         return self.map(lambda t: t.clone())
 
-    def __getitem__(self, index) -> "Gaussians":
+    def __getitem__(self, index) -> Gaussians:
         """Select Gaussians by a boolean mask or index tensor over N."""
         return self.map(lambda t: t[index])
 
     @staticmethod
-    def cat(parts: list["Gaussians"]) -> "Gaussians":
+    def cat(parts: list[Gaussians]) -> Gaussians:
         return Gaussians(**{k: torch.cat([getattr(p, k) for p in parts]) for k in Gaussians.field_names()})
 
     def to_numpy(self) -> dict[str, np.ndarray]:
@@ -121,7 +121,7 @@ class Gaussians:
         return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.tensors().items()}
 
     @classmethod
-    def from_numpy(cls, arrays: dict[str, np.ndarray], device: torch.device | str = "cpu") -> "Gaussians":
+    def from_numpy(cls, arrays: dict[str, np.ndarray], device: torch.device | str = "cpu") -> Gaussians:
         missing = [k for k in cls.field_names() if k not in arrays]
         if missing:
             raise KeyError(f"Gaussian arrays missing {missing}")

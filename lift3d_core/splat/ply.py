@@ -122,7 +122,7 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
     if not path.is_file():
         raise Lift3DError(f"PLY file not found: {path}")
     with open(path, "rb") as f:
-        count, names, offset = _read_header(f, path)
+        count, names, _offset = _read_header(f, path)
         payload = f.read()
     if len(set(names)) != len(names):
         raise Lift3DError(f"{path}: PLY has duplicate property names")

@@ -21,8 +21,8 @@ always have the parameters' shapes (new rows zero moments, removed rows gone).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -107,7 +107,7 @@ def append_rows(
             optimizers,
             name,
             torch.cat([params[name].detach(), extra.to(params[name].dtype)]),
-            lambda v: torch.cat([v, v.new_zeros((num_new, *v.shape[1:]))]),
+            lambda v, num_new=num_new: torch.cat([v, v.new_zeros((num_new, *v.shape[1:]))]),
         )
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import functools
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Callable
 
 import numpy as np
 import torch
@@ -132,7 +132,7 @@ class TrainConfig:
         )
 
     @classmethod
-    def for_budget(cls, iterations: int, **overrides) -> "TrainConfig":
+    def for_budget(cls, iterations: int, **overrides) -> TrainConfig:
         """The 3DGS schedule compressed into a short run of ``iterations`` steps (a CPU or demo budget).
 
         The defaults are 3DGS's schedule for 30,000 steps; ``for_budget(30_000)`` returns them unchanged. For
@@ -162,7 +162,7 @@ class TrainConfig:
         return cls(**{**scaled, **overrides})
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         """From a ``params.yaml`` section; unknown keys are an error (a typo must not pass silently)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -193,7 +193,7 @@ class GaussianParams(dict):
     """
 
     @classmethod
-    def from_gaussians(cls, gaussians: Gaussians) -> "GaussianParams":
+    def from_gaussians(cls, gaussians: Gaussians) -> GaussianParams:
         return cls({k: torch.nn.Parameter(v.detach().clone().float()) for k, v in gaussians.tensors().items()})
 
     def gaussians(self, sh_degree: int | None = None) -> Gaussians:
@@ -592,7 +592,7 @@ class _progress_bar:
         try:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         except ImportError:
-            warnings.warn("progress=True needs the 'rich' package; training without a progress bar")
+            warnings.warn("progress=True needs the 'rich' package; training without a progress bar", stacklevel=1)
             self._progress = None
             return
         self._progress = Progress(
