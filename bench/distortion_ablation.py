@@ -41,13 +41,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lift3d_core import metrics  # noqa: E402
-from lift3d_core.splat.init import init_gaussians  # noqa: E402
-from lift3d_core.splat.render import render  # noqa: E402
-from lift3d_core.splat.train import TrainConfig, train_gaussians  # noqa: E402
-from lift3d_core.splat.distortion import load_field  # noqa: E402
-from lift3d_core.splat.train_distortion import DistortionTrainConfig, train_distortion_aware  # noqa: E402
-from lift3d_core.synthetic import (  # noqa: E402
+from lift3d_core import metrics
+from lift3d_core.splat.distortion import load_field
+from lift3d_core.splat.init import init_gaussians
+from lift3d_core.splat.render import render
+from lift3d_core.splat.train import TrainConfig, train_gaussians
+from lift3d_core.splat.train_distortion import DistortionTrainConfig, train_distortion_aware
+from lift3d_core.synthetic import (
     DISTORTION_LEVELS,
     SyntheticConfig,
     build_scene,
@@ -56,7 +56,7 @@ from lift3d_core.synthetic import (  # noqa: E402
     render_views,
     sample_surface_points,
 )
-from lift3d_core.trajectory import TrajectoryConfig, articulated_tree  # noqa: E402
+from lift3d_core.trajectory import TrajectoryConfig, articulated_tree
 
 PHOTOS = {"room": "astronaut", "tabletop": "coffee", "corridor": "chelsea"}
 
@@ -102,7 +102,7 @@ CURRICULUM_FRACTION = 0.4  # of the fine stage: every frame is in before densifi
 def configs(args) -> tuple[TrainConfig, DistortionTrainConfig]:
     """The plain and the distortion-aware config of one budget (the plain one is ``plain_config()``)."""
     n = args.iterations
-    coarse = int(round(args.coarse_fraction * n))
+    coarse = round(args.coarse_fraction * n)
     train = TrainConfig(
         iterations=n,
         batch_size=2,
@@ -118,7 +118,7 @@ def configs(args) -> tuple[TrainConfig, DistortionTrainConfig]:
         max_gaussians=args.max_gaussians,
     )
     values = {**_flat_train(train), **BENCH_FIELD, "coarse_iterations": coarse, "fine_iterations": n - coarse, "batch_size": 2,
-              "curriculum_steps": max(int(round(CURRICULUM_FRACTION * (n - coarse))), 1)}
+              "curriculum_steps": max(round(CURRICULUM_FRACTION * (n - coarse)), 1)}
     for item in args.set:
         key, value = item.split("=", 1)
         values[key] = json.loads(value)
@@ -317,7 +317,7 @@ def main(argv=None) -> int:
         meta = {
             "argv": sys.argv[1:],
             "setup": setup,
-            "args": {k: v for k, v in vars(args).items()},
+            "args": dict(vars(args)),
             "device": args.device,
             "torch_threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
