@@ -51,7 +51,7 @@ def find_project(start: Path | None = None) -> Project:
 
 
 def configure_environment(project: Project) -> None:
-    """Point Prefect and MLflow at the project's state unless the user already did."""
+    """Point Prefect, MLflow and torch.compile's cache at the project's state unless the user already did."""
     project.state_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(project.state_dir / "prefect"))
     # The ephemeral server's telemetry races its own SQLite migration ("database is locked").
@@ -61,12 +61,15 @@ def configure_environment(project: Project) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "true")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{project.state_dir / 'mlflow.db'}")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow probes git; a missing git must not warn
-    # torch.compile's caches (inductor's graphs, Triton's kernels, ours in splat/field_triton.py too) with the
-    # project rather than in /tmp, which a reboot or a fresh container empties: the GPU trainer's graphs cost ~1-2
-    # minutes to compile on a new machine and seconds to load (bench/RESULTS.md). Their keys include the torch
-    # version and the device, so the folder can be copied to machines of the same kind. A user's setting wins.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(project.state_dir / "compile-cache" / "inductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(project.state_dir / "compile-cache" / "triton"))
+    # torch.compile's cache (inductor's graphs and the Triton kernels it generates) with the project rather than in
+    # /tmp/torchinductor_$USER, which a reboot or a fresh container empties: the GPU trainer's graphs cost ~1-2
+    # minutes to compile and seconds to load (bench/RESULTS.md). Its keys include the torch version and the device,
+    # so the folder can be copied to machines of the same kind. Triton's own cache (our kernels in
+    # splat/field_triton.py) already lives in ~/.triton. A user's setting wins; so does torch's default where the
+    # project's path has white space, which inductor's C++ (CPU) build commands do not quote.
+    cache = project.state_dir / "compile-cache" / "inductor"
+    if not any(c.isspace() for c in str(cache)):
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
 
 
 # The demo profile (flows/demo.py runs it); here so that the CLI can read it before importing Prefect.

@@ -108,6 +108,9 @@ def explain_miss(previous: dict[str, Any] | None, current: dict[str, Any]) -> li
         if isinstance(a, dict) and isinstance(b, dict):
             for k in sorted(set(a) | set(b)):
                 walk(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{path}.{k}" if path else k)
+        elif (a == "<absent>" and isinstance(b, dict)) or (b == "<absent>" and isinstance(a, dict)):
+            # a whole group appeared or went (train.distortion switched: its key hashes other settings)
+            changes.append(f"{path}: {'added' if a == '<absent>' else 'removed'}")
         elif a != b:
             if path.startswith(("inputs.", "models.")):
                 changes.append(f"{path} changed")

@@ -39,8 +39,11 @@ def tiny_project(tmp_path, monkeypatch):
     """A project dir with a tiny params.yaml; Prefect/MLflow state and the store live inside it."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     monkeypatch.chdir(tmp_path)
-    for var in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "LIFT3D_STORE", "PREFECT_API_URL"):
-        monkeypatch.delenv(var, raising=False)
+    # configure_environment() sets these with os.environ.setdefault; set-then-delete makes monkeypatch record each
+    # variable's state before the test (delenv alone records nothing for an unset one), so none leaks into the next
+    for var in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "LIFT3D_STORE", "PREFECT_API_URL", "TORCHINDUCTOR_CACHE_DIR"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     return tmp_path
 
 

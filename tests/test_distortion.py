@@ -239,7 +239,8 @@ def test_a_field_pushed_inactive_recovers_only_without_relu(activation):
     def loss_fn():
         return sum((field(means, c).d_means - t).square().mean() for c, t in zip(codes, target))
 
-    first = float(loss_fn())
+    with torch.no_grad():
+        first = loss_fn().item()
     opt = torch.optim.Adam(field.parameters(), lr=1e-2)
     # Adam moves the pushed biases by about the learning rate a step: ~300 steps bring a SiLU unit back into its
     # responsive range, the rest fit the target
@@ -259,6 +260,29 @@ def test_a_field_pushed_inactive_recovers_only_without_relu(activation):
         assert any(n.startswith("levels") for n in moving) and "feature_net.0.weight" in moving
         assert loss_fn() < 0.5 * first  # fits the frame-varying target
         assert out.std(0).min() > 1e-3
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_fused_heads_equal_each_head_applied_alone(activation):
+    # _run_mlp runs all heads as one wide and one block-diagonal product; each head's own Sequential (its
+    # activation modules included) is the definition it must equal, values and gradients.
+    field = DistortionField(tiny_cfg(activation=activation, deform_opacity=True))
+    randomise_heads(field)
+    feats = torch.rand(64, field.cfg.feature_dim, generator=torch.Generator().manual_seed(3))
+    fused = field._run_mlp(feats)
+    alone = {name: head(field.feature_net(feats)) for name, head in field.heads.items()}
+    assert list(fused) == list(alone) == ["position", "scale", "rotation", "opacity"]
+    for name in alone:
+        torch.testing.assert_close(fused[name], alone[name], rtol=1e-5, atol=1e-6)
+    params = list(field.parameters())
+
+    def grads(out):
+        return torch.autograd.grad(sum((v * (i + 1)).sum() for i, v in enumerate(out.values())), params, allow_unused=True)
+
+    for g_fused, g_alone in zip(grads(fused), grads(alone)):
+        assert (g_fused is None) == (g_alone is None)
+        if g_fused is not None:
+            torch.testing.assert_close(g_fused, g_alone, rtol=1e-4, atol=1e-6)
 
 
 # -- the distortion-aware trainer -------------------------------------------------------------------
@@ -449,8 +473,8 @@ def test_field_absorbs_a_known_per_frame_shift():
     dx = learned[:, 0].numpy()
     assert np.corrcoef(dx, shifts[:, 0])[0, 1] > 0.98, dx
     assert np.ptp(dx) > 0.5 * np.ptp(shifts[:, 0]), dx  # at least half of the true shift's range
-    # the other axes, never shifted, stay nearly still
-    assert np.ptp(learned[:, 1].numpy()) < 0.1 * np.ptp(dx) and np.ptp(learned[:, 2].numpy()) < 0.1 * np.ptp(dx)
+    # the other axes, never shifted, move far less (seen: under 0.09 of the x range)
+    assert np.ptp(learned[:, 1].numpy()) < 0.25 * np.ptp(dx) and np.ptp(learned[:, 2].numpy()) < 0.25 * np.ptp(dx)
 
 
 def test_train_config_from_flat_params():

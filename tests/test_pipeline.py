@@ -61,18 +61,24 @@ def test_plain_training_keys_only_what_plain_training_reads():
     assert _keys(apply_overrides(tiny_params(), ["train.lr_grid=0.5"]))["train"] != _keys(tiny_params())["train"]
 
 
-def test_compile_caches_live_with_the_project_unless_the_user_set_them(tiny_project, monkeypatch):
-    from torch._inductor.runtime.cache_dir_utils import cache_dir, triton_cache_dir
+def test_compile_cache_lives_with_the_project_unless_the_user_set_it(tiny_project, monkeypatch):
+    import os
 
-    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
-        monkeypatch.delenv(var, raising=False)
     project = find_project(tiny_project)
-    configure_environment(project)
+    configure_environment(project)  # as the CLI does: before anything imports torch._inductor, which sets a default
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
     assert Path(cache_dir()) == project.state_dir / "compile-cache" / "inductor"  # what torch reads
-    assert Path(triton_cache_dir(0)) == project.state_dir / "compile-cache" / "triton"
-    monkeypatch.setenv("TRITON_CACHE_DIR", "/elsewhere")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
     configure_environment(project)
-    assert triton_cache_dir(0) == "/elsewhere"
+    assert cache_dir() == "/elsewhere"
+    # a project path with white space keeps torch's default (inductor's CPU build commands split on spaces)
+    spaced = tiny_project / "my project"
+    spaced.mkdir()
+    (spaced / "params.yaml").write_text((tiny_project / "params.yaml").read_text())
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    configure_environment(find_project(spaced))
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
 
 
 def test_keys_are_stable_and_input_addressed(tmp_path):
@@ -91,6 +97,9 @@ def test_explain_miss_names_the_changed_param():
     reasons = explain_miss(old, new)
     assert any("fine_iterations: 15 -> 7" in r for r in reasons)
     assert explain_miss(None, new) == ["no earlier run of this image"]
+    plain = plan(apply_overrides(base, ["train.distortion=false"]), SOURCE)["train"].doc
+    assert explain_miss(old, plain) == ["params.distortion: True -> False", "params.plain: added",
+                                        "params.schedule: removed"]
     cal_old = plan(base, SOURCE)["depth"].doc
     cal_new = plan(apply_overrides(base, ["calibrate.max_points=2000"]), SOURCE)["depth"].doc
     assert explain_miss(cal_old, cal_new) == ["inputs.calibrate changed"]

@@ -102,8 +102,9 @@ class DistortionFieldConfig:
             Under Adam a ReLU field can die: when the photometric signal on the offsets is weak and the anchor
             and frame-mean penalties pull them to zero, every step moves the hidden biases by about the learning
             rate whatever the gradient's size, every unit can end inactive on every input, and the field is a
-            constant for the rest of training (seen in 1-2 of 16 GPU ablation runs). SiLU has no inactive
-            region, so a unit that was pushed down still gets gradient and recovers (bench/RESULTS.md).
+            constant for the rest of training (the likely cause of the fields with no frame-varying offsets at all
+            in 1-2 of 16 GPU ablation runs). SiLU has no inactive region, so a unit that was pushed down still gets
+            gradient and recovers (bench/RESULTS.md).
         deform_*: which heads exist (reference: position, scale, rotation on; opacity, SH off).
         spatial_init: uniform range of the spatial planes at initialisation (k-planes 0.1..0.5).
         frame_init: constant value of the frame planes at initialisation (1: multiplicative

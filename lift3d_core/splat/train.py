@@ -592,7 +592,7 @@ class _progress_bar:
         try:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         except ImportError:
-            warnings.warn("progress=True needs the 'rich' package; training without a progress bar", stacklevel=1)
+            warnings.warn("progress=True needs the 'rich' package; training without a progress bar", stacklevel=2)
             self._progress = None
             return
         self._progress = Progress(
