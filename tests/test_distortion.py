@@ -675,7 +675,7 @@ def test_new_train_options_are_validated():
     from lift3d_core.splat.train_distortion import DistortionTrainConfig
 
     for bad in ({"curriculum_steps": -1}, {"curriculum_start": 0.0}, {"curriculum_start": 1.5},
-                {"max_offset_fraction": 0.0}, {"pyramid_weight": -1.0}, {"pyramid_levels": 0},
+                {"max_offset_fraction": 0.0}, {"pyramid_weight": -1.0}, {"pyramid_levels": -1},
                 {"compile_field": "yes"}, {"field_kernels": "cuda"}):
         with pytest.raises(Lift3DError):
             DistortionTrainConfig(**bad)

@@ -113,7 +113,9 @@ class DistortionTrainConfig:
     ``curriculum_steps`` steps into the fine stage (into the run, without a fine stage): the field then follows the
     drift frame by frame, a small step each time, from canonical Gaussians that the least distorted frames made
     sharp. ``pyramid_weight`` (ours, 0 = off): in the fine stage, an L1 term between the render and the frame
-    average-pooled by 2, 4, ... (``pyramid_levels`` factors), whose gradient reaches further than the pixels'.
+    average-pooled by 2, 4, ... (``pyramid_levels`` factors; 0: :func:`pyramid_depth`'s rule, pooled until the
+    shorter side is about 24 px, so the same share of the image at every resolution), whose gradient reaches as far
+    as the coarsest level's pixels: a frame's drift is a share of the image, many pixels at full resolution.
 
     ``max_offset_fraction`` (ours, None = LiftImage3D): position offsets are bounded smoothly (tanh) to this
     fraction of the field bounds' diagonal per component, so that a Gaussian no frame constrains well cannot be
@@ -166,7 +168,7 @@ class DistortionTrainConfig:
     curriculum_start: float = 0.25
     max_offset_fraction: float | None = None
     pyramid_weight: float = 0.0
-    pyramid_levels: int = 2
+    pyramid_levels: int = 0
     train: TrainConfig = LIFTIMAGE3D_TRAIN
 
     def __post_init__(self):
@@ -195,7 +197,7 @@ class DistortionTrainConfig:
         need(0.0 < self.curriculum_start <= 1.0, f"curriculum_start must be in (0, 1], got {self.curriculum_start}")
         need(self.max_offset_fraction is None or self.max_offset_fraction > 0,
              f"max_offset_fraction must be > 0 or None, got {self.max_offset_fraction}")
-        need(self.pyramid_weight >= 0 and self.pyramid_levels >= 1, "pyramid_weight must be >= 0 and pyramid_levels >= 1")
+        need(self.pyramid_weight >= 0 and self.pyramid_levels >= 0, "pyramid_weight must be >= 0 and pyramid_levels >= 0")
         if isinstance(self.compile_field, bool):  # YAML reads a bare on / off as a boolean
             object.__setattr__(self, "compile_field", "on" if self.compile_field else "off")
         need(self.compile_field in ("auto", "on", "off"),
@@ -434,7 +436,8 @@ class DistortionTrainer(Trainer):
                     terms[name] = value
                     loss = loss + weight * value
         if d.pyramid_weight > 0:
-            terms["pyramid"] = pyramid_l1(out.rgb, self.target_rgb(idx), d.pyramid_levels)
+            levels = d.pyramid_levels or pyramid_depth(self.height, self.width)
+            terms["pyramid"] = pyramid_l1(out.rgb, self.target_rgb(idx), levels)
             loss = loss + d.pyramid_weight * terms["pyramid"]
         if d.offset_weight > 0:
             terms["offsets"] = offset_penalty(self._step_offsets["frames"])
@@ -548,6 +551,12 @@ class DistortionTrainer(Trainer):
                 peak = max(peak, float(norms.max()))
                 n += norms.numel()
         return total / max(n, 1), peak
+
+
+def pyramid_depth(height: int, width: int, min_side: int = 24) -> int:
+    """Pooling levels (factors 2, 4, ...) that bring the shorter image side down to about ``min_side`` px (at
+    least 1): 2 at 128x96, 3 at 512x288, 4 at 1024x576."""
+    return max(1, int(np.floor(np.log2(max(min(height, width), 1) / min_side))))
 
 
 def pyramid_l1(pred: torch.Tensor, target: torch.Tensor, levels: int) -> torch.Tensor:
