@@ -17,6 +17,7 @@ class MotionCtrlSVDConfig:
     """MotionCtrl-SVD sampling; defaults are the LiftImage3D reference's values (METHOD.md section 1).
 
     checkpoint: the official ``motionctrl_svd.ckpt`` (its SHA-256, not its path, enters the store key).
+    model: network sizes, ``official`` (MotionCtrl-SVD) or ``tiny`` (CPU tests and ``bench --tiny``).
     steps: EDM Euler steps (the reference passes 50; the sampler's own default is 25).
     fps_id, motion_bucket_id, cond_aug: SVD's micro-conditioning (``--fps 10``, ``--motion 100``,
         ``--cond_aug 0.1`` in the reference); cond_aug is also the std of the noise added to the
@@ -36,6 +37,7 @@ class MotionCtrlSVDConfig:
     """
 
     checkpoint: str = "checkpoints/motionctrl_svd.ckpt"
+    model: str = "official"
     steps: int = 50
     fps_id: int = 10
     motion_bucket_id: int = 100
@@ -58,6 +60,8 @@ class MotionCtrlSVDConfig:
     def __post_init__(self):
         object.__setattr__(self, "axis_scale", tuple(float(a) for a in self.axis_scale))
         where = "generate.motionctrl_svd"
+        if self.model not in ("official", "tiny"):
+            raise Lift3DError(f"{where}.model must be 'official' or 'tiny', got {self.model!r}")
         if self.steps < 1:
             raise Lift3DError(f"{where}.steps must be >= 1, got {self.steps}")
         if self.cond_aug < 0:
