@@ -145,6 +145,9 @@ def generate_motionctrl(
         path = checkpoint_path("motionctrl_svd", mc.checkpoint)
         model = load_model(path, spec=SPECS[mc.model], dtype=_DTYPES[mc.dtype], device=device,
                            attention=mc.attention)
+    if mc.compile and not getattr(model.unet, "_lift3d_compiled", False):
+        model.unet.compile()  # nn.Module.compile: in place, same state dict
+        model.unet._lift3d_compiled = True
     h, w = image.shape[:2]
     factor = 8 * 2 ** (len(model.spec.unet_channels) - 1)
     if h % factor or w % factor:
