@@ -250,9 +250,11 @@ def cache_gc(store: str | None = StoreOpt, dry_run: bool = typer.Option(False, "
     console.print(f"{len(removed)} item(s)")
 
 
+RootOpt = typer.Option(None, "--root", help="Checkpoint folder (default: the project's checkpoints/).")
+
+
 @checkpoints_app.command("verify")
-def checkpoints_verify(root: Path | None = typer.Option(None, "--root", help="Checkpoint folder (default: the "
-                                                                           "project's checkpoints/).")):
+def checkpoints_verify(root: Path | None = RootOpt):
     """Report each checkpoint present, missing or mismatched; exit 1 if any is missing or mismatched."""
     from lift3d_core.checkpoints import CHECKPOINTS, verify
 

@@ -24,6 +24,7 @@ then its cond_aug noise, on the CPU; so a clip's frames do not depend on which c
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -136,7 +137,7 @@ def sample_latents(model: MotionCtrlSVD, noise: torch.Tensor, image_latent: torc
     pose2 = torch.cat([pose, pose]).to(dev, dtype)
 
     x = noise.to(dev) * math.sqrt(1.0 + sigmas[0] ** 2)
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+    for sigma, sigma_next in itertools.pairwise(sigmas):
         c_in = 1.0 / math.sqrt(sigma**2 + 1.0)
         c_skip = 1.0 / (sigma**2 + 1.0)
         c_out = -sigma / math.sqrt(sigma**2 + 1.0)
