@@ -30,6 +30,8 @@ from lift3d_core.errors import Lift3DError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lift a single image to 3D Gaussians.")
 cache_app = typer.Typer(no_args_is_help=True, help="Inspect and maintain the artifact store.")
 app.add_typer(cache_app, name="cache")
+checkpoints_app = typer.Typer(no_args_is_help=True, help="Check the model weights under checkpoints/.")
+app.add_typer(checkpoints_app, name="checkpoints")
 console = Console()
 
 SetOpt = typer.Option(None, "--set", help="Override params.yaml: section.key=value (repeatable).")
@@ -246,6 +248,31 @@ def cache_gc(store: str | None = StoreOpt, dry_run: bool = typer.Option(False, "
     for path in removed:
         console.print(("would remove " if dry_run else "removed ") + str(path))
     console.print(f"{len(removed)} item(s)")
+
+
+RootOpt = typer.Option(None, "--root", help="Checkpoint folder (default: the project's checkpoints/).")
+
+
+@checkpoints_app.command("verify")
+def checkpoints_verify(root: Path | None = RootOpt):
+    """Report each checkpoint present, missing or mismatched; exit 1 if any is missing or mismatched."""
+    from lift3d_core.checkpoints import CHECKPOINTS, verify
+
+    folder = root or _project().root / "checkpoints"
+    table = Table(title=str(folder))
+    for col in ("checkpoint", "file", "status", "used by"):
+        table.add_column(col)
+    results = verify(folder)
+    for name, status in results:
+        colour = "green" if status == "present" else "red" if status == "missing" else "yellow"
+        spec = CHECKPOINTS[name]
+        table.add_row(name, spec.filename, f"[{colour}]{status}", spec.used_by)
+    console.print(table)
+    for name, status in results:
+        if status != "present":
+            console.print(f"{name}: get {CHECKPOINTS[name].filename} from {CHECKPOINTS[name].source}")
+    if any(status != "present" for _, status in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:

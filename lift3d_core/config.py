@@ -97,7 +97,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if origin is tuple and args:
             if len(args) != len(value):
                 raise Lift3DError(f"{where}: expected {len(args)} values, got {value!r}")
-            return tuple(_coerce(v, a, where) for v, a in zip(args, value, strict=True))
+            return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
         return origin(value)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):

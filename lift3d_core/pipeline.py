@@ -39,8 +39,8 @@ STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in (
         StageSpec("ingest", "1", IngestConfig, ()),
-        StageSpec("trajectory", "1", TrajectoryConfig, ()),
-        StageSpec("generate", "1", GenerateConfig, ("ingest", "trajectory")),
+        StageSpec("trajectory", "2", TrajectoryConfig, ()),
+        StageSpec("generate", "2", GenerateConfig, ("ingest", "trajectory")),
         StageSpec("calibrate", "1", CalibrateConfig, ("generate", "trajectory")),
         StageSpec("depth", "1", DepthConfig, ("calibrate", "generate", "trajectory")),
         StageSpec("train", "1", TrainStageConfig, ("calibrate", "depth", "generate", "trajectory")),
@@ -81,10 +81,12 @@ class PlannedStage:
 def plan(params: dict[str, Any], source: str, models: dict[str, dict[str, str]] | None = None) -> dict[str, PlannedStage]:
     """Every stage's key for lifting ``source`` with ``params``, in execution order.
 
-    models: per stage, checkpoint name -> digest (stages without weights have none).
+    models: per stage, checkpoint name -> digest (stages without weights have none). Default: what each
+    stage config's ``models()`` reports (the digests of the checkpoints its active backend reads).
     """
     configs = stage_configs(params)
-    models = models or {}
+    if models is None:
+        models = {name: c.models() for name, c in configs.items() if hasattr(c, "models")}
     planned: dict[str, PlannedStage] = {}
     for name, spec in STAGES.items():
         inputs = {up: planned[up].key for up in spec.upstream}

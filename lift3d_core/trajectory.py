@@ -35,7 +35,9 @@ Conditioning, geometry, speed and units. The reference multiplies the JSON
 translations per axis by ``(3, 1, 4) * speed`` (speed 1.6) and only then makes
 them relative to frame 0 (``motionctrlsvd/main/inference/motionctrl_cmcm_run.py``,
 ``get_RT``); those 12 numbers per frame are all MotionCtrl-SVD ever sees
-(:func:`motionctrl_conditioning`, stored per clip in ``Clip.motionctrl_rows``).
+(:func:`motionctrl_conditioning`, applied by the MotionCtrl-SVD generator to the
+pose-file rows each clip keeps in ``Clip.motionctrl_rows``; ``speed`` is
+``generate.motionctrl_svd.speed``, so changing it re-keys generation only).
 Because the scaling comes before the relativisation, the file's 0.9 origin
 offset enters the orbit: the commanded orbit still keeps one point (the pivot)
 on every optical axis, at ``(4 * 0.8 + (4 - 3) * 0.9) = 4.1`` (times speed)
@@ -260,8 +262,6 @@ class TrajectoryConfig:
     presets: preset names run at every level, in order (see ``PRESETS``).
     levels: tree depth; level 1 starts at the input camera.
     frames_per_clip: T, frames per clip including its first (shared) frame.
-    speed: MotionCtrl ``--speed`` (1.6 in the reference); scales the conditioning's
-        translations only (the geometry's unit is ``pivot_depth``; module docstring).
     skip_undo: do not generate a child that retraces its parent (U after D, ...).
     motionctrl_axis_scale: per-axis translation weights of the conditioning (reference: 3, 1, 4).
     geometry: "conditioning" (the motion MotionCtrl-SVD is commanded) or "json" (the
@@ -273,7 +273,6 @@ class TrajectoryConfig:
     presets: tuple[str, ...] = ("U", "D", "Round-RI_90", "Round-RI_f90")
     levels: int = 2
     frames_per_clip: int = 16
-    speed: float = 1.6
     skip_undo: bool = True
     motionctrl_axis_scale: tuple[float, float, float] = MOTIONCTRL_AXIS_SCALE
     geometry: str = "conditioning"
@@ -295,8 +294,6 @@ class TrajectoryConfig:
             raise Lift3DError(f"trajectory.levels must be an integer >= 1, got {self.levels}")
         if int(self.frames_per_clip) != self.frames_per_clip or self.frames_per_clip < 2:
             raise Lift3DError(f"trajectory.frames_per_clip must be an integer >= 2, got {self.frames_per_clip}")
-        if not self.speed > 0:
-            raise Lift3DError(f"trajectory.speed must be > 0, got {self.speed}")
         if len(self.motionctrl_axis_scale) != 3 or not all(a > 0 for a in self.motionctrl_axis_scale):
             raise Lift3DError("trajectory.motionctrl_axis_scale must be 3 positive numbers (x, y, z)")
         if self.geometry not in GEOMETRIES:
@@ -324,8 +321,9 @@ class Clip:
     preset: name of the motion (a ``PRESETS`` key, or a custom name).
     c2w: [T, 4, 4] float64, OpenCV, in the world of the input camera (identity).
     frame_code: [T, 2] float64 normalised (u, v) frame codes in [0, 1].
-    motionctrl_rows: [T, 12] float64 conditioning rows for MotionCtrl-SVD (relative to
-        frame 0, preprocessed as the reference), or None (then derived from ``c2w``).
+    motionctrl_rows: [T, 12] float64 MotionCtrl pose-file rows (world-to-camera, OpenCV, as in the
+        preset JSON; not preprocessed: the generator applies speed and per-axis weights), or None
+        (then derived from ``c2w``).
     Arrays are stored as read-only float64 copies.
     """
 
@@ -513,11 +511,11 @@ class CameraTree:
 
     # ---- MotionCtrl
     def motionctrl_rows(self, clip_id: str) -> np.ndarray:
-        """[T, 12] rows MotionCtrl-SVD is conditioned on for this clip (relative to its frame 0).
+        """[T, 12] MotionCtrl pose-file rows of this clip (world-to-camera, OpenCV).
 
-        The clip's stored conditioning (the reference's preprocessing of its JSON), or,
-        for a clip built without one, its geometry relative to frame 0 as
-        world-to-camera rows, in world units (no per-axis weights, no speed).
+        The clip's stored rows (the preset's or user's JSON), or, for a clip built without
+        them, its geometry relative to frame 0 as world-to-camera rows, in world units.
+        The generator preprocesses them (``lift3d_core.generate.motionctrl_svd.pose``).
         """
         clip = self.clip(clip_id)
         if clip.motionctrl_rows is not None:
@@ -558,10 +556,11 @@ def articulated_tree(cfg: TrajectoryConfig) -> CameraTree:
     parent, then by ``cfg.presets`` order. Default: 4 + 12 = 16 clips, 241 distinct frames.
     """
     T = cfg.frames_per_clip
-    cond = {p: motionctrl_conditioning(PRESETS[p].json_rows(T), cfg.speed, cfg.motionctrl_axis_scale) for p in cfg.presets}
+    rows = {p: PRESETS[p].json_rows(T) for p in cfg.presets}
+    # The commanded shape does not depend on speed (it scales every translation alike): built at speed 1.
     rel = {
-        p: _clip_geometry(PRESETS[p].json_rows(T), cond[p], cfg.speed, cfg.motionctrl_axis_scale, cfg.geometry,
-                          cfg.pivot_depth)
+        p: _clip_geometry(rows[p], motionctrl_conditioning(rows[p], 1.0, cfg.motionctrl_axis_scale), 1.0,
+                          cfg.motionctrl_axis_scale, cfg.geometry, cfg.pivot_depth)
         for p in cfg.presets
     }
     t = np.arange(T, dtype=np.float64)
@@ -586,7 +585,7 @@ def articulated_tree(cfg: TrajectoryConfig) -> CameraTree:
         frontier = next_frontier
 
     clips = tuple(
-        Clip(cid, pid, name, level, c2w, _normalise_codes(steps, cfg.levels, T), cond[name])
+        Clip(cid, pid, name, level, c2w, _normalise_codes(steps, cfg.levels, T), rows[name])
         for cid, pid, name, level, c2w, steps in built
     )
     return CameraTree(clips)
@@ -641,7 +640,6 @@ def tree_from_motionctrl(
     files: Mapping[str, object],
     parents: Mapping[str, str | None] | None = None,
     *,
-    speed: float = 1.6,
     axis_scale=MOTIONCTRL_AXIS_SCALE,
     geometry: str = "conditioning",
     pivot_depth: float = 1.7,
@@ -652,8 +650,8 @@ def tree_from_motionctrl(
         tree paths ("U", "U/my_move"): the parent defaults to the path minus its last part
         (a single-part id starts at the input camera), the preset name to the last part.
     parents: optional explicit clip_id -> parent id (None = from the input camera).
-    speed, axis_scale, geometry, pivot_depth: as :class:`TrajectoryConfig` (conditioning
-        rows are preprocessed the reference's way; geometry in the presets' world unit).
+    axis_scale, geometry, pivot_depth: as :class:`TrajectoryConfig` (geometry in the presets' world unit;
+        the clips keep the files' rows, which the generator preprocesses).
     Frame-code axes come from ``PRESETS`` when the preset name is a known one, else from
     the clip's motion (:func:`_code_of_rows`). Codes are normalised with L = deepest level
     and T = the longest clip. Clips are ordered parents first, then as given.
@@ -696,8 +694,8 @@ def tree_from_motionctrl(
     for cid in order:
         pid = parent_of[cid]
         name = cid.rsplit("/", 1)[-1]
-        cond = motionctrl_conditioning(rows[cid], speed, axis_scale)
-        rel = _clip_geometry(rows[cid], cond, speed, axis_scale, geometry, pivot_depth)
+        cond = motionctrl_conditioning(rows[cid], 1.0, axis_scale)
+        rel = _clip_geometry(rows[cid], cond, 1.0, axis_scale, geometry, pivot_depth)
         start = np.eye(4) if pid is None else c2w[pid][-1]
         start_steps = np.zeros(2) if pid is None else steps[pid][-1]
         c = start @ rel
@@ -706,7 +704,7 @@ def tree_from_motionctrl(
         s = np.tile(start_steps, (len(c), 1))
         s[:, axis] += sign * np.arange(len(c))
         c2w[cid], steps[cid] = c, s
-        clips_raw.append((cid, pid, name, level[cid], c, s, cond))
+        clips_raw.append((cid, pid, name, level[cid], c, s, rows[cid]))
     return CameraTree(
         tuple(Clip(cid, pid, name, lv, c, _normalise_codes(s, levels, t_max), cond)
               for cid, pid, name, lv, c, s, cond in clips_raw)

@@ -134,15 +134,12 @@ def test_translation_presets_directions(tree):
     assert tree.clip("U").c2w[-1, 1, 3] == pytest.approx(-1.3125 * 1.7 / 4.1)
     moves = (("L", [-1, 0, 0], 3), ("R", [1, 0, 0], 3), ("I", [0, 0, 1], 4), ("O", [0, 0, -1], 4))
     for geometry, unit in (("json", 1.7 / 0.8), ("conditioning", 1.7 / 4.1)):
-        t = articulated_tree(TrajectoryConfig(presets=("L", "R", "I", "O"), levels=1, speed=1.0, geometry=geometry))
+        t = articulated_tree(TrajectoryConfig(presets=("L", "R", "I", "O"), levels=1, geometry=geometry))
         for name, direction, weight in moves:
             w = weight if geometry == "conditioning" else 1
             np.testing.assert_allclose(t.clip(name).c2w[-1, :3, 3], unit * w * 1.3125 * np.array(direction),
                                        atol=1e-12)
-    # speed acts on the conditioning only (the commanded shape is scale-free); pivot_depth sets the unit.
-    slow = articulated_tree(TrajectoryConfig(speed=0.4))
-    np.testing.assert_allclose(slow.c2w(), tree.c2w(), atol=1e-12)
-    np.testing.assert_allclose(slow.motionctrl_rows("U")[:, 7] * 4, tree.motionctrl_rows("U")[:, 7], atol=1e-12)
+    # speed is the generator's (generate.motionctrl_svd.speed); pivot_depth sets the unit.
     near = articulated_tree(TrajectoryConfig(pivot_depth=0.85))
     np.testing.assert_allclose(near.c2w()[:, :3, 3] * 2, tree.c2w()[:, :3, 3], atol=1e-12)
     np.testing.assert_allclose(near.c2w()[:, :3, :3], tree.c2w()[:, :3, :3], atol=1e-12)
@@ -169,9 +166,10 @@ def test_motionctrl_conditioning_as_reference(tree):
     for clip in tree:
         rows = tree.motionctrl_rows(clip.clip_id)
         assert rows.shape == (16, 12)
-        np.testing.assert_allclose(rows[0], np.eye(3, 4).ravel(), atol=1e-12)
-        # The reference conditions every clip of a preset with the same rows, whatever its parent.
-        np.testing.assert_array_equal(rows, tree.motionctrl_rows(clip.preset))
+        # Clips keep the pose-file rows; every clip of a preset has the preset's rows, whatever its parent.
+        np.testing.assert_array_equal(rows, PRESETS[clip.preset].json_rows(16))
+        cond = motionctrl_conditioning(rows, 1.6)
+        np.testing.assert_allclose(cond[0], np.eye(3, 4).ravel(), atol=1e-12)
     # Translations: geometry rows (speed applied) weighted per axis by (3, 1, 4).
     for name in ("U", "L", "I"):
         geo = c2w_to_motionctrl_rows(preset_relative_c2w(PRESETS[name].json_rows(16), 1.6)).reshape(16, 3, 4)
@@ -244,8 +242,6 @@ def test_config_validation():
         TrajectoryConfig(levels=0)
     with pytest.raises(Lift3DError, match="frames_per_clip"):
         TrajectoryConfig(frames_per_clip=1)
-    with pytest.raises(Lift3DError, match="speed"):
-        TrajectoryConfig(speed=0.0)
     with pytest.raises(Lift3DError, match="twice"):
         TrajectoryConfig(presets=("U", "U"))
     with pytest.raises(Lift3DError, match="conditioning"):
@@ -254,7 +250,7 @@ def test_config_validation():
         TrajectoryConfig(pivot_depth=-1.0)
     cfg = TrajectoryConfig(presets=["U", "D"])
     assert cfg.presets == ("U", "D")
-    assert cfg.speed == 1.6 and cfg.levels == 2 and cfg.frames_per_clip == 16 and cfg.skip_undo
+    assert cfg.levels == 2 and cfg.frames_per_clip == 16 and cfg.skip_undo
 
 
 def test_motionctrl_json_files_and_custom_tree(tmp_path):
@@ -272,8 +268,8 @@ def test_motionctrl_json_files_and_custom_tree(tmp_path):
         np.testing.assert_allclose(custom.clip(cid).c2w, ref.clip(cid).c2w, atol=1e-12)
         np.testing.assert_allclose(custom.clip(cid).frame_code, ref.clip(cid).frame_code, atol=1e-15)
         np.testing.assert_allclose(custom.motionctrl_rows(cid), ref.motionctrl_rows(cid), atol=1e-15)
-    custom_json = tree_from_motionctrl(files, speed=0.5, geometry="json")
-    ref_json = articulated_tree(TrajectoryConfig(presets=("U", "Round-RI_90"), speed=0.5, geometry="json"))
+    custom_json = tree_from_motionctrl(files, geometry="json")
+    ref_json = articulated_tree(TrajectoryConfig(presets=("U", "Round-RI_90"), geometry="json"))
     np.testing.assert_allclose(custom_json.clip("Round-RI_90/U").c2w, ref_json.clip("Round-RI_90/U").c2w, atol=1e-12)
     # An unknown motion name gets its frame-code axis from its geometry: L rows -> +u, D rows -> -v.
     mine = tree_from_motionctrl({"sideways": PRESETS["L"].json_rows(16),

@@ -1,0 +1,76 @@
+"""The checkpoint registry: paths, cached digests, safe loading, verify."""
+
+import argparse
+import hashlib
+import os
+
+import pytest
+import torch
+
+from lift3d_core import checkpoints as ck
+from lift3d_core.errors import Lift3DError
+
+
+class _Payload:  # a class no allow-list names: loading it must be refused, not executed
+    pass
+
+
+def test_checkpoint_path_names_file_and_source(tmp_path):
+    with pytest.raises(Lift3DError, match=r"motionctrl_svd\.ckpt is missing.*huggingface\.co/TencentARC/MotionCtrl"):
+        ck.checkpoint_path("motionctrl_svd", root=tmp_path)
+    (tmp_path / "motionctrl_svd.ckpt").write_bytes(b"")
+    with pytest.raises(Lift3DError, match=r"empty"):
+        ck.checkpoint_path("motionctrl_svd", root=tmp_path)
+    (tmp_path / "motionctrl_svd.ckpt").write_bytes(b"x")
+    assert ck.checkpoint_path("motionctrl_svd", root=tmp_path) == tmp_path / "motionctrl_svd.ckpt"
+    with pytest.raises(Lift3DError, match=r"unknown checkpoint"):
+        ck.checkpoint_path("sd15")
+
+
+def test_digest_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
+    cache = tmp_path / "digests.json"
+    monkeypatch.setenv("LIFT3D_DIGEST_CACHE", str(cache))
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"abc")
+    expected = "sha256:" + hashlib.sha256(b"abc").hexdigest()
+    assert ck.digest(f) == expected and cache.is_file()
+    # A cache hit does not read the file: a forged entry with the same stamp is returned as is.
+    text = cache.read_text().replace(expected, "sha256:cached")
+    cache.write_text(text)
+    assert ck.digest(f) == "sha256:cached"
+    f.write_bytes(b"abcd")  # new size: hashed again
+    os.utime(f, ns=(1, 1))
+    assert ck.digest(f) == "sha256:" + hashlib.sha256(b"abcd").hexdigest()
+
+
+def test_load_torch_allows_only_listed_globals(tmp_path):
+    ok = tmp_path / "ok.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(model="AsymmetricMASt3R()")}, ok)
+    with pytest.raises(Lift3DError, match=r"ok.pth holds objects outside the allowed list"):
+        ck.load_torch(ok)
+    data = ck.load_torch(ok, allowed_globals=[argparse.Namespace])
+    assert torch.equal(data["model"]["w"], torch.ones(2)) and data["args"].model.startswith("AsymmetricMASt3R")
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": _Payload()}, evil)
+    with pytest.raises(Lift3DError, match=r"refused without unpickling"):
+        ck.load_torch(evil)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(ok.read_bytes()[:100])
+    with pytest.raises(Lift3DError, match=r"cut.pth.*(truncated|not a torch checkpoint)"):
+        ck.load_torch(cut, source="https://example.org")
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(Lift3DError, match=r"not a torch checkpoint"):
+        ck.load_torch(text)
+
+
+def test_verify_reports_each_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIFT3D_DIGEST_CACHE", str(tmp_path / "digests.json"))
+    assert dict(ck.verify(tmp_path)) == dict.fromkeys(ck.CHECKPOINTS, "missing")
+    (tmp_path / "depth_anything_v2_vitl.pth").write_bytes(b"weights")
+    monkeypatch.setitem(ck.CHECKPOINTS, "mast3r", ck.CheckpointSpec(
+        "mast3r", "m.pth", "somewhere", "calibrate", size=3, sha256=hashlib.sha256(b"abd").hexdigest()))
+    (tmp_path / "m.pth").write_bytes(b"abc")
+    status = dict(ck.verify(tmp_path))
+    assert status["depth_anything_v2"] == "present" and status["motionctrl_svd"] == "missing"
+    assert status["mast3r"].startswith("mismatched: sha256")

@@ -1,0 +1,227 @@
+"""MotionCtrl-SVD backend on the CPU: tiny random-init models of the real classes, checkpoints written here
+in the official (sgm, Lightning-style) layout."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from lift3d_core.errors import Lift3DError
+from lift3d_core.generate import GenerateConfig, MotionCtrlSVDConfig, generate
+from lift3d_core.generate.motionctrl_svd import convert
+from lift3d_core.generate.motionctrl_svd.backend import clear_model_cache, generate_motionctrl, load_model
+from lift3d_core.generate.motionctrl_svd.model import OFFICIAL, TINY, CameraTemporalBlock, build_model
+from lift3d_core.generate.motionctrl_svd.pose import export_pose_files, import_pose_files
+from lift3d_core.generate.motionctrl_svd.sampler import clip_noise
+from lift3d_core.pipeline import plan
+from lift3d_core.trajectory import TrajectoryConfig, articulated_tree
+
+H = W = 64  # a tiny UNet of 2 levels on 8x8 latents
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    # Random pose columns: the camera module is not the identity, so poses matter.
+    for m in model.unet.modules():
+        if isinstance(m, CameraTemporalBlock):
+            torch.nn.init.normal_(m.cc_projection.weight[:, -12:], std=0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, tiny_model):
+    path = tmp_path_factory.mktemp("ckpt") / "motionctrl_svd.ckpt"
+    torch.save({"state_dict": convert.to_official(tiny_model.state_dict(), TINY), "global_step": 1}, path)
+    return path
+
+
+def _cfg(path, **kw) -> GenerateConfig:
+    mc = dict(checkpoint=str(path), model="tiny", steps=2, dtype="fp32", device="cpu")
+    mc.update(kw)
+    return GenerateConfig(backend="motionctrl_svd", seed=7, motionctrl_svd=MotionCtrlSVDConfig(**mc))
+
+
+def _image(seed=0):
+    return (np.random.default_rng(seed).random((H, W, 3)) * 255).astype(np.uint8)
+
+
+def _tree(levels=2, frames=4):
+    # 2 + 4 clips: both kinds of motion, both levels, in seconds
+    return articulated_tree(TrajectoryConfig(presets=("U", "Round-RI_f90"), levels=levels, frames_per_clip=frames))
+
+
+def test_full_size_layout_has_the_reference_tensor_counts():
+    # METHOD.md counted a random-init build of the reference engine: 2,478 float32 tensors, 2,402 M values.
+    model = build_model(OFFICIAL, device="meta")
+    official = convert.to_official(model.state_dict(), OFFICIAL)
+    groups = {"model.diffusion_model.": "unet", "first_stage_model.": "vae", convert.CLIP: "clip",
+              convert.COND_AE: "cond_ae"}
+    count, values = Counter(), Counter()
+    for k, v in official.items():
+        g = next(name for prefix, name in groups.items() if k.startswith(prefix))
+        count[g] += 1
+        values[g] += v.numel()
+    assert count == {"unet": 1460, "vae": 372, "clip": 398, "cond_ae": 248}
+    assert round(values["unet"] / 1e6) == 1537 and round(values["vae"] / 1e5) == 977
+    assert round(values["clip"] / 1e5) == 6838 and round(values["cond_ae"] / 1e5) == 837
+    cc = {k: tuple(v.shape) for k, v in official.items() if k.endswith("cc_projection.weight")}
+    assert len(cc) == 16 and cc["model.diffusion_model.input_blocks.1.1.time_stack.0.cc_projection.weight"] == (320, 332)
+    assert cc["model.diffusion_model.middle_block.1.time_stack.0.cc_projection.weight"] == (1280, 1292)
+    assert cc["model.diffusion_model.output_blocks.11.1.time_stack.0.cc_projection.weight"] == (320, 332)
+
+
+def test_official_checkpoint_loads_exactly(tiny_model, tiny_ckpt):
+    raw = torch.load(tiny_ckpt, weights_only=True)["state_dict"]
+    ours = tiny_model.state_dict()
+    _, missing, unexpected, ignored = convert.convert_checkpoint(raw, TINY, {k: v.shape for k, v in ours.items()})
+    assert missing == [] and unexpected == []
+    assert ignored and all(k.startswith(convert.IGNORED_PREFIXES) for k in ignored)
+    assert any("token_embedding" in k for k in ignored) and any(".decoder." in k for k in ignored)
+    clear_model_cache()
+    loaded = load_model(tiny_ckpt, spec=TINY, dtype=torch.float32)
+    assert load_model(tiny_ckpt, spec=TINY, dtype=torch.float32) is loaded  # built once per process
+    got = loaded.state_dict()
+    assert set(got) == set(ours)
+    assert all(torch.equal(got[k], ours[k]) for k in ours)  # bit-identical
+
+
+def test_broken_checkpoints_fail_with_one_clear_error(tmp_path, tiny_ckpt):
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(tiny_ckpt.read_bytes()[: tiny_ckpt.stat().st_size // 2])
+    with pytest.raises(Lift3DError, match=r"truncated.ckpt.*huggingface.co/TencentARC/MotionCtrl"):
+        load_model(truncated, spec=TINY)
+    wrong = tmp_path / "wrong.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.conv.weight": torch.zeros(1)}}, wrong)
+    with pytest.raises(Lift3DError, match=r"wrong.ckpt is not MotionCtrl-SVD's layout: .* missing"):
+        load_model(wrong, spec=TINY)
+    other = tmp_path / "other.ckpt"
+    torch.save({"model": {"a": torch.zeros(1)}}, other)
+    with pytest.raises(Lift3DError, match=r"other.ckpt is not MotionCtrl-SVD's layout"):
+        load_model(other, spec=TINY)
+    with pytest.raises(Lift3DError, match=r"missing.*motionctrl_svd.ckpt"):
+        generate(_image(), _tree(1), _cfg(tmp_path / "absent.ckpt"))
+
+
+def test_sampler_runs_and_is_deterministic(tiny_ckpt):
+    tree = _tree(levels=2, frames=4)
+    image = _image()
+    seen = []
+    video = generate(image, tree, _cfg(tiny_ckpt), progress=lambda d, t: seen.append((d, t)))
+    assert video.frames.shape == (len(tree), 4, H, W, 3) and video.frames.dtype == np.uint8
+    assert video.depth_hint is None and video.K.shape == (3, 3)
+    assert seen[-1] == (tree.num_distinct_frames, tree.num_distinct_frames)
+    for k, clip in enumerate(tree.clips):
+        start = image if clip.parent is None else video.frames[tree.clip_ids().index(clip.parent), -1]
+        np.testing.assert_array_equal(video.frames[k, 0], start)
+    assert video.frames[:, 1:].std() > 1  # the sampler produced pictures, not a constant
+    again = generate(image, tree, _cfg(tiny_ckpt))
+    np.testing.assert_array_equal(again.frames, video.frames)
+    other_seed = generate(image, tree, GenerateConfig(**{**_cfg(tiny_ckpt).__dict__, "seed": 8}))
+    assert not np.array_equal(other_seed.frames[:, 1:], video.frames[:, 1:])
+
+
+def test_camera_module_changes_output_and_is_neutral_at_identity(tiny_model):
+    torch.manual_seed(1)
+    b, t, h, w = 2, 4, 8, 8
+    sample = torch.randn(b, t, 8, h, w)
+    c_noise = torch.full((b,), 0.3)
+    embeds = torch.randn(b, 1, TINY.cross_attention_dim)
+    ids = torch.tensor([[10.0, 100.0, 0.1]]).expand(b, 3)
+    pose_a, pose_b = torch.randn(b, t, 12), torch.randn(b, t, 12)
+    out_a = tiny_model.unet_call(sample, c_noise, embeds, ids, pose_a)
+    out_b = tiny_model.unet_call(sample, c_noise, embeds, ids, pose_b)
+    assert (out_a - out_b).abs().max() > 1e-3
+
+    # Identity on the features ([I | 0], zero bias, MotionCtrl's init with zeroed pose columns): every
+    # output feature is x_i * 1 plus exact zeros, so the module is neutral bit for bit, whatever the poses.
+    neutral = build_model(TINY)
+    neutral.load_state_dict(tiny_model.state_dict())
+    for m in neutral.unet.modules():
+        if isinstance(m, CameraTemporalBlock):
+            c = m.cc_projection.in_features - 12
+            with torch.no_grad():
+                m.cc_projection.weight.zero_()
+                m.cc_projection.weight[:, :c] = torch.eye(c)
+                m.cc_projection.bias.zero_()
+    plain = neutral.unet_call(sample, c_noise, embeds, ids, None)
+    assert torch.equal(neutral.unet_call(sample, c_noise, embeds, ids, pose_a), plain)
+    assert torch.equal(neutral.unet_call(sample, c_noise, embeds, ids, pose_b), plain)
+
+
+def test_batched_generation_equals_clip_by_clip(tiny_model):
+    tree = _tree(levels=2, frames=4)
+    image = _image(3)
+    batched = generate_motionctrl(image, tree, _cfg("unused", max_batch=0), model=tiny_model)
+    level1 = {c.clip_id: batched.frames[k] for k, c in enumerate(tree.clips) if c.level == 1}
+    # Clip by clip, level 2 started from the same parent frames (a child starts from its parent's uint8 last
+    # frame, so a rounding difference there would be a different input, not a batching effect).
+    single = generate_motionctrl(image, tree, _cfg("unused", max_batch=1), model=tiny_model, done=level1)
+    alone = generate_motionctrl(image, tree, _cfg("unused", max_batch=1), model=tiny_model)
+    for got in (single.frames, alone.frames[:2]):
+        diff = np.abs(batched.frames[: len(got)].astype(int) - got.astype(int))
+        # float rounding of other batch shapes moves a rare uint8 value by one
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.002
+
+
+def test_resume_generates_only_unfinished_clips(tiny_model):
+    tree = _tree(levels=2, frames=4)
+    image = _image(4)
+    cfg = _cfg("unused", max_batch=2)
+    stored = {}
+    full = generate_motionctrl(image, tree, cfg, model=tiny_model, on_clip=lambda cid, f: stored.setdefault(cid, f))
+    assert list(stored) == tree.clip_ids()
+    done = {cid: stored[cid] for cid in tree.clip_ids()[:3]}  # killed after 3 clips
+    again = []
+    resumed = generate_motionctrl(image, tree, cfg, model=tiny_model, done=done,
+                                  on_clip=lambda cid, f: again.append(cid))
+    assert again == tree.clip_ids()[3:]
+    np.testing.assert_array_equal(resumed.frames[:3], full.frames[:3])
+    # the remaining clips fall into other batches than before: equal to float rounding
+    assert np.abs(resumed.frames.astype(int) - full.frames.astype(int)).max() <= 1
+
+
+def test_noise_depends_on_seed_and_clip_only():
+    a1, c1 = clip_noise(42, "U/D", 4, 64, 64)
+    a2, c2 = clip_noise(42, "U/D", 4, 64, 64)
+    assert torch.equal(a1, a2) and torch.equal(c1, c2)
+    assert not torch.equal(a1, clip_noise(42, "U", 4, 64, 64)[0])
+    assert not torch.equal(a1, clip_noise(43, "U/D", 4, 64, 64)[0])
+
+
+def test_speed_rekeys_generation_only(tmp_path, tiny_ckpt, monkeypatch):
+    monkeypatch.setenv("LIFT3D_DIGEST_CACHE", str(tmp_path / "digests.json"))
+    params = {"generate": {"backend": "motionctrl_svd", "motionctrl_svd": {"checkpoint": str(tiny_ckpt)}}}
+
+    def keys(p):
+        return {name: s.key for name, s in plan(p, "skimage:astronaut").items()}
+
+    base = keys(params)
+    faster = keys({"generate": {**params["generate"], "motionctrl_svd": {"checkpoint": str(tiny_ckpt), "speed": 1.0}}})
+    assert faster["trajectory"] == base["trajectory"] and faster["ingest"] == base["ingest"]
+    assert faster["generate"] != base["generate"] and faster["train"] != base["train"]
+    batch = keys({"generate": {**params["generate"], "motionctrl_svd": {"checkpoint": str(tiny_ckpt), "max_batch": 3}}})
+    assert batch == base
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(tiny_ckpt.read_bytes() + b"\0")
+    new_weights = keys({"generate": {**params["generate"], "motionctrl_svd": {"checkpoint": str(other)}}})
+    assert new_weights["generate"] != base["generate"] and new_weights["trajectory"] == base["trajectory"]
+
+
+def test_pose_files_round_trip(tmp_path):
+    tree = articulated_tree(TrajectoryConfig())
+    files = export_pose_files(tree, tmp_path / "poses")
+    assert len(files) == 16 and files["U/Round-RI_90"].name == "test_camera_U+Round-RI_90.json"
+    rows = np.asarray(__import__("json").loads(files["U"].read_text()))
+    assert rows.shape == (16, 12)  # MotionCtrl's 16 x 12 layout
+    back = import_pose_files(tmp_path / "poses")
+    assert back.clip_ids() == tree.clip_ids()
+    for clip in tree.clips:
+        np.testing.assert_array_equal(back.motionctrl_rows(clip.clip_id), tree.motionctrl_rows(clip.clip_id))
+        np.testing.assert_allclose(back.clip(clip.clip_id).c2w, clip.c2w, atol=1e-12)
+        np.testing.assert_allclose(back.clip(clip.clip_id).frame_code, clip.frame_code, atol=1e-15)
