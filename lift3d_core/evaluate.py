@@ -2,9 +2,12 @@
 
 Ground truth exists when the generator knows the scene (the synthetic backend):
 held-out cameras that are not on the tree are rendered from the *undistorted*
-scene and compared with the canonical Gaussians seen from the same cameras
-(moved into the calibrated, normalised frame). Otherwise only the fit to the
-generated frames is reported.
+scene and compared with the canonical Gaussians seen from the same cameras,
+moved into the calibrated frame by the inverse of the calibration's similarity
+to the commanded frame (:mod:`lift3d_core.calibrate.contract`), so the numbers
+mean the same for every calibration backend. The generator's true cameras are
+then known too, and :func:`pose_report` measures the calibrated ones against
+them. Otherwise only the fit to the generated frames is reported.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lift3d_core import metrics, synthetic
-from lift3d_core.calibrate import apply_similarity
+from lift3d_core.calibrate.contract import Similarity
 from lift3d_core.errors import Lift3DError
 from lift3d_core.export import render_views
 from lift3d_core.splat.gaussians import Gaussians
@@ -63,17 +66,16 @@ def evaluate_synthetic(
     gaussians: Gaussians,
     c2w_raw: np.ndarray,
     targets: np.ndarray,
-    center: np.ndarray,
-    scale: float,
+    to_commanded: Similarity,
     K: np.ndarray,
     cfg: EvaluateConfig,
 ) -> Evaluation:
-    """Held-out PSNR/SSIM of ``gaussians`` (normalised frame) against the synthetic scene's ground truth.
+    """Held-out PSNR/SSIM of ``gaussians`` (calibrated frame) against the synthetic scene's ground truth.
 
-    c2w_raw, targets: :func:`heldout_views`; center/scale: the calibration's normalisation;
-    K: ``[3, 3]`` intrinsics of the frames.
+    c2w_raw, targets: :func:`heldout_views` (cameras in the scene's frame, which is the commanded one);
+    to_commanded: the calibration's similarity to the commanded frame; K: ``[3, 3]`` calibrated intrinsics.
     """
-    c2w = apply_similarity(c2w_raw, center, scale)
+    c2w = to_commanded.inverse().apply_c2w(c2w_raw)
     Ks = np.broadcast_to(K, (len(c2w), 3, 3))
     renders = render_views(gaussians, c2w, Ks, targets.shape[2], targets.shape[1], cfg.backend)
     per_view = [metrics.psnr(r, t) for r, t in zip(renders, targets, strict=True)]
@@ -92,3 +94,51 @@ def fit_to_frames(
     idx = np.unique(np.linspace(0, len(frames) - 1, cfg.train_views).round().astype(int))
     renders = render_views(gaussians, c2w[idx], K[idx], frames.shape[2], frames.shape[1], cfg.backend)
     return {"train_psnr": metrics.psnr(renders, frames[idx]), "train_ssim": metrics.ssim(renders, frames[idx])}
+
+
+def pose_report(c2w_calibrated: np.ndarray, c2w_true: np.ndarray, registered: np.ndarray) -> dict[str, float]:
+    """Pose errors of the registered calibrated cameras against the true ones, after a Sim(3) fit on the centres.
+
+    c2w_calibrated, c2w_true: ``[F, 4, 4]`` OpenCV; registered: ``[F]`` bool. Translation errors are relative to
+    the true camera centres' RMS spread (:func:`lift3d_core.metrics.pose_errors`), a stricter yardstick than the
+    scene's extent, which the rig sits inside.
+    """
+    reg = np.asarray(registered, bool)
+    out = {"pose.registered_fraction": float(reg.mean())}
+    if reg.sum() >= 3:
+        errors = metrics.pose_errors(c2w_calibrated[reg], c2w_true[reg])
+        out.update({f"pose.{k}": v for k, v in errors.items() if k != "scale"})
+    return out
+
+
+def plot_calibrated_tree(tree: CameraTree, c2w_in_commanded: np.ndarray, registered: np.ndarray, path_png) -> None:
+    """Top (x-z) and side (z-y) views of the recovered cameras over the commanded tree, saved as PNG.
+
+    c2w_in_commanded: ``[F, 4, 4]`` calibrated cameras of the distinct frames mapped into the commanded frame
+    (``Calibration.to_commanded``); registered: ``[F]`` bool (unregistered frames drawn as crosses).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    commanded = tree.distinct_c2w()
+    reg = np.asarray(registered, bool)
+    fig = Figure(figsize=(11, 5), dpi=110)
+    FigureCanvasAgg(fig)
+    spread = float(np.ptp(commanded[:, :3, 3], axis=0).max()) or 1.0
+    for ax, (i, j, title) in zip(fig.subplots(1, 2), ((0, 2, "top view (x-z)"), (2, 1, "side view (z-y, y down)")),
+                                 strict=True):
+        for c2w, colour, label in ((commanded, "0.6", "commanded"), (c2w_in_commanded, "tab:red", "calibrated")):
+            pos, fwd = c2w[:, :3, 3], c2w[:, :3, 2]
+            ax.scatter(pos[:, i], pos[:, j], s=8, color=colour, label=label)
+            ax.quiver(pos[:, i], pos[:, j], fwd[:, i], fwd[:, j], color=colour, angles="xy", scale_units="xy",
+                      scale=1.0 / (0.06 * spread), width=0.002)
+        if (~reg).any():
+            ax.scatter(c2w_in_commanded[~reg, :3, 3][:, i], c2w_in_commanded[~reg, :3, 3][:, j], marker="x", s=30,
+                       color="k", label="unregistered")
+        ax.set_title(title)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.grid(True, lw=0.3)
+        if j == 1:
+            ax.invert_yaxis()
+    fig.axes[0].legend(fontsize=7)
+    fig.savefig(str(path_png), dpi=110)

@@ -41,11 +41,11 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("ingest", "1", IngestConfig, ()),
         StageSpec("trajectory", "2", TrajectoryConfig, ()),
         StageSpec("generate", "2", GenerateConfig, ("ingest", "trajectory")),
-        StageSpec("calibrate", "1", CalibrateConfig, ("generate", "trajectory")),
+        StageSpec("calibrate", "2", CalibrateConfig, ("generate", "trajectory")),
         StageSpec("depth", "1", DepthConfig, ("calibrate", "generate", "trajectory")),
         StageSpec("train", "1", TrainStageConfig, ("calibrate", "depth", "generate", "trajectory")),
         StageSpec("export", "1", ExportConfig, ("train", "calibrate")),
-        StageSpec("evaluate", "1", EvaluateConfig, ("train", "calibrate", "generate", "ingest", "trajectory")),
+        StageSpec("evaluate", "2", EvaluateConfig, ("train", "calibrate", "generate", "ingest", "trajectory")),
     )
 }
 NON_STAGE_SECTIONS = ("input",)

@@ -9,7 +9,8 @@ from PIL import Image
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from lift3d_core.evaluate import evaluate_synthetic, fit_to_frames, heldout_views
+from lift3d_core.calibrate.contract import Similarity
+from lift3d_core.evaluate import evaluate_synthetic, fit_to_frames, heldout_views, plot_calibrated_tree, pose_report
 from lift3d_core.export import image_strip
 from lift3d_core.generate import distinct_frames, synthetic_scene_config
 from lift3d_core.train import gaussians_from_arrays
@@ -20,6 +21,8 @@ from tasks.common import RunContext, StageResult, cached_arrays, cached_stage
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(ctx: RunContext) -> StageResult:
     cfg, gen = ctx.config("evaluate"), ctx.config("generate")
+    # only a generator that knows its scene (synthetic) stores ground truth; evaluation needs nothing else from it
+    has_ground_truth = any(n.startswith("ground_truth/") for n in ctx.read("generate").names)
 
     def ground_truth(tree: CameraTree) -> dict[str, np.ndarray]:
         image = ctx.read("ingest").array("image")
@@ -28,17 +31,19 @@ def evaluate(ctx: RunContext) -> StageResult:
 
     def compute():
         gaussians = gaussians_from_arrays(ctx.arrays("train", "gaussians/"))
-        cal = ctx.arrays("calibrate", "c2w", "K", "center")
+        cal = ctx.arrays("calibrate", "c2w", "K", "registered", "to_commanded/")
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
         frames = distinct_frames(tree, ctx.read("generate").array("frames"))
         metrics = fit_to_frames(gaussians, frames, cal["c2w"], cal["K"], cfg)
         arrays = {}
-        if gen.backend == "synthetic":
+        if has_ground_truth:
             truth = cached_arrays(ctx, "evaluate", "heldout", {"views": cfg.views, "seed": cfg.seed}, ("generate",),
                                   lambda: ground_truth(tree))
-            ev = evaluate_synthetic(gaussians, truth["c2w"], truth["targets"], cal["center"],
-                                    float(ctx.read("calibrate").attrs["scale"]), cal["K"][0], cfg)
+            ev = evaluate_synthetic(gaussians, truth["c2w"], truth["targets"], Similarity.from_arrays(cal),
+                                    cal["K"][0], cfg)
             metrics.update(ev.metrics)
+            # the generator rendered exactly the commanded cameras: they are the true ones
+            metrics.update(pose_report(cal["c2w"], tree.distinct_c2w(), cal["registered"].astype(bool)))
             arrays = {"renders": ev.renders, "targets": ev.targets}
         return arrays or {"none": np.zeros(0, np.uint8)}, {"metrics": metrics}
 
@@ -50,4 +55,10 @@ def evaluate(ctx: RunContext) -> StageResult:
         grid = np.concatenate([image_strip(artifact.array("targets")), image_strip(artifact.array("renders"))])
         Image.fromarray(grid).save(path)
         result.outputs["heldout"] = str(path)
+    if has_ground_truth:
+        cal = ctx.arrays("calibrate", "c2w", "registered", "to_commanded/")
+        path = ctx.run_dir / "cameras.png"
+        plot_calibrated_tree(CameraTree.from_dict(ctx.read("trajectory").attrs["tree"]),
+                             Similarity.from_arrays(cal).apply_c2w(cal["c2w"]), cal["registered"].astype(bool), path)
+        result.outputs["cameras"] = str(path)
     return result

@@ -1,0 +1,201 @@
+"""Pose calibration interface: generated frames -> cameras, depth and a fused point cloud.
+
+Every backend returns a :class:`Calibration` in its own world, *normalised* by the
+method's rule: the fused point cloud is centred on its mean and scaled so its
+largest absolute coordinate is ``cfg.normalize_extent`` (10 in the reference);
+cameras and depths get the same transform (``x_norm = scale * (x_raw - center)``).
+The similarity back to the commanded cameras' frame travels with it
+(:mod:`lift3d_core.calibrate.contract`), so callers never branch on the backend.
+
+Backends (:data:`BACKENDS`, each imported on first use):
+``commanded`` trusts the trajectory's cameras and fuses the depth the generator
+vouches for; ``colmap`` runs SIFT structure from motion with pycolmap and
+densifies its triangulated points (:mod:`lift3d_core.calibrate.colmap`);
+``mast3r`` runs the MASt3R network and its global alignment
+(``lift3d_core.calibrate.mast3r``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lift3d_core.calibrate.colmap import ColmapConfig
+from lift3d_core.calibrate.contract import CONTRACTS, Similarity, confidence_weight, fit_to_commanded, run_resolution
+from lift3d_core.calibrate.fusion import apply_similarity, fuse_depth, normalization
+from lift3d_core.config import config_to_dict
+from lift3d_core.errors import Lift3DError
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registry entry. section: the :class:`CalibrateConfig` field holding its settings (None: it has none).
+    factory: ``"module:function"`` imported on first use, so a backend's dependencies load only when chosen.
+    needs: what to install or fetch when the import fails."""
+
+    section: str | None
+    factory: str
+    needs: str
+
+
+BACKENDS: dict[str, Backend] = {
+    "commanded": Backend(None, "lift3d_core.calibrate.commanded:calibrate_commanded", ""),
+    "colmap": Backend("colmap", "lift3d_core.calibrate.colmap:calibrate_colmap", "pycolmap (pip install pycolmap)"),
+    "mast3r": Backend("mast3r", "lift3d_core.calibrate.mast3r.backend:calibrate_mast3r",
+                      "lift3d_core.calibrate.mast3r (this build of lift3d lacks it)"),
+}
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """The ``calibrate`` section of params.yaml.
+
+    max_points: size of the fused point cloud (uniform subsample over frames).
+    normalize_extent: largest absolute coordinate of the normalised point cloud.
+    colmap: the ``calibrate.colmap`` section (read only when ``backend: colmap``).
+    """
+
+    backend: str = "commanded"
+    max_points: int = 60_000
+    normalize_extent: float = 10.0
+    seed: int = 0
+    colmap: ColmapConfig = field(default_factory=ColmapConfig)
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise Lift3DError(f"calibrate.backend {self.backend!r} is unknown; available: {', '.join(BACKENDS)}")
+        if self.max_points < 100:
+            raise Lift3DError(f"calibrate.max_points must be >= 100, got {self.max_points}")
+        if self.normalize_extent <= 0:
+            raise Lift3DError(f"calibrate.normalize_extent must be > 0, got {self.normalize_extent}")
+
+    def section(self):
+        """The active backend's own settings, or None."""
+        name = BACKENDS[self.backend].section
+        return None if name is None else getattr(self, name, None)
+
+    def key_params(self) -> dict:
+        """What the store key hashes: the shared settings and only the active backend's section."""
+        out = {"backend": self.backend, "max_points": self.max_points, "normalize_extent": self.normalize_extent,
+               "seed": self.seed}
+        if self.section() is not None:
+            out[self.backend] = config_to_dict(self.section())
+        return out
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Which clip each distinct frame belongs to: what pair graphs are built from.
+
+    frame_ids: ``(clip_id, t)`` naming each distinct frame (:meth:`CameraTree.distinct_frame_ids`).
+    parents: clip id -> parent clip id (None: starts at the input view), parents listed before children.
+    """
+
+    frame_ids: tuple[tuple[str, int], ...]
+    parents: Mapping[str, str | None]
+
+    @classmethod
+    def from_tree(cls, tree) -> FrameLayout:
+        """The layout of a :class:`lift3d_core.trajectory.CameraTree`'s distinct frames."""
+        return cls(tuple((c, int(t)) for c, t in tree.distinct_frame_ids()), {c.clip_id: c.parent for c in tree.clips})
+
+    @classmethod
+    def single_clip(cls, num_frames: int) -> FrameLayout:
+        """Frames of one sequence (no tree)."""
+        return cls(tuple(("clip", t) for t in range(num_frames)), {"clip": None})
+
+    def clip_frames(self) -> dict[str, list[int]]:
+        """Clip id -> distinct-frame indices of its frames ``t = 0 .. T-1`` (t = 0: the input view or the parent's
+        last frame)."""
+        own: dict[str, list[tuple[int, int]]] = {c: [] for c in self.parents}
+        for i, (c, t) in enumerate(self.frame_ids):
+            if t >= 1:
+                own[c].append((t, i))
+        out: dict[str, list[int]] = {}
+        for c, parent in self.parents.items():
+            start = 0 if parent is None else out[parent][-1]
+            out[c] = [start] + [i for _, i in sorted(own[c])]
+        return out
+
+
+@dataclass
+class Calibration:
+    """Cameras and geometry of the distinct generated frames, in the backend's normalised frame.
+
+    c2w: ``[F, 4, 4]`` float64 OpenCV camera-to-world. K: ``[F, 3, 3]`` float64 pixels of the frames.
+    depth: ``[F, H, W]`` float32 z-depth (0 = unknown), frame size whatever the backend ran at.
+    confidence: ``[F, H, W]`` float32 on the backend's scale (``contract.CONTRACTS``).
+    points: ``[P, 3]`` float32 fused cloud. colors: ``[P, 3]`` uint8.
+    center, scale: the normalisation, ``x_norm = scale * (x_raw - center)``.
+    to_commanded: similarity mapping this (normalised) frame onto the commanded cameras' frame.
+    registered: ``[F]`` bool; False = the images could not place the frame, its pose is the commanded one
+        mapped by ``to_commanded.inverse()`` and its depth is empty (only with a backend's explicit consent).
+    info: small JSON-able facts for the artifact (unregistered frame ids, sparse counts, seconds).
+    """
+
+    c2w: np.ndarray
+    K: np.ndarray
+    depth: np.ndarray
+    confidence: np.ndarray
+    points: np.ndarray
+    colors: np.ndarray
+    center: np.ndarray
+    scale: float
+    to_commanded: Similarity = field(default_factory=Similarity.identity)
+    registered: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.registered is None:
+            self.registered = np.ones(len(self.c2w), bool)
+
+
+def calibrate(
+    frames: np.ndarray,
+    c2w_commanded: np.ndarray,
+    K: np.ndarray,
+    cfg: CalibrateConfig,
+    *,
+    layout: FrameLayout | None = None,
+    depth_hint: np.ndarray | None = None,
+) -> Calibration:
+    """Calibrate distinct frames ``uint8 [F, H, W, 3]`` with ``cfg.backend``.
+
+    c2w_commanded: ``[F, 4, 4]`` the trajectory's cameras (OpenCV, input camera = identity).
+    K: ``[3, 3]`` or ``[F, 3, 3]`` nominal intrinsics. layout: clip membership (default: one sequence).
+    depth_hint: ``[F, H, W]`` z-depth the generator vouches for, or None.
+    """
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise Lift3DError(f"calibrate expects frames uint8 [F, H, W, 3], got {frames.dtype} {frames.shape}")
+    if len(c2w_commanded) != len(frames):
+        raise Lift3DError(f"calibrate got {len(frames)} frames but {len(c2w_commanded)} commanded cameras")
+    layout = layout or FrameLayout.single_clip(len(frames))
+    if len(layout.frame_ids) != len(frames):
+        raise Lift3DError(f"calibrate got {len(frames)} frames but a layout of {len(layout.frame_ids)}")
+    backend = _load_backend(cfg.backend)
+    return backend(frames, np.asarray(c2w_commanded, np.float64), K, cfg, layout, depth_hint)
+
+
+_loaded: dict[str, object] = {}
+
+
+def _load_backend(name: str):
+    if name not in _loaded:
+        spec = BACKENDS[name]
+        module, fn = spec.factory.split(":")
+        try:
+            _loaded[name] = getattr(importlib.import_module(module), fn)
+        except ImportError as e:
+            raise Lift3DError(f"calibrate.backend={name} needs {spec.needs}: {e}") from e
+    return _loaded[name]
+
+
+__all__ = [
+    "BACKENDS", "CONTRACTS", "Backend", "CalibrateConfig", "Calibration", "ColmapConfig", "FrameLayout", "Similarity",
+    "apply_similarity", "calibrate", "confidence_weight", "fit_to_commanded", "fuse_depth", "normalization",
+    "run_resolution",
+]
+

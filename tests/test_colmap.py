@@ -1,0 +1,94 @@
+"""The COLMAP backend: its pair graph, its densification, and structure from motion on the synthetic tree."""
+
+import numpy as np
+import pytest
+
+from lift3d_core.calibrate import CalibrateConfig, ColmapConfig, FrameLayout, calibrate
+from lift3d_core.calibrate.colmap import densify_depth, pair_graph
+from lift3d_core.camera import intrinsics_from_fov, project_points
+from lift3d_core.errors import Lift3DError
+from lift3d_core.generate import GenerateConfig, SyntheticGeneratorConfig, distinct_frames, generate
+from lift3d_core.image import IngestConfig, ingest_image
+from lift3d_core.metrics import pose_errors
+from lift3d_core.trajectory import TrajectoryConfig, articulated_tree
+
+pytest.importorskip("pycolmap")
+
+
+def test_pair_graph_links_clips_to_their_parents():
+    tree = articulated_tree(TrajectoryConfig(presets=("U", "Round-RI_90"), levels=2, frames_per_clip=6))
+    layout = FrameLayout.from_tree(tree)
+    clips = layout.clip_frames()
+    cfg = ColmapConfig(sequential_overlap=2, link_overlap=2, commanded_neighbors=0)
+    pairs = set(pair_graph(layout, tree.distinct_c2w(), cfg))
+    seq = clips["U/Round-RI_90"]
+    assert (seq[1], seq[2]) in pairs and (seq[1], seq[3]) in pairs and (seq[1], seq[4]) not in pairs
+    assert (clips["U"][-2], seq[1]) in pairs  # the parent's tail against the child's head
+    assert all(i < j for i, j in pairs)
+    more = set(pair_graph(layout, tree.distinct_c2w(), ColmapConfig(sequential_overlap=2, link_overlap=2)))
+    assert pairs < more  # commanded neighbours add pairs across clips that revisit a place
+
+
+def test_densified_depth_is_exact_on_a_plane_and_distrusts_edges():
+    W, H = 64, 48
+    K = intrinsics_from_fov(60.0, W, H)
+    rng = np.random.default_rng(0)
+    # points on the tilted plane z = 3 + 0.5 x, seen by the identity camera
+    xy = rng.uniform(-1.5, 1.5, (200, 2))
+    pts = np.c_[xy, 3.0 + 0.5 * xy[:, 0]]
+    uv, z = project_points(pts, np.eye(4), K)
+    depth, conf = densify_depth(uv, z, np.full(len(z), 0.9), H, W)
+    valid = depth > 0
+    assert valid.mean() > 0.5
+    u, _ = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
+    x_over_z = (u - K[0, 2]) / K[0, 0]
+    truth = 3.0 / (1.0 - 0.5 * x_over_z)  # the plane's depth through each pixel
+    np.testing.assert_allclose(depth[valid], truth[valid], rtol=1e-4)
+    # a step in depth: triangles across it lose confidence
+    z_step = np.where(uv[:, 0] < W / 2, z, 2 * z)
+    _, conf_step = densify_depth(uv, z_step, np.full(len(z), 0.9), H, W)
+    band = slice(W // 2 - 2, W // 2 + 2)
+    assert conf_step[:, band][valid[:, band]].mean() < 0.5 * conf[:, band][valid[:, band]].mean()
+
+
+def _tree_frames(preset: str, width: int, presets=("U", "D", "Round-RI_90", "Round-RI_f90"), levels=1):
+    image = ingest_image("skimage:astronaut", IngestConfig(width=width, height=width * 3 // 4))
+    tree = articulated_tree(TrajectoryConfig(presets=presets, levels=levels, frames_per_clip=16))
+    video = generate(image, tree, GenerateConfig(synthetic=SyntheticGeneratorConfig(preset=preset, distortion=0.0)))
+    return tree, distinct_frames(tree, video.frames), video.K
+
+
+@pytest.mark.slow
+def test_colmap_recovers_the_tree_cameras_of_the_synthetic_scene():
+    """Level 1 of the default tree (61 frames, 128x96), tabletop: every frame registered.
+
+    What SfM reaches here (bench/RESULTS.md has the other sizes): rotation error mean 0.65, max 1.13 degrees;
+    translation mean 1.8 % of the camera rig's RMS spread. The issue's bar (every frame under 1 degree) is
+    not met at this size: the floor is COLMAP's own, the frames are consistent with the commanded cameras to
+    0.37 px (triangulating with them).
+    """
+    tree, frames, K = _tree_frames("tabletop", 128)
+    cal = calibrate(frames, tree.distinct_c2w(), K, CalibrateConfig(backend="colmap", max_points=5000),
+                    layout=FrameLayout.from_tree(tree))
+    assert cal.registered.all()
+    err = pose_errors(cal.c2w, tree.distinct_c2w())
+    assert err["rot_deg_mean"] < 1.0 and err["rot_deg_max"] < 1.5 and err["trans_rel_mean"] < 0.02
+    # the stored similarity puts the calibrated cameras onto the commanded ones
+    mapped = cal.to_commanded.apply_c2w(cal.c2w)
+    assert np.median(np.linalg.norm(mapped[:, :3, 3] - tree.distinct_c2w()[:, :3, 3], axis=1)) < 0.05
+    assert (cal.depth > 0).mean() > 0.1 and cal.points.shape == (5000, 3)
+
+
+@pytest.mark.slow
+def test_frames_that_fail_to_register_are_named():
+    tree, frames, K = _tree_frames("tabletop", 128, presets=("U", "Round-RI_90"))
+    frames = frames.copy()
+    frames[20] = np.random.default_rng(0).integers(0, 255, frames[20].shape, dtype=np.uint8)
+    layout = FrameLayout.from_tree(tree)
+    assert layout.frame_ids[20] == ("Round-RI_90", 5)
+    with pytest.raises(Lift3DError, match=r"\(Round-RI_90, 5\)"):
+        calibrate(frames, tree.distinct_c2w(), K, CalibrateConfig(backend="colmap"), layout=layout)
+    cfg = CalibrateConfig(backend="colmap", colmap=ColmapConfig(allow_unregistered=True))
+    cal = calibrate(frames, tree.distinct_c2w(), K, cfg, layout=layout)
+    assert ["Round-RI_90", 5] in cal.info["unregistered"] and not cal.registered[20]
+    assert (cal.depth[20] == 0).all()
