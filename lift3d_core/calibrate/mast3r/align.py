@@ -21,6 +21,8 @@ confidence grown from frame 0 (a frame's camera comes from a pair in which it is
 so the graph must be symmetrised, as :func:`.pairs.make_pairs` makes it); ``"commanded"`` takes
 the commanded cameras, scaled to the predictions' unit by the median ratio of predicted to
 commanded relative translations. Both then register every pair onto the frames' points.
+Every fit of the initialisation is weighted by log-confidence, as the loss is (raw confidence
+leaves wild low-confidence points too much weight).
 
 Conventions: pixel ``(u, v)`` has its centre at ``(u + 0.5, v + 0.5)`` (lift3d's, see
 :mod:`lift3d_core.camera`); cameras are OpenCV; quaternions ``wxyz``.
@@ -49,7 +51,8 @@ class PairPointmaps:
     """MASt3R's output over a pair graph, ``E`` pairs of ``h x w`` views.
 
     edges: ``int64 [E, 2]`` (i, j). pts_i, pts_j: ``[E, h, w, 3]`` frame i's and frame j's points,
-    both in camera i's frame. conf_i, conf_j: ``[E, h, w]`` in [1, inf).
+    both in camera i's frame. conf_i, conf_j: ``[E, h, w]`` in [1, inf). desc_*: ``[E, h, w, 24]``
+    unit descriptors and desc_conf_* ``[E, h, w]``, when asked for (the alignment does not use them).
     """
 
     edges: np.ndarray
@@ -57,6 +60,10 @@ class PairPointmaps:
     pts_j: torch.Tensor
     conf_i: torch.Tensor
     conf_j: torch.Tensor
+    desc_i: torch.Tensor | None = None
+    desc_j: torch.Tensor | None = None
+    desc_conf_i: torch.Tensor | None = None
+    desc_conf_j: torch.Tensor | None = None
 
     @property
     def num_frames(self) -> int:
@@ -237,8 +244,7 @@ class _Aligner(torch.nn.Module):
     @torch.no_grad()
     def set_state(self, R: torch.Tensor, t: torch.Tensor, pts_world: torch.Tensor, focal: float):
         """Cameras ``R [F,3,3], t [F,3]`` (frame 0 = identity), world points ``[F, h*w, 3]``: set everything."""
-        pw = self.pw
-        s_e, R_e, t_e = weighted_umeyama(self.pred_i, pts_world[self.ei], pw.conf_i.reshape(len(pw.edges), -1))
+        s_e, R_e, t_e = weighted_umeyama(self.pred_i, pts_world[self.ei], self.weight_i)
         factor = BASE_SCALE / s_e.log().mean().exp()
         t, pts_world, s_e, t_e = t * factor, pts_world * factor, s_e * factor, t_e * factor
         depth = ((pts_world - t[:, None]) @ R)[..., 2]
@@ -270,7 +276,8 @@ def _own_pointmaps(pw: PairPointmaps) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _shared_focal(pw: PairPointmaps, best: torch.Tensor) -> float:
-    f = estimate_focal(pw.pts_i[best.to(pw.pts_i.device)], pw.conf_i[best.to(pw.pts_i.device)])
+    b = best.to(pw.pts_i.device)
+    f = estimate_focal(pw.pts_i[b], pw.conf_i[b].float().log())
     return float(f.median())
 
 
@@ -306,7 +313,7 @@ def _init_mst(al: _Aligner, pw: PairPointmaps):
         if b in placed:
             continue
         e = edge_index[(b, a)]  # b first: b's camera is the pair's frame
-        s, Rb, tb = weighted_umeyama(pred_j[e][None], pts[a][None], conf_j[e][None])
+        s, Rb, tb = weighted_umeyama(pred_j[e][None], pts[a][None], al.weight_j[e][None])
         R[b], t[b] = Rb[0], tb[0]
         pts[b] = s[0] * pred_i[e] @ Rb[0].T + tb[0]
         placed.add(b)
@@ -324,8 +331,6 @@ def _init_commanded(al: _Aligner, pw: PairPointmaps, c2w_commanded: np.ndarray):
     dev = al.pred_i.device
     c2w = np.linalg.inv(c2w_commanded[0]) @ np.asarray(c2w_commanded, dtype=np.float64)
     best, _ = _own_pointmaps(pw)
-    conf_i = pw.conf_i.reshape(E, -1).float()
-    conf_j = pw.conf_j.reshape(E, -1).float()
     edge_index = {(int(i), int(j)): e for e, (i, j) in enumerate(pw.edges.tolist())}
     # camera j seen from camera i, from the pixels of j predicted in both pairs (j, i) and (i, j)
     sym = [(e, edge_index[(j, i)]) for (i, j), e in edge_index.items() if (j, i) in edge_index]
@@ -334,7 +339,7 @@ def _init_commanded(al: _Aligner, pw: PairPointmaps, c2w_commanded: np.ndarray):
         e_ij = torch.tensor([a for a, _ in sym])
         e_ji = torch.tensor([b for _, b in sym])
         _, _, t_rel = weighted_umeyama(al.pred_i[e_ji.to(dev)], al.pred_j[e_ij.to(dev)],
-                                       (conf_i[e_ji.to(dev)] * conf_j[e_ij.to(dev)]))
+                                       al.weight_i[e_ji.to(dev)] * al.weight_j[e_ij.to(dev)])
         ij = pw.edges[e_ij.numpy()]
         rel = np.linalg.inv(c2w[ij[:, 0]]) @ c2w[ij[:, 1]]
         baseline = np.linalg.norm(rel[:, :3, 3], axis=-1)
@@ -404,7 +409,9 @@ def global_alignment(
         conf = torch.zeros(pw.num_frames, h, w, device=pw.conf_i.device)
         ei = torch.as_tensor(pw.edges[:, 0], device=conf.device)
         ej = torch.as_tensor(pw.edges[:, 1], device=conf.device)
-        conf.index_reduce_(0, ei, pw.conf_i.float(), "amax")
-        conf.index_reduce_(0, ej, pw.conf_j.float(), "amax")
-    return Alignment(c2w=c2w.numpy(), focal=float(al.focal()), depth=depth.float().cpu().numpy(),
+        for idx, c in ((ei, pw.conf_i), (ej, pw.conf_j)):
+            for e in range(len(idx)):
+                conf[idx[e]] = torch.maximum(conf[idx[e]], c[e].float())
+        focal = float(al.focal())
+    return Alignment(c2w=c2w.numpy(), focal=focal, depth=depth.float().cpu().numpy(),
                      confidence=conf.cpu().numpy(), loss_init=loss_init, loss=loss_final)
