@@ -22,7 +22,7 @@ from lift3d_core.calibrate.mast3r.checkpoint import (
 )
 from lift3d_core.calibrate.mast3r.inference import network_view, pairwise_inference, prepare_images
 from lift3d_core.calibrate.mast3r.model import AsymmetricMASt3R, Mast3rNetConfig, RoPE2D
-from lift3d_core.calibrate.mast3r.pairs import make_pairs
+from lift3d_core.calibrate.mast3r.pairs import clip_membership, make_pairs
 from lift3d_core.camera import intrinsics_from_fov, invert_rigid, rotation_angle, unproject_depth
 from lift3d_core.errors import Lift3DError
 from lift3d_core.synthetic import raycast_depth
@@ -186,6 +186,10 @@ def test_pair_graph_is_oneref_plus_clip_neighbours_symmetrised():
     assert {(1, 2), (2, 3), (4, 5), (5, 6)} <= as_set and (3, 4) not in as_set and (1, 3) not in as_set
     assert len(make_pairs(clip, neighbours=0)) == 12  # the reference's oneref-0, symmetrised
     assert (1, 3) in {tuple(p) for p in make_pairs(clip, neighbours=2).tolist()}
+    default_tree = articulated_tree(TrajectoryConfig())
+    clips = clip_membership(default_tree)
+    assert len(clips) == 241 and len(np.unique(clips[1:])) == 16
+    assert len(make_pairs(clips, neighbours=0)) == 480 and len(make_pairs(clips, neighbours=1)) == 928
 
 
 def test_pairwise_inference_encodes_once_and_matches_the_pair_forward():
@@ -211,10 +215,7 @@ def _synthetic_pairs(noise: float = 0.01, outliers: float = 0.05, seed: int = 0)
     and a fraction of wild points given the lowest confidence."""
     tree = articulated_tree(TrajectoryConfig(presets=("U", "Round-RI_90"), levels=2, frames_per_clip=4))
     c2w = tree.distinct_c2w()
-    clip_of = np.zeros(len(c2w), dtype=np.int64)
-    for (clip_id, t), d in zip(tree.frame_ids(), tree.distinct_frame_index()):
-        if t > 0:
-            clip_of[d] = tree.clip_ids().index(clip_id)
+    clip_of = clip_membership(tree)
     W, H = 32, 24
     K = intrinsics_from_fov(60.0, W, H)
     world = np.stack([unproject_depth(raycast_depth("room", c, K, W, H), c, K) for c in c2w])

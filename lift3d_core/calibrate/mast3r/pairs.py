@@ -39,3 +39,14 @@ def make_pairs(clip_of_frame: np.ndarray, *, neighbours: int = 1, reference: int
     for i, j in sorted(unordered):
         pairs += [(i, j), (j, i)]
     return np.asarray(pairs, dtype=np.int64)
+
+
+def clip_membership(tree) -> np.ndarray:
+    """``int64 [F]``: for each distinct frame of a :class:`~lift3d_core.trajectory.CameraTree`, the index
+    of the clip it first appears in with t >= 1 (0 for the input view, which every level-1 clip shares)."""
+    out = np.zeros(tree.num_distinct_frames, dtype=np.int64)
+    ids = tree.clip_ids()
+    for (clip_id, t), d in zip(tree.frame_ids(), tree.distinct_frame_index()):
+        if t > 0:
+            out[d] = ids.index(clip_id)
+    return out
