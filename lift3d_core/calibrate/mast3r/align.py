@@ -262,7 +262,7 @@ class _Aligner(torch.nn.Module):
 def _own_pointmaps(pw: PairPointmaps) -> tuple[torch.Tensor, torch.Tensor]:
     """For every frame, the pair (as first view) with the highest mean confidence: edge index ``[F]``."""
     n = pw.num_frames
-    score = pw.conf_i.reshape(len(pw.edges), -1).mean(-1)
+    score = pw.conf_i.reshape(len(pw.edges), -1).float().mean(-1).cpu()
     best = torch.full((n,), -1, dtype=torch.long)
     best_score = torch.full((n,), -math.inf)
     for e, (i, _) in enumerate(pw.edges.tolist()):
