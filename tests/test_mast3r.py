@@ -165,8 +165,7 @@ def test_network_views_follow_the_reference_resize_and_crop():
     assert network_resolution((576, 1024)) == (288, 512)
     assert network_resolution((576, 1024), 448) == (240, 448)  # the reference's load size
     assert network_resolution((600, 600)) == (384, 512)  # square frames become 4:3
-    portrait = network_view((1024, 576))
-    assert portrait.net_hw == (512, 288) and portrait.transposed
+    assert network_view((1024, 576)).net_hw == (512, 288)  # portrait stays portrait, as in the reference
     v = network_view((36, 48), 64)
     K = v.intrinsics(50.0)
     # the view's centre pixel and principal point land on the frame's centre and focal / (view px per frame px)

@@ -141,7 +141,7 @@ def calibrate_mast3r(
     model = load_mast3r(checkpoint_path, dev)
     view = network_view(frames.shape[1:3], cfg.image_size, model.cfg.patch_size)
     edges = make_pairs(clip_of_frame, neighbours=cfg.neighbours)
-    pw = pairwise_inference(model, prepare_images(frames, view), edges, transposed=view.transposed,
+    pw = pairwise_inference(model, prepare_images(frames, view), edges,
                             batch_size=cfg.batch_size, dtype=DTYPES[cfg.dtype])
     al = global_alignment(pw, iterations=cfg.iterations, lr=cfg.lr, schedule=cfg.schedule, init=cfg.init,
                           c2w_commanded=c2w_commanded)

@@ -4,9 +4,8 @@ Resolution: frames are resized so their longest side is ``image_size`` (default 
 checkpoint was trained at and is named after; the LiftImage3D reference loads at 448), then
 centre-cropped to multiples of the 16-pixel patch, as DUSt3R's ``load_images`` does (a square
 frame is cropped to 4:3, a shape the network was trained on). 1024x576 generated frames become
-512x288 views. Portrait frames are transposed on the way into the network and its maps
-transposed back, as the reference's ``landscape_only`` wrapper does (the network was trained
-through that wrapper, so its points stay in the untransposed camera).
+512x288 views. Portrait frames go in as they are: the reference's loader builds the network
+with ``landscape_only=False`` and a plain patch embedding, so it transposes nothing at inference.
 
 Each frame is encoded once: the encoder sees one view at a time, so its output is the same in
 every pair, and only the decoders and heads run per pair.
@@ -28,15 +27,13 @@ from lift3d_core.calibrate.mast3r.model import AsymmetricMASt3R
 class NetworkView:
     """How a frame of ``frame_hw`` maps onto the network's ``net_hw`` view.
 
-    The frame is resized to ``resized_hw`` and cropped at ``crop_xy`` (left, top, in resized
-    pixels); ``transposed``: the network reads the view transposed (portrait frames).
+    The frame is resized to ``resized_hw`` and cropped at ``crop_xy`` (left, top, in resized pixels).
     """
 
     frame_hw: tuple[int, int]
     resized_hw: tuple[int, int]
     crop_xy: tuple[int, int]
     net_hw: tuple[int, int]
-    transposed: bool
 
     def intrinsics(self, focal: float) -> np.ndarray:
         """K ``[3, 3]`` in frame pixels for a focal in view pixels, principal point at the view's centre."""
@@ -68,7 +65,7 @@ def network_view(frame_hw: tuple[int, int], image_size: int = 512, patch_size: i
     if min(h, w) < patch_size:
         raise ValueError(f"frames of {W}x{H} at image_size {image_size} leave less than one {patch_size}-px patch")
     return NetworkView(frame_hw=(H, W), resized_hw=(Hr, Wr), crop_xy=(Wr // 2 - w // 2, Hr // 2 - h // 2),
-                       net_hw=(h, w), transposed=h > w)
+                       net_hw=(h, w))
 
 
 def prepare_images(frames: np.ndarray, view: NetworkView) -> torch.Tensor:
@@ -93,7 +90,6 @@ def pairwise_inference(
     images: torch.Tensor,
     edges: np.ndarray,
     *,
-    transposed: bool = False,
     batch_size: int = 8,
     dtype: torch.dtype = torch.float32,
     with_desc: bool = False,
@@ -107,8 +103,6 @@ def pairwise_inference(
     """
     device = next(model.parameters()).device
     x = images.to(device)
-    if transposed:
-        x = x.transpose(-1, -2)
     hw = tuple(x.shape[-2:])
     feats, pos = [], None
     with _autocast(device, dtype):
@@ -129,8 +123,7 @@ def pairwise_inference(
         res1, res2 = model.heads(dec1, dec2, hw)
         for k in keys:
             for v, res in ((1, res1), (2, res2)):
-                t = res[k]
-                out[f"{k}_{v}"].append(t.transpose(1, 2) if transposed else t)
+                out[f"{k}_{v}"].append(res[k])
     cat = {k: torch.cat(v).contiguous() for k, v in out.items()}
     for v in (1, 2):
         bad = ~(torch.isfinite(cat[f"pts3d_{v}"]).all(-1) & torch.isfinite(cat[f"conf_{v}"]))

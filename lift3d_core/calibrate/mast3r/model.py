@@ -24,8 +24,8 @@ Outputs per view, image ``[B, 3, H, W]`` in [-1, 1] (``(rgb - 0.5) / 0.5``), H a
 [1, inf), ``desc [B, H, W, 24]`` unit vectors, ``desc_conf [B, H, W]`` in [0, inf) for the
 official checkpoint (its ``desc_conf_mode`` is ('exp', 0, inf)).
 
-Images must be landscape (W >= H); :mod:`.inference` transposes portrait ones, as the
-reference's ``landscape_only`` wrapper does.
+Any patch-multiple size runs (RoPE needs no fixed grid). Training transposed portrait pairs into
+landscape; the reference's inference loader turns that off (``landscape_only=False``), and so do we.
 """
 
 from __future__ import annotations
