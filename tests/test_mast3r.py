@@ -175,6 +175,29 @@ def test_network_views_follow_the_reference_resize_and_crop():
     assert v.to_frame(depth).shape == (1, 36, 48)
 
 
+def test_view_depth_maps_back_onto_the_frame_geometry():
+    # depth ray-cast in the network view, mapped to the frame with the view's K, must be the frame's own depth
+    view = network_view((70, 100), 64)
+    (h, w), focal = view.net_hw, 40.0
+    K_view = np.array([[focal, 0, w / 2], [0, focal, h / 2], [0, 0, 1.0]])
+    depth_view = raycast_depth("room", np.eye(4), K_view, w, h).astype(np.float32)
+    depth = view.to_frame(depth_view[None])[0]
+    truth = raycast_depth("room", np.eye(4), view.intrinsics(focal), 100, 70)
+    inside = depth > 0
+    assert inside.mean() == pytest.approx(32 / 45, abs=0.02)  # 100x70 -> 64x45, cropped to 64x32 view pixels
+    rel = np.abs(depth[inside] / truth[inside] - 1)
+    assert np.median(rel) < 0.01 and np.quantile(rel, 0.9) < 0.05
+
+
+def test_config_is_validated_and_keys_only_what_changes_numbers():
+    for bad in ({"image_size": 500}, {"init": "random"}, {"min_conf_thr": 0.5}, {"dtype": "int8"},
+                {"schedule": "step"}, {"batch_size": 0}):
+        with pytest.raises(Lift3DError, match=r"calibrate\.mast3r"):
+            Mast3rConfig(**bad)
+    assert Mast3rConfig(batch_size=64, device="cuda").key_params() == Mast3rConfig().key_params()
+    assert Mast3rConfig(iterations=100).key_params() != Mast3rConfig().key_params()
+
+
 def test_pair_graph_is_oneref_plus_clip_neighbours_symmetrised():
     clip = np.array([0, 0, 0, 0, 1, 1, 1])
     pairs = make_pairs(clip, neighbours=1)
@@ -289,4 +312,3 @@ def test_calibrate_mast3r_runs_a_tiny_random_model_end_to_end(tmp_path):
     assert ((cal.confidence == 0) | (cal.confidence >= 1)).all() and (cal.confidence >= 1).mean() > 0.9
     assert np.abs(cal.points).max() == pytest.approx(10.0, rel=1e-5)
     assert cal.points.shape[0] == cal.colors.shape[0] == 500
-    assert "batch_size" not in cfg.key_params() and "device" not in cfg.key_params()

@@ -4,7 +4,10 @@ Our own implementation of ``AsymmetricMASt3R`` (Leroy, Cabon, Revaud, "Grounding
 Matching in 3D with MASt3R", 2024), written from the public naver/mast3r, naver/dust3r
 and naver/croco code so that the official checkpoint
 ``MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric.pth`` loads with the identity key
-mapping: every module below carries the official attribute name.
+mapping: every module below carries the official attribute name. Checked once (a scratch run,
+not a test: the reference code is not a dependency) against naver/mast3r's own classes on a
+shrunken config with the same random weights: outputs equal to 7e-7 (float32 round-off), landscape
+and portrait views.
 
 Architecture (values of the official checkpoint in :meth:`Mast3rNetConfig.official`):
 
