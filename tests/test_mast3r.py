@@ -232,13 +232,17 @@ def test_pairwise_inference_encodes_once_and_matches_the_pair_forward():
 # ----------------------------------------------------------------------------- global alignment
 
 
-def _synthetic_pairs(noise: float = 0.01, outliers: float = 0.05, seed: int = 0):
-    """Ground-truth pointmaps of the 'room' scene over a small tree, one random scale per pair, noise,
+SMALL_TREE = TrajectoryConfig(presets=("U", "Round-RI_90"), levels=2, frames_per_clip=4)
+
+
+def _synthetic_pairs(noise: float = 0.01, outliers: float = 0.05, seed: int = 0, tree_cfg=SMALL_TREE,
+                     size=(32, 24)):
+    """Ground-truth pointmaps of the 'room' scene over a tree, one random scale per pair, noise,
     and a fraction of wild points given the lowest confidence."""
-    tree = articulated_tree(TrajectoryConfig(presets=("U", "Round-RI_90"), levels=2, frames_per_clip=4))
+    tree = articulated_tree(tree_cfg)
     c2w = tree.distinct_c2w()
     clip_of = clip_membership(tree)
-    W, H = 32, 24
+    W, H = size
     K = intrinsics_from_fov(60.0, W, H)
     world = np.stack([unproject_depth(raycast_depth("room", c, K, W, H), c, K) for c in c2w])
     edges = make_pairs(clip_of, neighbours=1)
@@ -272,24 +276,40 @@ def _pose_errors(c2w_est, c2w_true, extent):
     return rot, np.linalg.norm(centres - c2w_true[:, :3, 3], axis=-1).max() / extent
 
 
-@pytest.mark.parametrize("init", ["mst", "commanded"])
-def test_global_alignment_recovers_known_cameras_and_focal(init):
-    pw, c2w, K, extent = _synthetic_pairs()
-    rng = np.random.default_rng(1)
-    commanded = c2w.copy()  # a generator obeys its commands only roughly: 2 degrees and 5% of the extent off
+def _roughly_obeyed(c2w, extent, seed=1):
+    """Commanded cameras a generator obeyed only roughly: 2 degrees and 5% of the extent off (not frame 0)."""
+    rng = np.random.default_rng(seed)
+    commanded = c2w.copy()
     for f in range(1, len(c2w)):
         axis = rng.normal(size=3)
         angle = np.radians(2.0) * axis / np.linalg.norm(axis)
         Kx = np.array([[0, -angle[2], angle[1]], [angle[2], 0, -angle[0]], [-angle[1], angle[0], 0]])
         commanded[f, :3, :3] = (np.eye(3) + Kx) @ c2w[f, :3, :3]
         commanded[f, :3, 3] += rng.normal(0.0, 0.05 * extent / 3**0.5, 3)
-    al = global_alignment(pw, iterations=200, init=init, c2w_commanded=commanded)
+    return commanded
+
+
+@pytest.mark.parametrize("init", ["mst", "commanded"])
+def test_global_alignment_recovers_known_cameras_and_focal(init):
+    pw, c2w, K, extent = _synthetic_pairs()
+    al = global_alignment(pw, iterations=200, init=init, c2w_commanded=_roughly_obeyed(c2w, extent))
     rot, trans = _pose_errors(al.c2w, c2w, extent)
     assert np.allclose(al.c2w[0], np.eye(4))  # the input view stays at the origin
     assert rot < 0.5 and trans < 0.01, (rot, trans)
     assert al.focal == pytest.approx(K[0, 0], rel=0.02)
     assert al.loss < al.loss_init
     assert al.confidence.min() >= 1.0 and al.depth.shape == (len(c2w), 24, 32)
+
+
+@pytest.mark.slow
+def test_global_alignment_on_the_default_tree():
+    # the full tree (241 frames, 928 pairs, frames two clips away from the input) at 16x12 pixels, ~15 s
+    pw, c2w, K, extent = _synthetic_pairs(tree_cfg=TrajectoryConfig(), size=(16, 12))
+    assert len(c2w) == 241 and len(pw.edges) == 928
+    al = global_alignment(pw, iterations=400, init="commanded", c2w_commanded=_roughly_obeyed(c2w, extent))
+    rot, trans = _pose_errors(al.c2w, c2w, extent)
+    assert rot < 0.5 and trans < 0.01, (rot, trans)
+    assert al.focal == pytest.approx(K[0, 0], rel=0.02)
 
 
 # ----------------------------------------------------------------------------- end to end

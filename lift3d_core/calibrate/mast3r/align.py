@@ -18,9 +18,9 @@ arbitrary; :mod:`.backend` normalises the result like every other calibration.
 
 Initialisation (``init``): ``"mst"`` chains the pairs along a maximum spanning tree of pair
 confidence grown from frame 0 (a frame's camera comes from a pair in which it is the first view,
-so the graph must be symmetrised, as :func:`.pairs.make_pairs` makes it); ``"commanded"`` takes
-the commanded cameras, scaled to the predictions' unit by the median ratio of predicted to
-commanded relative translations. Both then register every pair onto the frames' points.
+so the graph must be symmetrised, as :func:`.pairs.make_pairs` makes it); ``"commanded"`` keeps
+the tree's points and takes the commanded cameras instead, scaled to the points' unit. Both then
+register every pair onto the frames' points.
 Every fit of the initialisation is weighted by log-confidence, as the loss is (raw confidence
 leaves wild low-confidence points too much weight).
 
@@ -281,10 +281,13 @@ def _shared_focal(pw: PairPointmaps, best: torch.Tensor) -> float:
     return float(f.median())
 
 
-@torch.no_grad()
-def _init_mst(al: _Aligner, pw: PairPointmaps):
+def _mst_chain(al: _Aligner, pw: PairPointmaps):
     """Grow a maximum spanning tree of pair confidence from frame 0; each new frame's camera comes from
-    the pair in which it is the first view, registered onto the already placed frame's points."""
+    the pair in which it is the first view, registered onto the already placed frame's points.
+
+    Returns cameras ``R [F, 3, 3]``, ``t [F, 3]`` and world points ``[F, h*w, 3]`` (frame 0 = identity)
+    and each frame's best own pair ``[F]``.
+    """
     n = pw.num_frames
     E = len(pw.edges)
     best, _ = _own_pointmaps(pw)
@@ -321,39 +324,33 @@ def _init_mst(al: _Aligner, pw: PairPointmaps):
     if len(placed) < n:
         missing = sorted(set(range(n)) - placed)
         raise Lift3DError(f"MASt3R alignment: frames {missing} are not connected to the input view by any pair")
+    return R, t, pts, best
+
+
+@torch.no_grad()
+def _init_mst(al: _Aligner, pw: PairPointmaps):
+    R, t, pts, best = _mst_chain(al, pw)
     al.set_state(R, t, pts, _shared_focal(pw, best))
 
 
 @torch.no_grad()
 def _init_commanded(al: _Aligner, pw: PairPointmaps, c2w_commanded: np.ndarray):
-    """Commanded cameras (relative to frame 0), their unit matched to the predictions'."""
-    E = len(pw.edges)
-    dev = al.pred_i.device
+    """The commanded cameras (relative to frame 0) with the spanning tree's points.
+
+    The points come from chaining the pairs, which keeps their scales consistent; the commanded
+    cameras are brought to the points' unit by the least-squares scale between the two sets of
+    camera centres (both start at frame 0, so a scale is all that separates them).
+    """
+    _, t_chain, pts, best = _mst_chain(al, pw)
+    dev = pts.device
     c2w = np.linalg.inv(c2w_commanded[0]) @ np.asarray(c2w_commanded, dtype=np.float64)
-    best, _ = _own_pointmaps(pw)
-    edge_index = {(int(i), int(j)): e for e, (i, j) in enumerate(pw.edges.tolist())}
-    # camera j seen from camera i, from the pixels of j predicted in both pairs (j, i) and (i, j)
-    sym = [(e, edge_index[(j, i)]) for (i, j), e in edge_index.items() if (j, i) in edge_index]
-    ratio = torch.full((E,), math.nan, dtype=torch.float64)
-    if sym:
-        e_ij = torch.tensor([a for a, _ in sym])
-        e_ji = torch.tensor([b for _, b in sym])
-        _, _, t_rel = weighted_umeyama(al.pred_i[e_ji.to(dev)], al.pred_j[e_ij.to(dev)],
-                                       al.weight_i[e_ji.to(dev)] * al.weight_j[e_ij.to(dev)])
-        ij = pw.edges[e_ij.numpy()]
-        rel = np.linalg.inv(c2w[ij[:, 0]]) @ c2w[ij[:, 1]]
-        baseline = np.linalg.norm(rel[:, :3, 3], axis=-1)
-        ok = baseline > 0.05 * baseline.max() if baseline.max() > 0 else np.zeros_like(baseline, dtype=bool)
-        pred_len = t_rel.norm(dim=-1).double().cpu().numpy()
-        ratio[e_ij[ok]] = torch.from_numpy(pred_len[ok] / baseline[ok])
-    finite = ratio[torch.isfinite(ratio) & (ratio > 0)]
-    k = float(finite.median()) if len(finite) else 1.0  # prediction units per commanded unit
+    centres = torch.as_tensor(c2w[:, :3, 3], dtype=torch.float32, device=dev)
+    denom = float((t_chain * t_chain).sum())
+    k = float((centres * t_chain).sum()) / denom if denom > 0 else 0.0  # commanded units per chain unit
+    if not k > 0:
+        k = 1.0  # no baseline anywhere (or a chain pointing against the commands): keep the commanded unit
     R = torch.as_tensor(c2w[:, :3, :3], dtype=torch.float32, device=dev)
-    t = torch.as_tensor(c2w[:, :3, 3] * k, dtype=torch.float32, device=dev)
-    r = torch.where(torch.isfinite(ratio) & (ratio > 0), k / ratio, torch.ones_like(ratio)).float().to(dev)
-    bd = best.to(dev)
-    pts = (r[bd][:, None, None] * al.pred_i[bd]) @ R.transpose(1, 2) + t[:, None]
-    al.set_state(R, t, pts, _shared_focal(pw, best))
+    al.set_state(R, centres / k, pts, _shared_focal(pw, best))
 
 
 def global_alignment(
