@@ -213,7 +213,8 @@ class _Aligner(torch.nn.Module):
     def focal(self) -> torch.Tensor:
         return (self.focal_p / FOCAL_BREAK).exp()
 
-    def c2w(self) -> torch.Tensor:
+    def c2w(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cameras ``R [F, 3, 3]``, centres ``t [F, 3]``; frame 0 is the identity, not a parameter."""
         dev = self.pose_q.device
         R = torch.cat((torch.eye(3, device=dev)[None], _quat_to_rotmat(self.pose_q)))
         t = torch.cat((torch.zeros(1, 3, device=dev), _signed_expm1(self.pose_t)))
@@ -404,11 +405,9 @@ def global_alignment(
         h, w = pw.shape
         depth = al.log_depth.exp().reshape(-1, h, w)
         conf = torch.zeros(pw.num_frames, h, w, device=pw.conf_i.device)
-        ei = torch.as_tensor(pw.edges[:, 0], device=conf.device)
-        ej = torch.as_tensor(pw.edges[:, 1], device=conf.device)
-        for idx, c in ((ei, pw.conf_i), (ej, pw.conf_j)):
-            for e in range(len(idx)):
-                conf[idx[e]] = torch.maximum(conf[idx[e]], c[e].float())
+        for e, (i, j) in enumerate(pw.edges.tolist()):
+            conf[i] = torch.maximum(conf[i], pw.conf_i[e].float())
+            conf[j] = torch.maximum(conf[j], pw.conf_j[e].float())
         focal = float(al.focal())
     return Alignment(c2w=c2w.numpy(), focal=focal, depth=depth.float().cpu().numpy(),
                      confidence=conf.cpu().numpy(), loss_init=loss_init, loss=loss_final)
