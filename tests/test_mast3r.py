@@ -332,3 +332,31 @@ def test_calibrate_mast3r_runs_a_tiny_random_model_end_to_end(tmp_path):
     assert ((cal.confidence == 0) | (cal.confidence >= 1)).all() and (cal.confidence >= 1).mean() > 0.9
     assert np.abs(cal.points).max() == pytest.approx(10.0, rel=1e-5)
     assert cal.points.shape[0] == cal.colors.shape[0] == 500
+
+
+def test_mast3r_through_the_calibrate_registry_keys_its_checkpoint(tmp_path, monkeypatch):
+    from lift3d_core.calibrate import CalibrateConfig, FrameLayout, calibrate
+    from lift3d_core.calibrate.contract import Similarity
+
+    monkeypatch.setenv("LIFT3D_DIGEST_CACHE", str(tmp_path / "digests.json"))
+    path = tmp_path / "tiny_mast3r.pth"
+    _save_official_layout(_tiny_model(2), path)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (4, 36, 48, 3), dtype=np.uint8)
+    c2w = np.tile(np.eye(4), (4, 1, 1))
+    c2w[:, 0, 3] = [0.0, 0.1, 0.2, 0.3]
+    m = Mast3rConfig(checkpoint=str(path), image_size=64, iterations=10, min_conf_thr=1.0, device="cpu")
+    cfg = CalibrateConfig(backend="mast3r", max_points=500, mast3r=m)
+    cal = calibrate(frames, c2w, intrinsics_from_fov(60, 48, 36), cfg, layout=FrameLayout.single_clip(4))
+    assert isinstance(cal.to_commanded, Similarity) and cal.registered.all()
+    # the fitted similarity maps the calibrated centres onto the commanded ones as well as a similarity can
+    moved = cal.to_commanded.apply_c2w(cal.c2w)
+    assert moved.shape == (4, 4, 4)
+    digest = cfg.models()["mast3r"]
+    assert digest.startswith("sha256:") and len(digest) == 71
+    # what only changes the speed stays out of the key; what changes the numbers is in it
+    from dataclasses import replace
+    assert replace(cfg, mast3r=replace(m, batch_size=1)).key_params() == cfg.key_params()
+    assert replace(cfg, mast3r=replace(m, iterations=11)).key_params() != cfg.key_params()
+    path.write_bytes(path.read_bytes() + b"\0")  # another file: another digest
+    assert cfg.models()["mast3r"] != digest

@@ -26,6 +26,7 @@ import numpy as np
 from lift3d_core.calibrate.colmap import ColmapConfig
 from lift3d_core.calibrate.contract import CONTRACTS, Similarity, confidence_weight, fit_to_commanded, run_resolution
 from lift3d_core.calibrate.fusion import apply_similarity, fuse_depth, normalization
+from lift3d_core.calibrate.mast3r.config import Mast3rConfig
 from lift3d_core.config import config_to_dict
 from lift3d_core.errors import Lift3DError
 
@@ -44,7 +45,7 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "commanded": Backend(None, "lift3d_core.calibrate.commanded:calibrate_commanded", ""),
     "colmap": Backend("colmap", "lift3d_core.calibrate.colmap:calibrate_colmap", "pycolmap (pip install pycolmap)"),
-    "mast3r": Backend("mast3r", "lift3d_core.calibrate.mast3r.backend:calibrate_mast3r",
+    "mast3r": Backend("mast3r", "lift3d_core.calibrate.mast3r.backend:calibrate_from_layout",
                       "lift3d_core.calibrate.mast3r (this build of lift3d lacks it)"),
 }
 
@@ -56,6 +57,7 @@ class CalibrateConfig:
     max_points: size of the fused point cloud (uniform subsample over frames).
     normalize_extent: largest absolute coordinate of the normalised point cloud.
     colmap: the ``calibrate.colmap`` section (read only when ``backend: colmap``).
+    mast3r: the ``calibrate.mast3r`` section (read only when ``backend: mast3r``).
     """
 
     backend: str = "commanded"
@@ -63,6 +65,7 @@ class CalibrateConfig:
     normalize_extent: float = 10.0
     seed: int = 0
     colmap: ColmapConfig = field(default_factory=ColmapConfig)
+    mast3r: Mast3rConfig = field(default_factory=Mast3rConfig)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -77,12 +80,22 @@ class CalibrateConfig:
         name = BACKENDS[self.backend].section
         return None if name is None else getattr(self, name, None)
 
+    def models(self) -> dict[str, str]:
+        """Checkpoint name -> SHA-256 digest of what the active backend reads (for the store key); a missing file
+        raises one Lift3DError naming it and where to get it."""
+        if self.backend != "mast3r":
+            return {}
+        from lift3d_core.checkpoints import checkpoint_path, digest
+
+        return {"mast3r": digest(checkpoint_path("mast3r", self.mast3r.checkpoint))}
+
     def key_params(self) -> dict:
         """What the store key hashes: the shared settings and only the active backend's section."""
         out = {"backend": self.backend, "max_points": self.max_points, "normalize_extent": self.normalize_extent,
                "seed": self.seed}
-        if self.section() is not None:
-            out[self.backend] = config_to_dict(self.section())
+        sec = self.section()
+        if sec is not None:  # a section may leave out what only changes the speed
+            out[self.backend] = sec.key_params() if hasattr(sec, "key_params") else config_to_dict(sec)
         return out
 
 

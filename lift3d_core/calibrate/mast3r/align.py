@@ -37,13 +37,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lift3d_core.calibrate.mast3r.config import INITS, SCHEDULES
 from lift3d_core.errors import Lift3DError
 
 BASE_SCALE = 0.5  # geometric mean of the pair scales (DUSt3R's base_scale)
 FOCAL_BREAK = 20.0  # the focal is optimised as 20 * log(f): its steps are 20x smaller (DUSt3R)
 LR_MIN = 1e-6  # end of the cosine schedule (DUSt3R)
-INITS = ("mst", "commanded")
-SCHEDULES = ("cosine", "linear")
 
 
 @dataclass

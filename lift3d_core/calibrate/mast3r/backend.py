@@ -22,80 +22,22 @@ Contract of this backend:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lift3d_core.calibrate import Calibration, apply_similarity, fuse_depth, normalization
-from lift3d_core.calibrate.mast3r.align import INITS, SCHEDULES, global_alignment
-from lift3d_core.calibrate.mast3r.checkpoint import CHECKPOINT_NAME, load_mast3r
+from lift3d_core.calibrate import Calibration, FrameLayout, apply_similarity, fuse_depth, normalization
+from lift3d_core.calibrate.contract import fit_to_commanded
+from lift3d_core.calibrate.mast3r.align import global_alignment
+from lift3d_core.calibrate.mast3r.checkpoint import load_mast3r
+from lift3d_core.calibrate.mast3r.config import Mast3rConfig
 from lift3d_core.calibrate.mast3r.inference import network_view, pairwise_inference, prepare_images
 from lift3d_core.calibrate.mast3r.pairs import make_pairs
 from lift3d_core.errors import Lift3DError
 
 CONFIDENCE_RANGE = (1.0, math.inf)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# fields that change only the speed, never the numbers: not part of the store key
-_SPEED_ONLY = ("batch_size", "device")
-
-
-@dataclass(frozen=True)
-class Mast3rConfig:
-    """The ``calibrate.mast3r`` section.
-
-    checkpoint: file name under checkpoints/ (its digest, not its name, belongs in the store key).
-    image_size: longest side of the network views (512: the checkpoint's; the reference uses 448).
-    neighbours: pair frames at most this many steps apart within a clip (0: the reference's graph).
-    init: "commanded" (the trajectory's cameras) or "mst" (DUSt3R's spanning-tree chaining).
-    iterations, lr, schedule: the alignment's Adam run (reference: 400, 0.01, cosine).
-    min_conf_thr: confidence (MASt3R's [1, inf) scale) a pixel needs to enter the fused cloud.
-    dtype: autocast precision of the encoder and decoders (float32 as the reference, or bfloat16).
-    batch_size: pairs per forward pass; speed only, not hashed.
-    device: "auto" (CUDA when present) or a torch device; speed only, not hashed.
-    """
-
-    checkpoint: str = CHECKPOINT_NAME
-    image_size: int = 512
-    neighbours: int = 1
-    init: str = "commanded"
-    iterations: int = 400
-    lr: float = 0.01
-    schedule: str = "cosine"
-    min_conf_thr: float = 3.0
-    dtype: str = "float32"
-    batch_size: int = 8
-    device: str = "auto"
-
-    def __post_init__(self):
-        where = "calibrate.mast3r"
-        if self.image_size < 64 or self.image_size % 16:
-            raise Lift3DError(f"{where}.image_size must be a multiple of 16 and >= 64, got {self.image_size}")
-        if self.neighbours < 0:
-            raise Lift3DError(f"{where}.neighbours must be >= 0, got {self.neighbours}")
-        if self.init not in INITS:
-            raise Lift3DError(f"{where}.init must be one of {INITS}, got {self.init!r}")
-        if self.schedule not in SCHEDULES:
-            raise Lift3DError(f"{where}.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.iterations < 0 or not self.lr > 0:
-            raise Lift3DError(f"{where}: iterations must be >= 0 and lr > 0, got {self.iterations}, {self.lr}")
-        if self.min_conf_thr < 1.0:
-            raise Lift3DError(f"{where}.min_conf_thr is on MASt3R's [1, inf) scale; got {self.min_conf_thr}")
-        if self.dtype not in DTYPES:
-            raise Lift3DError(f"{where}.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.batch_size < 1:
-            raise Lift3DError(f"{where}.batch_size must be >= 1, got {self.batch_size}")
-
-    def key_params(self) -> dict:
-        """What the store key hashes: every field but the speed-only ones and the file name."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in _SPEED_ONLY and f.name != "checkpoint"}
-
-    def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
 
 
 def network_resolution(frame_hw: tuple[int, int], image_size: int = 512) -> tuple[int, int]:
@@ -165,3 +107,19 @@ def calibrate_mast3r(
         center=center,
         scale=scale,
     )
+
+
+def calibrate_from_layout(frames, c2w_commanded, K, cfg, layout: FrameLayout, depth_hint=None) -> Calibration:
+    """The calibrate package's backend signature: ``cfg`` the whole ``calibrate`` section, ``layout`` the frames'
+    clips; the generator's depth, if any, is not used (MASt3R measures its own). Adds the similarity to the
+    commanded frame (the contract's Umeyama on the camera centres)."""
+    from lift3d_core.checkpoints import checkpoint_path
+
+    clip_ids = list(layout.parents)
+    clip_of_frame = np.array([clip_ids.index(c) if t > 0 else 0 for c, t in layout.frame_ids], dtype=np.int64)
+    m = cfg.mast3r
+    cal = calibrate_mast3r(frames, c2w_commanded, K, clip_of_frame, m,
+                           checkpoint_path=checkpoint_path("mast3r", m.checkpoint),
+                           max_points=cfg.max_points, normalize_extent=cfg.normalize_extent, seed=cfg.seed)
+    cal.to_commanded = fit_to_commanded(cal.c2w, np.asarray(c2w_commanded, np.float64), cal.registered)
+    return cal

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
+from lift3d_core.calibrate.mast3r.config import CHECKPOINT_NAME
 from lift3d_core.calibrate.mast3r.model import INF, AsymmetricMASt3R, Mast3rNetConfig
 from lift3d_core.errors import Lift3DError
 
-CHECKPOINT_NAME = "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric.pth"
 WHERE = ("download it from the naver/mast3r README "
          "(https://download.europe.naverlabs.com/ComputerVision/MASt3R/" + CHECKPOINT_NAME + ") into checkpoints/")
 
