@@ -23,7 +23,8 @@ frame-varying part alone, ``offset_cos_var`` / ``offset_gain_var``).
         --iterations 1500 --points 30000 --max-gaussians 40000 --jobs 1      # the GPU run of bench/RESULTS.md
 
 The CPU defaults are sized for 2 cores, a budget at which 3DGS is far from converged and the comparison says
-little; bench/RESULTS.md records the GPU-sized run and what the recipe in ``BENCH_FIELD`` was chosen from.
+little; bench/RESULTS.md records the GPU-sized run. The distortion-aware recipe is ``params.yaml``'s (``params_recipe``):
+the bench compresses only the schedule to its budget.
 """
 
 from __future__ import annotations
@@ -67,36 +68,14 @@ def photo(scene: str) -> np.ndarray:
     return getattr(data, PHOTOS[scene])()
 
 
-# The field the CPU budget affords (see the module docstring of splat/train_distortion.py for the reference's) and
-# the training recipe that lets it learn within a short schedule (bench/RESULTS.md, "what moved it"): position
-# offsets only, one coarse level (the synthetic distortion is smooth in space and frame code), learning rates ten
-# times LiftImage3D's, no plane regularisers (their reference weights are sized for 64-cell planes: on 8 cells the
-# same smoothness costs ~64 times more and pins the frame planes to 1) and the frame curriculum (the coarse stage
-# sees the 10% of frames nearest the input view; the others enter during the first 40% of the fine stage, so
-# that all of them are in before densification ends) and a frame-mean penalty of 20.
-BENCH_FIELD = dict(
-    features_per_plane=8,
-    spatial_resolution=8,
-    frame_resolution=8,
-    multires=[1],
-    net_width=32,
-    deform_scale=False,
-    deform_rotation=False,
-    lr_grid=1.6e-2,
-    lr_grid_final=1.6e-3,
-    lr_mlp=1.6e-3,
-    lr_mlp_final=1.6e-4,
-    plane_tv_weight=2e-4 / 64,
-    frame_smoothness_weight=1e-3 / 64,
-    frame_l1_weight=1e-4,
-    max_offset_fraction=0.02,
-    frame_mean_weight=20.0,
-    frame_mean_codes=4,
-    frame_mean_samples=1024,
-    anchor_samples=1024,
-    curriculum_start=0.1,
-)
-CURRICULUM_FRACTION = 0.4  # of the fine stage: every frame is in before densification stops (60% of the run)
+def params_recipe() -> dict:
+    """The distortion-aware recipe users get: every field, regulariser and curriculum setting of ``params.yaml``'s
+    ``train`` section (the plain 3DGS schedule is this bench's own, compressed to its budget; see ``configs``)."""
+    import yaml
+
+    section = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]
+    own = {f.name for f in fields(DistortionTrainConfig)} - {"train", "coarse_iterations", "fine_iterations", "batch_size"}
+    return {k: v for k, v in section.items() if k in own}
 
 
 def configs(args) -> tuple[TrainConfig, DistortionTrainConfig]:
@@ -117,8 +96,10 @@ def configs(args) -> tuple[TrainConfig, DistortionTrainConfig]:
         opacity_reset_every=10 * n,
         max_gaussians=args.max_gaussians,
     )
-    values = {**_flat_train(train), **BENCH_FIELD, "coarse_iterations": coarse, "fine_iterations": n - coarse, "batch_size": 2,
-              "curriculum_steps": max(round(CURRICULUM_FRACTION * (n - coarse)), 1)}
+    recipe = params_recipe()
+    if recipe.get("curriculum_steps"):  # the same share of the fine stage as in params.yaml (14,000 fine steps there)
+        recipe["curriculum_steps"] = max(round(recipe["curriculum_steps"] / 14_000 * (n - coarse)), 1)
+    values = {**_flat_train(train), **recipe, "coarse_iterations": coarse, "fine_iterations": n - coarse, "batch_size": 2}
     for item in args.set:
         key, value = item.split("=", 1)
         values[key] = json.loads(value)

@@ -121,6 +121,17 @@ class DistortionTrainConfig:
     fraction of the field bounds' diagonal per component, so that a Gaussian no frame constrains well cannot be
     sent across the scene.
 
+    ``field_render_size`` (ours, None = LiftImage3D): *decoupled* training. The canonical Gaussians learn from
+    the full-resolution renders of the frames moved by the field's offsets *without gradient* (densification
+    reads those renders, as in plain 3DGS); the field learns only from a second render of the same frames, of
+    the canonical Gaussians *without gradient* moved by its offsets, downscaled by :func:`field_downscale` so
+    that its shorter side is about ``field_render_size`` pixels, against the frames area-averaged to that size
+    (L1, weight ``field_loss_weight``). Why: a frame's drift is a share of the image, so at full resolution it
+    spans many pixels and the photometric gradient of a sharp scene no longer points across it, while the field
+    then fits each frame's fine residuals instead (at 1024x576 the coupled field learned no frame-varying offset,
+    or, given a pyramid loss, quadrupled the Gaussians and cost 7 dB on undistorted frames: bench/RESULTS.md).
+    At about 72 px every resolution trains the field as the 128x96 ablation does, where it learns.
+
     ``input_view_repeats``: extra copies of the input-view frames (code == ``input_code``) in every epoch of
     the frame order (LiftImage3D: 50). ``train``: the plain 3DGS config (densification, Gaussian learning
     rates, depth loss, backend, seed, ...).
@@ -169,6 +180,8 @@ class DistortionTrainConfig:
     max_offset_fraction: float | None = None
     pyramid_weight: float = 0.0
     pyramid_levels: int = 0
+    field_render_size: int | None = None
+    field_loss_weight: float = 1.0
     train: TrainConfig = LIFTIMAGE3D_TRAIN
 
     def __post_init__(self):
@@ -198,6 +211,9 @@ class DistortionTrainConfig:
         need(self.max_offset_fraction is None or self.max_offset_fraction > 0,
              f"max_offset_fraction must be > 0 or None, got {self.max_offset_fraction}")
         need(self.pyramid_weight >= 0 and self.pyramid_levels >= 0, "pyramid_weight must be >= 0 and pyramid_levels >= 0")
+        need(self.field_render_size is None or self.field_render_size >= 8,
+             f"field_render_size must be >= 8 pixels or None, got {self.field_render_size}")
+        need(self.field_loss_weight > 0, f"field_loss_weight must be > 0, got {self.field_loss_weight}")
         if isinstance(self.compile_field, bool):  # YAML reads a bare on / off as a boolean
             object.__setattr__(self, "compile_field", "on" if self.compile_field else "off")
         need(self.compile_field in ("auto", "on", "off"),
@@ -322,6 +338,9 @@ class DistortionTrainer(Trainer):
         self._compile_field = cfg.compile_field == "on" or (cfg.compile_field == "auto" and self.device.type == "cuda")
         self._field_compiled = False
         self._input_code = torch.tensor(cfg.input_code, dtype=torch.float32, device=self.device)
+        self._field_factor = field_downscale(self.height, self.width, cfg.field_render_size or self.height)
+        self._field_Ks = scale_intrinsics(self.Ks, 1.0 / self._field_factor)
+        self._field_batch = None
         self._step_offsets: dict[str, object] = {}
         scale = self.scene_extent if cfg.field_lr_scale_by_extent else 1.0
         self._field_lr = {"grid": (cfg.lr_grid * scale, cfg.lr_grid_final * scale), "mlp": (cfg.lr_mlp * scale, cfg.lr_mlp_final * scale)}
@@ -388,7 +407,8 @@ class DistortionTrainer(Trainer):
         d = self.dcfg
         canonical = self.params.gaussians()
         n, b = canonical.num, len(idx)
-        field_input = canonical.means.detach() if d.detach_field_input else canonical.means
+        decoupled = d.field_render_size is not None
+        field_input = canonical.means.detach() if (d.detach_field_input or decoupled) else canonical.means
         frames = self.on_device(idx)
         points, codes = [field_input], [self.frame_codes[frames]]
         segments = [torch.arange(n, device=self.device)] * b  # the canonical centres, once per frame
@@ -418,9 +438,28 @@ class DistortionTrainer(Trainer):
         self._step_offsets = {"frames": frame_off}
         for name, part in zip(extra, parts[1:]):
             self._step_offsets[name] = (part, *extra[name]) if name == "frame_mean" else part
-        per_frame = [apply_offsets(canonical, part) for part in _split_offsets(frame_off, [n] * b)]
+        parts = _split_offsets(frame_off, [n] * b)
+        if decoupled:  # the canonical Gaussians learn here, the field from field_render (see field_render_size)
+            self._field_batch = (frames, parts, sh_degree)
+            parts = [_detach_offsets(part) for part in parts]
+        per_frame = [apply_offsets(canonical, part) for part in parts]
         return render_w2c_each(per_frame, self.viewmats[frames], self.Ks[frames], self.width, self.height,
                                backend=self.cfg.backend, background=self.background, sh_degree=sh_degree)
+
+    def field_loss(self, idx: torch.Tensor) -> torch.Tensor:
+        """Decoupled training's field term: L1 between the batch's frames rendered at the field's resolution (the
+        canonical Gaussians without gradient, moved by the field's offsets) and the frames area-averaged to it."""
+        from lift3d_core.splat.render import render_w2c_each
+
+        frames, parts, sh_degree = self._field_batch
+        self._field_batch = None
+        f = self._field_factor
+        canonical = Gaussians(**{k: v.detach() for k, v in self.params.gaussians().tensors().items()})
+        per_frame = [apply_offsets(canonical, part) for part in parts]
+        out = render_w2c_each(per_frame, self.viewmats[frames], self._field_Ks[frames], self.width // f,
+                              self.height // f, backend=self.cfg.backend, background=self.background,
+                              sh_degree=sh_degree)
+        return (out.rgb - area_downscale(self.target_rgb(idx), f)).abs().mean()
 
     def losses(self, idx: torch.Tensor, out) -> dict[str, torch.Tensor]:
         terms = super().losses(idx, out)
@@ -553,6 +592,36 @@ class DistortionTrainer(Trainer):
         return total / max(n, 1), peak
 
 
+def field_downscale(height: int, width: int, size: int) -> int:
+    """The power of two ``f >= 1`` that brings the shorter side of a ``height x width`` image closest to ``size``
+    pixels (log scale): 1 at 128x96 and size 72, 4 at 512x288, 8 at 1024x576."""
+    short = max(min(height, width), 1)
+    return 2 ** max(0, int(np.round(np.log2(short / size))))
+
+
+def area_downscale(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """``[B, H, W, C]`` averaged over ``factor x factor`` blocks -> ``[B, H // f, W // f, C]`` (the image a camera of
+    ``scale_intrinsics(K, 1 / f)`` sees; a partial last block is dropped)."""
+    if factor == 1:
+        return images
+    b, h, w, c = images.shape
+    h2, w2 = h // factor, w // factor
+    x = images[:, : h2 * factor, : w2 * factor].reshape(b, h2, factor, w2, factor, c)
+    return x.mean(dim=(2, 4))
+
+
+def scale_intrinsics(K: torch.Tensor, s: float) -> torch.Tensor:
+    """``K [..., 3, 3]`` of the same camera on an image scaled by ``s`` (pixel centres at half-integers, so the
+    principal point scales with the focal lengths)."""
+    out = K.clone()
+    out[..., :2, :] *= s
+    return out
+
+
+def _detach_offsets(off):
+    return type(off)(*(None if t is None else t.detach() for t in off))
+
+
 def pyramid_depth(height: int, width: int, min_side: int = 24) -> int:
     """Pooling levels (factors 2, 4, ...) that bring the shorter image side down to about ``min_side`` px (at
     least 1): 2 at 128x96, 3 at 512x288, 4 at 1024x576."""
@@ -645,6 +714,9 @@ def render_frame_gaussians(result: DistortionTrainResult, frame_code) -> Gaussia
 
 __all__ = [
     "DistortionTrainConfig",
+    "area_downscale",
+    "field_downscale",
+    "scale_intrinsics",
     "DistortionTrainResult",
     "DistortionTrainer",
     "field_bounds",
