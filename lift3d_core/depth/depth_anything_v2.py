@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
 from lift3d_core.depth import DepthConfig, DepthEstimate, inverse_depth
-from lift3d_core.depth.align import fit_scale_shift
+from lift3d_core.depth.align import fit_scale_shift, median
 from lift3d_core.errors import Lift3DError
 
 WHERE = (
@@ -400,16 +400,18 @@ def relative_disparity(
 
 
 def align_to_calibration(
-    mono: np.ndarray, calibrated_depth: np.ndarray, confidence: np.ndarray, cfg: DepthConfig
+    mono: np.ndarray, calibrated_depth: np.ndarray, confidence: np.ndarray, cfg: DepthConfig,
+    device: str | torch.device | None = None,
 ) -> DepthEstimate:
     """Per-frame scale and shift of ``mono [F, H, W]`` onto the calibrated disparity, fitted on pixels with a
-    calibrated depth above ``min_depth`` and confidence at least ``min_confidence``.
+    calibrated depth above ``min_depth`` and confidence at least ``min_confidence`` (the fit runs on ``device``).
 
     Valid: aligned disparity finite, above a tiny epsilon (the reference drops tiny values) and below
     ``1 / min_depth``. A frame with too few fit pixels, a degenerate fit or a non-positive scale (a disparity that
     runs backwards) is left all invalid and counted in ``frames_unaligned``.
     """
     sec = cfg.depth_anything_v2
+    device = torch.device(device or "cpu")
     metric = inverse_depth(calibrated_depth, cfg.min_depth)
     usable = (calibrated_depth > cfg.min_depth) & (confidence >= sec.min_confidence) & np.isfinite(mono)
     n = mono.shape[0]
@@ -418,15 +420,20 @@ def align_to_calibration(
     scales, shifts = np.full(n, np.nan), np.full(n, np.nan)
     residuals = []
     for f in range(n):
-        m = usable[f]
-        fit = fit_scale_shift(mono[f][m], metric[f][m], sec.align) if m.sum() >= sec.min_fit_pixels else None
+        if usable[f].sum() < sec.min_fit_pixels:
+            continue
+        pick = torch.from_numpy(usable[f]).to(device)
+        mono_fit = torch.from_numpy(mono[f]).to(device)[pick]
+        metric_fit = torch.from_numpy(metric[f]).to(device)[pick]
+        fit = fit_scale_shift(mono_fit, metric_fit, sec.align)
         if fit is None or not np.all(np.isfinite(fit)) or fit[0] <= 0:
             continue
         scales[f], shifts[f] = fit
         aligned = (fit[0] * mono[f].astype(np.float64) + fit[1]).astype(np.float32)
         valid[f] = np.isfinite(aligned) & (aligned > 1e-6) & (aligned < 1.0 / cfg.min_depth)
         inv[f][valid[f]] = aligned[valid[f]]
-        residuals.append(float(np.median(np.abs(aligned[m] - metric[f][m])) / np.median(metric[f][m])))
+        disagreement = (fit[0] * mono_fit.double() + fit[1] - metric_fit).abs()
+        residuals.append(float(median(disagreement) / median(metric_fit.double())))
     stats = {
         "frames_unaligned": float(np.isnan(scales).sum()),
         # median over frames of the median relative disagreement with calibration on the fit pixels
@@ -443,6 +450,6 @@ def estimate(frames: np.ndarray, calibrated_depth: np.ndarray, confidence: np.nd
     t1 = time.perf_counter()
     mono = relative_disparity(model, frames, sec.input_size, sec.batch_size)
     t2 = time.perf_counter()
-    out = align_to_calibration(mono, calibrated_depth, confidence, cfg)
+    out = align_to_calibration(mono, calibrated_depth, confidence, cfg, device=next(model.parameters()).device)
     out.seconds = {"load": t1 - t0, "network": t2 - t1, "align": time.perf_counter() - t2}
     return out
