@@ -272,3 +272,30 @@ def test_validity_mask_gates_the_depth_loss_in_training():
     reference = train(true_inv, valid)
     assert torch.equal(train(wrong, valid), reference)
     assert not torch.equal(train(wrong, None), reference)
+
+
+@pytest.mark.slow
+def test_depth_stage_with_the_tiny_model_feeds_training(tiny_project):
+    """The stage end to end on the tiny project: Depth Anything's targets and mask are stored and trained on."""
+    from flows.lift import make_context, run_stages
+    from flows.settings import configure_environment, find_project
+    from lift3d_core.store import ArtifactStore
+    from tests.conftest import tiny_params
+
+    checkpoint = tiny_project / "depth_anything_v2_tiny.pth"
+    torch.save(_official_tensors(TINY), checkpoint)
+    params = apply_overrides(tiny_params(), [
+        "depth.backend=depth_anything_v2", "depth.depth_anything_v2.variant=tiny",
+        f"depth.depth_anything_v2.checkpoint={checkpoint}", "depth.depth_anything_v2.input_size=56",
+        "train.depth_weight=0.5"])
+    project = find_project(tiny_project)
+    configure_environment(project)
+    ctx = make_context("skimage:astronaut", params, "t", project.store_url, str(project.state_dir),
+                       str(project.runs_dir))
+    results = run_stages(ctx, until="train", use_prefect=False)
+    arrays = ArtifactStore(project.store_url).read("depth", results["depth"].key).arrays
+    calibrated = ArtifactStore(project.store_url).read("calibrate", results["calibrate"].key).arrays["depth"]
+    assert arrays["inv_depth"].shape == calibrated.shape and arrays["valid"].dtype == bool
+    assert arrays["align_scale"].shape == (calibrated.shape[0],)
+    assert np.all(arrays["inv_depth"][~arrays["valid"]] == 0)
+    assert "depth.valid_fraction" in results["depth"].metrics and not results["train"].hit
