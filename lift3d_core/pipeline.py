@@ -42,7 +42,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("trajectory", "2", TrajectoryConfig, ()),
         StageSpec("generate", "2", GenerateConfig, ("ingest", "trajectory")),
         StageSpec("calibrate", "2", CalibrateConfig, ("generate", "trajectory")),
-        StageSpec("depth", "1", DepthConfig, ("calibrate", "generate", "trajectory")),
+        StageSpec("depth", "2", DepthConfig, ("calibrate", "generate", "trajectory")),  # 2: + validity mask
         StageSpec("train", "1", TrainStageConfig, ("calibrate", "depth", "generate", "trajectory")),
         StageSpec("export", "1", ExportConfig, ("train", "calibrate")),
         StageSpec("evaluate", "2", EvaluateConfig, ("train", "calibrate", "generate", "ingest", "trajectory")),

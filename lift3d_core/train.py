@@ -124,14 +124,19 @@ def train_scene(
     inv_depth: np.ndarray | None,
     cfg: TrainStageConfig,
     *,
+    depth_valid: np.ndarray | None = None,
     progress: bool = False,
     callback=None,
 ) -> TrainedScene:
     """Train the scene from the calibrated point cloud and the distinct frames.
 
     points ``float32 [P, 3]``, colors ``uint8 [P, 3]``, frames ``uint8 [F, H, W, 3]``,
-    c2w ``[F, 4, 4]`` OpenCV, K ``[F, 3, 3]``, frame_codes ``[F, 2]``, inv_depth ``[F, H, W]`` or None.
+    c2w ``[F, 4, 4]`` OpenCV, K ``[F, 3, 3]``, frame_codes ``[F, 2]``, inv_depth ``[F, H, W]`` or None,
+    depth_valid ``bool [F, H, W]`` (the depth stage's mask: the depth loss sees these pixels only) or None.
     """
+    if inv_depth is not None and depth_valid is not None:
+        # the trainers read a 0 target as "no depth here": zeroing what the mask rejects gates their loss
+        inv_depth = np.where(depth_valid, inv_depth, 0.0).astype(np.float32)
     backend, device = resolve_backend(cfg.schedule.train.backend)
     sched = replace(cfg.schedule, train=replace(cfg.schedule.train, backend=backend))
     init = init_gaussians(points, colors, sh_degree=sched.train.sh_degree, init_opacity=cfg.init_opacity)

@@ -1,4 +1,6 @@
-"""depth: per-frame inverse-depth targets that supervise training."""
+"""depth: per-frame inverse-depth targets, and where they hold, that supervise training."""
+
+import math
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -11,10 +13,18 @@ from tasks.common import RunContext, StageResult, cached_stage
 
 @task(name="depth", cache_policy=NO_CACHE)
 def depth(ctx: RunContext) -> StageResult:
+    seconds: dict[str, float] = {}
+
     def compute():
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
         frames = distinct_frames(tree, ctx.read("generate").array("frames"))
-        inv = estimate_inverse_depth(frames, ctx.read("calibrate").array("depth"), ctx.config("depth"))
-        return {"inv_depth": inv}, {"valid_fraction": float((inv > 0).mean())}
+        cal = ctx.arrays("calibrate", "depth", "confidence")
+        est = estimate_inverse_depth(frames, cal["depth"], ctx.config("depth"), confidence=cal["confidence"])
+        seconds.update(est.seconds)
+        return est.to_arrays(), est.stats
 
-    return cached_stage(ctx, "depth", compute)
+    result = cached_stage(ctx, "depth", compute)
+    result.metrics.update({f"depth.{k}": v for k, v in ctx.read("depth").attrs.items()
+                           if isinstance(v, (int, float)) and math.isfinite(v)})
+    result.metrics.update({f"depth.seconds_{k}": v for k, v in seconds.items()})
+    return result

@@ -14,6 +14,7 @@ from tasks.common import RunContext, StageResult, cached_stage
 def train(ctx: RunContext) -> StageResult:
     def compute():
         cal = ctx.arrays("calibrate", "points", "colors", "c2w", "K")
+        depth = ctx.arrays("depth", "inv_depth", "valid")
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
         per_clip = (len(tree.clips), -1)
         result = train_scene(
@@ -21,7 +22,7 @@ def train(ctx: RunContext) -> StageResult:
             frames=distinct_frames(tree, ctx.read("generate").array("frames")),
             c2w=cal["c2w"], K=cal["K"],
             frame_codes=distinct_frames(tree, tree.frame_codes().reshape(*per_clip, 2)),
-            inv_depth=ctx.read("depth").array("inv_depth"),
+            inv_depth=depth["inv_depth"], depth_valid=depth["valid"],
             cfg=ctx.config("train"), progress=True,
         )
         return result.to_arrays(), result.attrs()

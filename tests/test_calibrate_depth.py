@@ -69,4 +69,6 @@ def test_inverse_depth_targets():
     d = np.array([[0.0, 2.0], [4.0, 1e-5]], np.float32)
     np.testing.assert_allclose(inverse_depth(d, 1e-3), [[0, 0.5], [0.25, 0]])
     frames = np.zeros((1, 2, 2, 3), np.uint8)
-    np.testing.assert_allclose(estimate_inverse_depth(frames, d[None], DepthConfig())[0], [[0, 0.5], [0.25, 0]])
+    est = estimate_inverse_depth(frames, d[None], DepthConfig())
+    np.testing.assert_allclose(est.inv_depth[0], [[0, 0.5], [0.25, 0]])
+    np.testing.assert_array_equal(est.valid[0], [[False, True], [True, False]])
