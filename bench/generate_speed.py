@@ -128,11 +128,18 @@ def main() -> None:
               "torch": torch.__version__, "size": f"{w}x{h}", "frames": frames, "steps": steps,
               "spec": "tiny" if args.tiny else "official"}
 
+    def save():  # after each part, so a run stopped at its time limit keeps what it measured
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
     result["bf16_ceiling_tflops"] = matmul_ceiling(device)
+    save()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         path = Path(tmp) / "motionctrl_svd.ckpt"
         result["write_checkpoint_s"] = write_checkpoint(spec, path, device)
         result["checkpoint_bytes"] = path.stat().st_size
+        save()
 
         tree = articulated_tree(TrajectoryConfig(frames_per_clip=frames))
         cfg = GenerateConfig(backend="motionctrl_svd", motionctrl_svd=MotionCtrlSVDConfig(
@@ -152,6 +159,7 @@ def main() -> None:
         sync()
         result["tree_s"] = time.perf_counter() - t0
         result["clips"] = int(video.frames.shape[0])
+        save()
         if device.type == "cuda":
             result["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
             weights = sum(p.numel() * p.element_size() for p in model.parameters())

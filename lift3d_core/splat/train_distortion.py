@@ -456,6 +456,9 @@ class DistortionTrainer(Trainer):
         f = self._field_factor
         canonical = Gaussians(**{k: v.detach() for k, v in self.params.gaussians().tensors().items()})
         per_frame = [apply_offsets(canonical, part) for part in parts]
+        if f > 1:
+            per_frame = [area_preserving_opacity(g, self.viewmats[frames[i]], self._field_Ks[frames[i]])
+                         for i, g in enumerate(per_frame)]
         out = render_w2c_each(per_frame, self.viewmats[frames], self._field_Ks[frames], self.width // f,
                               self.height // f, backend=self.cfg.backend, background=self.background,
                               sh_degree=sh_degree)
@@ -474,6 +477,9 @@ class DistortionTrainer(Trainer):
                 if weight > 0:
                     terms[name] = value
                     loss = loss + weight * value
+        if d.field_render_size is not None:
+            terms["field_photometric"] = self.field_loss(idx)
+            loss = loss + d.field_loss_weight * terms["field_photometric"]
         if d.pyramid_weight > 0:
             levels = d.pyramid_levels or pyramid_depth(self.height, self.width)
             terms["pyramid"] = pyramid_l1(out.rgb, self.target_rgb(idx), levels)
@@ -618,6 +624,27 @@ def scale_intrinsics(K: torch.Tensor, s: float) -> torch.Tensor:
     return out
 
 
+def area_preserving_opacity(gaussians: Gaussians, viewmat: torch.Tensor, K: torch.Tensor, eps2d: float = 0.3) -> Gaussians:
+    """``gaussians`` with opacities scaled so that each covers the image area it would without the rasterizer's
+    ``eps2d`` px^2 dilation (3DGS's; gsplat's "antialiased" mode applies the same factor inside its kernel).
+
+    Rendered ``viewmat [4, 4]`` (world-to-camera), ``K [3, 3]`` at a low resolution, Gaussians trained at full
+    resolution are sub-pixel: dilated to a pixel at full opacity they would cover several times their footprint
+    (a brighter, more occluding image than the full one area-averaged). The factor
+    ``s1 s2 / sqrt((s1^2 + eps2d)(s2^2 + eps2d))`` uses the two largest axes projected at the centre's depth
+    (``s_i = fx * scale_i / z`` px): exact for a disc facing the camera, an approximation otherwise. No gradient
+    flows through the factor.
+    """
+    with torch.no_grad():
+        z = (gaussians.means @ viewmat[:3, :3].T + viewmat[:3, 3])[:, 2].clamp_min(1e-6)
+        top2 = gaussians.log_scales.exp().topk(2, dim=-1).values * (K[0, 0] / z)[:, None]  # [N, 2] px
+        factor = (top2.prod(-1) / ((top2.square() + eps2d).prod(-1)).sqrt()).clamp(1e-4, 1.0)
+    opacity = torch.sigmoid(gaussians.opacity_logits) * factor
+    out = Gaussians(**gaussians.tensors())
+    out.opacity_logits = torch.logit(opacity.clamp(1e-6, 1 - 1e-6))
+    return out
+
+
 def _detach_offsets(off):
     return type(off)(*(None if t is None else t.detach() for t in off))
 
@@ -714,12 +741,12 @@ def render_frame_gaussians(result: DistortionTrainResult, frame_code) -> Gaussia
 
 __all__ = [
     "DistortionTrainConfig",
-    "area_downscale",
-    "field_downscale",
-    "scale_intrinsics",
     "DistortionTrainResult",
     "DistortionTrainer",
+    "area_downscale",
     "field_bounds",
+    "field_downscale",
     "render_frame_gaussians",
+    "scale_intrinsics",
     "train_distortion_aware",
 ]
