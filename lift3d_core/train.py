@@ -56,8 +56,32 @@ class TrainStageConfig:
         training reads (``plain_config()``: the total of the two stage lengths, the batch and the 3DGS settings), so
         that a field setting, or steps moved between the stages, re-uses a plain run instead of repeating it."""
         if self.distortion:
-            return config_to_dict(self)
-        return {"distortion": False, "init_opacity": self.init_opacity, "plain": config_to_dict(self.schedule.plain_config())}
+            return _resolved(config_to_dict(self))
+        return {"distortion": False, "init_opacity": self.init_opacity,
+                "plain": _resolved(config_to_dict(self.schedule.plain_config()))}
+
+
+# Settings that change the speed only (bench/RESULTS.md: the compiled and eager graphs, the fused and grid_sample
+# plane samplers give the same values up to float rounding; log_every only how often metrics are reported).
+SPEED_ONLY = ("compile_loss", "compile_field", "field_kernels", "log_every")
+
+
+def _resolved(doc: dict[str, Any]) -> dict[str, Any]:
+    """A train key document with ``auto`` settings resolved for this machine (the rasterizer and device that will
+    run, the field MLP's dtype) and the speed-only settings left out, at any depth of the document."""
+    out = {}
+    for k, v in doc.items():
+        if k in SPEED_ONLY:
+            continue
+        if isinstance(v, dict):
+            v = _resolved(v)
+        elif k == "backend":
+            backend, device = resolve_backend(v)
+            v = f"{backend}/{device}"
+        elif k == "field_mlp_dtype" and v == "auto":
+            v = "bfloat16" if torch.cuda.is_available() else "float32"
+        out[k] = v
+    return out
 
 
 def resolve_backend(name: str) -> tuple[str, str]:

@@ -14,7 +14,6 @@ from lift3d_core.depth import (
     CalibratedDepthConfig,
     DepthAnythingV2Config,
     DepthConfig,
-    checkpoint_files,
     estimate_inverse_depth,
 )
 from lift3d_core.depth.align import fit_median, fit_robust_lsq
@@ -106,7 +105,7 @@ def test_checkpoint_problems_raise_one_error_naming_the_file(tmp_path, tiny_chec
         dav2.load_weights(tmp_path / "nowhere.pth", TINY)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(Lift3DError, match=r"truncated\.pth cannot be read"):
+    with pytest.raises(Lift3DError, match=r"truncated\.pth .*truncated.*huggingface\.co"):
         dav2.load_weights(truncated, TINY)
     wrapped = tmp_path / "wrapped.pth"
     torch.save({"model": tensors}, wrapped)
@@ -183,11 +182,10 @@ def test_config_hashes_only_the_active_backend_and_names_its_checkpoint():
     assert cfg("depth.depth_anything_v2.align=robust_lsq").key_params() == calibrated.key_params()
     assert cfg("depth.backend=depth_anything_v2", "depth.depth_anything_v2.align=robust_lsq").key_params() != \
         dav2_cfg.key_params()
-    # speed and file location are not hashed (the checkpoint's digest is, through checkpoint_files)
+    # speed and file location are not hashed (the checkpoint's digest is, through DepthConfig.models)
     assert cfg("depth.backend=depth_anything_v2", "depth.depth_anything_v2.batch_size=1",
                "depth.depth_anything_v2.checkpoint=elsewhere.pth").key_params() == dav2_cfg.key_params()
-    assert checkpoint_files(calibrated) == {}
-    assert checkpoint_files(dav2_cfg) == {"depth_anything_v2": "checkpoints/depth_anything_v2_vitl.pth"}
+    assert calibrated.models() == {}
     with pytest.raises(Lift3DError, match="align"):
         cfg("depth.depth_anything_v2.align=mean")
 
@@ -299,3 +297,21 @@ def test_depth_stage_with_the_tiny_model_feeds_training(tiny_project):
     assert arrays["align_scale"].shape == (calibrated.shape[0],)
     assert np.all(arrays["inv_depth"][~arrays["valid"]] == 0)
     assert "depth.valid_fraction" in results["depth"].metrics and not results["train"].hit
+
+
+def test_new_weights_move_the_depth_key(tiny_checkpoint, tmp_path, monkeypatch):
+    tiny_checkpoint = tiny_checkpoint[0]
+    from lift3d_core.pipeline import plan
+
+    monkeypatch.setenv("LIFT3D_DIGEST_CACHE", str(tmp_path / "digests.json"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = apply_overrides(params, ["depth.backend=depth_anything_v2",
+                                      f"depth.depth_anything_v2.checkpoint={tiny_checkpoint}"])
+    before = plan(params, "skimage:astronaut")
+    assert before["depth"].doc["models"]["depth_anything_v2"].startswith("sha256:")
+    Path(tiny_checkpoint).write_bytes(Path(tiny_checkpoint).read_bytes() + b"\0")  # other weights
+    after = plan(params, "skimage:astronaut")
+    assert after["depth"].key != before["depth"].key and after["calibrate"].key == before["calibrate"].key
+    params["depth"]["depth_anything_v2"]["checkpoint"] = str(tmp_path / "absent.pth")
+    with pytest.raises(Lift3DError, match=r"absent\.pth"):
+        plan(params, "skimage:astronaut")

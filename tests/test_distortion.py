@@ -788,7 +788,7 @@ def test_field_warm_up_compiles_the_graphs_training_uses():
     assert counters["stats"]["unique_graphs"] == compiled
 
 
-# -- decoupled training (field_render_size) ---------------------------------------------------------------------
+# -- the field's low-resolution term (field_render_size) ---------------------------------------------------------------------
 
 
 def test_field_downscale_rule_and_area_downscale_match_a_scaled_camera():
@@ -811,8 +811,9 @@ def test_field_downscale_rule_and_area_downscale_match_a_scaled_camera():
     assert err < 0.5 * min(float((pooled - torch.roll(half, s, dims=d)).abs().mean()) for s in (-1, 1) for d in (1, 2))
 
 
-def test_decoupled_training_splits_the_gradients():
-    """The training render teaches only the canonical Gaussians, the field's render only the field."""
+def test_field_term_teaches_the_field_alone():
+    """The full-resolution loss teaches both (the field reading the centres without gradient); the field's
+    low-resolution term only the field."""
     from lift3d_core.splat.train_distortion import DistortionTrainer
 
     scene = tiny_scene()
@@ -836,30 +837,39 @@ def test_decoupled_training_splits_the_gradients():
         return field, canonical
 
     field, canonical = grads("photometric")
-    assert field == 0.0 and canonical > 0.0
+    assert field > 0.0 and canonical > 0.0
     field, canonical = grads("field_photometric")
     assert field > 0.0 and canonical == 0.0
 
 
-def test_decoupled_field_absorbs_a_known_per_frame_shift():
-    """Frames shifted per frame (zero at the input view): the decoupled field, which learns only from its own
-    render, follows the shifts (as the coupled one does in test_field_absorbs_a_known_per_frame_shift)."""
+def test_field_term_recovers_a_known_per_frame_shift_and_keeps_the_canonical_scene_clean():
+    """Frames shifted per frame (zero at the input view): with the field's half-resolution term the field follows
+    the shifts and the canonical Gaussians end nearer the unshifted scene than without it (measured on this toy:
+    mean absolute error 6.7 against 10.6 of 255; plain 3DGS 6.3, since a 1-pixel shift barely blurs it)."""
+    from lift3d_core.splat.render import render
     from lift3d_core.splat.train_distortion import DistortionTrainer
 
     scene = tiny_scene()
     c2w, codes, K = tiny_cameras()
     shifts = np.zeros((len(codes), 3))
     shifts[:, 0] = 0.5 * (codes[:, 1] - 0.5)
-    frames = render_frames(scene, c2w, K, shifts)
+    frames, truth = render_frames(scene, c2w, K, shifts), render_frames(scene, c2w, K)
     lrs = dict(field_lr_scale_by_extent=False, lr_grid=0.1, lr_grid_final=0.01, lr_mlp=0.01, lr_mlp_final=0.001)
-    cfg = tiny_train_cfg(coarse_iterations=10, fine_iterations=150, frame_resolution=3, field_render_size=H_TINY,
-                         deform_scale=False, deform_rotation=False, **lrs)
-    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
-    trainer.run()
-    with torch.no_grad():
-        learned = torch.stack([trainer.field(trainer.params["means"], torch.tensor(c, dtype=torch.float32)).d_means.mean(0)
-                               for c in codes])
-    dx = learned[:, 0].numpy()
-    assert np.corrcoef(dx, shifts[:, 0])[0, 1] > 0.98, dx
-    assert np.ptp(dx) > 0.5 * np.ptp(shifts[:, 0]), dx
-    assert np.ptp(learned[:, 1].numpy()) < 0.25 * np.ptp(dx) and np.ptp(learned[:, 2].numpy()) < 0.25 * np.ptp(dx)
+
+    def train(**kw):
+        cfg = tiny_train_cfg(coarse_iterations=10, fine_iterations=150, frame_resolution=3, deform_scale=False,
+                             deform_rotation=False, **lrs, **kw)
+        trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
+        result = trainer.run()
+        with torch.no_grad():
+            error = np.mean([float((render(result.gaussians, c2w[i], K, W_TINY, H_TINY).rgb[0].clamp(0, 1) * 255
+                                    - torch.as_tensor(truth[i]).float()).abs().mean()) for i in range(len(c2w))])
+            learned = torch.stack([trainer.field(trainer.params["means"], torch.tensor(c, dtype=torch.float32)).d_means.mean(0)
+                                   for c in codes])
+        return error, learned[:, 0].numpy()
+
+    with_term, dx = train(field_render_size=H_TINY // 2)
+    assert np.corrcoef(dx, shifts[:, 0])[0, 1] > 0.95, dx
+    assert np.ptp(dx) > 0.4 * np.ptp(shifts[:, 0]), dx
+    without, _ = train()
+    assert with_term < 0.8 * without, (with_term, without)

@@ -262,3 +262,20 @@ def test_lift_runs_without_prefect_when_its_server_cannot_start(tiny_project, ca
 
     keys = {name: s.key for name, s in plan(yaml.safe_load((tiny_project / "params.yaml").read_text()), SOURCE).items()}
     assert {k: v["key"] for k, v in summary["stages"].items()} == keys
+
+
+def test_train_key_resolves_auto_and_ignores_speed_only_switches():
+    import torch
+
+    from lift3d_core.train import TrainStageConfig
+
+    base = tiny_params()
+    key = plan(base, SOURCE)["train"].key
+    for speed in ("train.compile_field=off", "train.compile_loss=on", "train.field_kernels=torch"):
+        assert plan(apply_overrides(base, [speed]), SOURCE)["train"].key == key, speed
+    # auto is hashed as what runs here (the torch rasterizer on this CPU), so naming it changes nothing ...
+    assert plan(apply_overrides(base, ["train.backend=torch"]), SOURCE)["train"].key == key
+    doc = TrainStageConfig.from_params(base["train"]).key_params()
+    assert doc["schedule"]["train"]["backend"] == ("gsplat/cuda" if torch.cuda.is_available() else "torch/cpu")
+    # ... while a setting that changes the numbers still moves the key
+    assert plan(apply_overrides(base, ["train.lambda_dssim=0.3"]), SOURCE)["train"].key != key

@@ -9,7 +9,7 @@ Backends (``depth.backend``), each a registry entry with its own ``params.yaml``
 Every backend returns a :class:`DepthEstimate`: inverse depth ``float32 [F, H, W]`` at the frames' size plus a
 validity mask ``bool [F, H, W]`` that gates the depth loss in training. Only the active backend's section enters the
 store key (:meth:`DepthConfig.key_params`); a backend's checkpoints, whose digests enter the key too, are named by
-:func:`checkpoint_files`.
+:meth:`DepthConfig.models`.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "calibrated": Backend(CalibratedDepthConfig, "lift3d_core.depth.calibrated:estimate"),
     "depth_anything_v2": Backend(
-        # the checkpoint's digest enters the key (checkpoint_files), not where the file lies
+        # the checkpoint's digest enters the key (DepthConfig.models), not where the file lies
         DepthAnythingV2Config, "lift3d_core.depth.depth_anything_v2:estimate", unhashed=("batch_size", "checkpoint")
     ),
 }
@@ -136,6 +136,15 @@ class DepthConfig:
     def section(self) -> Any:
         """The active backend's sub-section."""
         return getattr(self, self.backend)
+
+    def models(self) -> dict[str, str]:
+        """Checkpoint name -> SHA-256 digest of what the active backend reads (``pipeline.plan`` puts it in the
+        depth key, so new weights recompute depth); a missing file raises one Lift3DError naming it and its source."""
+        if self.backend != "depth_anything_v2":
+            return {}
+        from lift3d_core.checkpoints import checkpoint_path, digest
+
+        return {"depth_anything_v2": digest(checkpoint_path("depth_anything_v2", self.depth_anything_v2.checkpoint))}
 
     def key_params(self) -> dict[str, Any]:
         """What the depth key hashes: the backend, the shared settings and the active backend's section only,
@@ -196,13 +205,6 @@ def estimate_inverse_depth(
     return out
 
 
-def checkpoint_files(cfg: DepthConfig) -> dict[str, str]:
-    """Checkpoint name -> path that the active backend loads; their digests belong in the depth key."""
-    if cfg.backend == "depth_anything_v2":
-        return {"depth_anything_v2": cfg.depth_anything_v2.checkpoint}
-    return {}
-
-
 def resample_nearest(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``[F, h, w]`` -> ``[F, H, W]`` by nearest neighbour (never mixes a valid depth with an unknown 0)."""
     if tuple(maps.shape[1:]) == tuple(size):
@@ -227,7 +229,6 @@ __all__ = [
     "DepthConfig",
     "DepthEstimate",
     "align_disparity",
-    "checkpoint_files",
     "estimate_inverse_depth",
     "inverse_depth",
 ]

@@ -300,17 +300,12 @@ def build_model(arch: Architecture, device: str | torch.device = "cpu") -> Depth
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of an official checkpoint, memory-mapped; Lift3DError naming the file if it cannot be read."""
+    from lift3d_core.checkpoints import load_torch
+
     path = Path(path)
     if not path.is_file():
         raise Lift3DError(f"Depth Anything V2 checkpoint {path} not found: {WHERE}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Lift3DError(
-            f"Depth Anything V2 checkpoint {path} cannot be read ({reason}); it may be truncated or not a "
-            f"PyTorch checkpoint: {WHERE}"
-        ) from None
+    state = load_torch(path, source="https://huggingface.co/depth-anything/Depth-Anything-V2-Large")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise Lift3DError(
             f"Depth Anything V2 checkpoint {path} is not a plain state dict of tensors (the official file is): {WHERE}"

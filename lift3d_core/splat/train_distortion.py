@@ -121,16 +121,18 @@ class DistortionTrainConfig:
     fraction of the field bounds' diagonal per component, so that a Gaussian no frame constrains well cannot be
     sent across the scene.
 
-    ``field_render_size`` (ours, None = LiftImage3D): *decoupled* training. The canonical Gaussians learn from
-    the full-resolution renders of the frames moved by the field's offsets *without gradient* (densification
-    reads those renders, as in plain 3DGS); the field learns only from a second render of the same frames, of
-    the canonical Gaussians *without gradient* moved by its offsets, downscaled by :func:`field_downscale` so
-    that its shorter side is about ``field_render_size`` pixels, against the frames area-averaged to that size
-    (L1, weight ``field_loss_weight``). Why: a frame's drift is a share of the image, so at full resolution it
-    spans many pixels and the photometric gradient of a sharp scene no longer points across it, while the field
-    then fits each frame's fine residuals instead (at 1024x576 the coupled field learned no frame-varying offset,
-    or, given a pyramid loss, quadrupled the Gaussians and cost 7 dB on undistorted frames: bench/RESULTS.md).
-    At about 72 px every resolution trains the field as the 128x96 ablation does, where it learns.
+    ``field_render_size`` (ours, None = LiftImage3D): a second term that teaches the field alone. The batch's
+    frames are rendered again, the canonical Gaussians *without gradient* moved by the field's offsets, downscaled by
+    :func:`field_downscale` so that the shorter side is about ``field_render_size`` pixels (opacities made
+    area-preserving, :func:`area_preserving_opacity`), against the frames area-averaged to that size: L1, weight
+    ``field_loss_weight``; the field then reads the canonical centres without gradient. The full-resolution loss
+    still trains both (and alone drives densification). Why: a frame's drift is a share of the image, so at
+    1024x576 it spans tens of pixels, where the photometric gradient of a sharp scene no longer points across it:
+    the field learned no frame-varying offset there, and a pyramid loss on the training render, which did teach it
+    the drift, also quadrupled the Gaussians through densification and cost 7 dB on undistorted frames
+    (bench/RESULTS.md). About 72 px gives every resolution the 128x96 ablation's view of the drift. Teaching the
+    field from the low-resolution render *only* (the canonical Gaussians trusting its offsets without gradient) was
+    tried and rejected: on a 32x24 toy at half resolution its per-Gaussian errors landed in the canonical scene.
 
     ``input_view_repeats``: extra copies of the input-view frames (code == ``input_code``) in every epoch of
     the frame order (LiftImage3D: 50). ``train``: the plain 3DGS config (densification, Gaussian learning
@@ -407,8 +409,8 @@ class DistortionTrainer(Trainer):
         d = self.dcfg
         canonical = self.params.gaussians()
         n, b = canonical.num, len(idx)
-        decoupled = d.field_render_size is not None
-        field_input = canonical.means.detach() if (d.detach_field_input or decoupled) else canonical.means
+        low_res_term = d.field_render_size is not None
+        field_input = canonical.means.detach() if (d.detach_field_input or low_res_term) else canonical.means
         frames = self.on_device(idx)
         points, codes = [field_input], [self.frame_codes[frames]]
         segments = [torch.arange(n, device=self.device)] * b  # the canonical centres, once per frame
@@ -439,16 +441,16 @@ class DistortionTrainer(Trainer):
         for name, part in zip(extra, parts[1:]):
             self._step_offsets[name] = (part, *extra[name]) if name == "frame_mean" else part
         parts = _split_offsets(frame_off, [n] * b)
-        if decoupled:  # the canonical Gaussians learn here, the field from field_render (see field_render_size)
+        if low_res_term:  # the same offsets, rendered again at the field's resolution by field_loss
             self._field_batch = (frames, parts, sh_degree)
-            parts = [_detach_offsets(part) for part in parts]
         per_frame = [apply_offsets(canonical, part) for part in parts]
         return render_w2c_each(per_frame, self.viewmats[frames], self.Ks[frames], self.width, self.height,
                                backend=self.cfg.backend, background=self.background, sh_degree=sh_degree)
 
     def field_loss(self, idx: torch.Tensor) -> torch.Tensor:
-        """Decoupled training's field term: L1 between the batch's frames rendered at the field's resolution (the
-        canonical Gaussians without gradient, moved by the field's offsets) and the frames area-averaged to it."""
+        """The field's own term (``field_render_size``): L1 between the batch's frames rendered at the field's
+        resolution (the canonical Gaussians without gradient, moved by the field's offsets) and the frames
+        area-averaged to it."""
         from lift3d_core.splat.render import render_w2c_each
 
         frames, parts, sh_degree = self._field_batch
@@ -643,10 +645,6 @@ def area_preserving_opacity(gaussians: Gaussians, viewmat: torch.Tensor, K: torc
     out = Gaussians(**gaussians.tensors())
     out.opacity_logits = torch.logit(opacity.clamp(1e-6, 1 - 1e-6))
     return out
-
-
-def _detach_offsets(off):
-    return type(off)(*(None if t is None else t.detach() for t in off))
 
 
 def pyramid_depth(height: int, width: int, min_side: int = 24) -> int:

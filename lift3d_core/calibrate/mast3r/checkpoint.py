@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import pickle
 import threading
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from lift3d_core.calibrate.mast3r.config import CHECKPOINT_NAME
 from lift3d_core.calibrate.mast3r.model import INF, AsymmetricMASt3R, Mast3rNetConfig
 from lift3d_core.errors import Lift3DError
 
-WHERE = ("download it from the naver/mast3r README "
-         "(https://download.europe.naverlabs.com/ComputerVision/MASt3R/" + CHECKPOINT_NAME + ") into checkpoints/")
+WHERE = (f"get {CHECKPOINT_NAME} from https://huggingface.co/naver/MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric "
+         "and put it where calibrate.mast3r.checkpoint points (default checkpoints/)")
 
 # Official key -> our key rewrites, applied in order; empty because our modules carry the official names.
 KEY_RULES: tuple[tuple[str, str], ...] = ()
@@ -141,19 +140,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     Raises one :class:`Lift3DError` naming the file for: missing, truncated / not a torch file,
     a pickle that needs anything beyond tensors and ``argparse.Namespace``, a wrong layout.
     """
+    from lift3d_core.checkpoints import CHECKPOINTS, load_torch
+
     path = Path(path)
     if not path.is_file():
         raise Lift3DError(f"MASt3R checkpoint not found: {path}; {WHERE}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Lift3DError(f"MASt3R checkpoint {path} was refused: it holds objects beyond tensors and "
-                          f"argparse.Namespace, which lift3d never unpickles ({first}); {WHERE}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise Lift3DError(f"MASt3R checkpoint {path} cannot be read (truncated or not a torch checkpoint: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {WHERE}") from None
+    ckpt = load_torch(path, [argparse.Namespace], source=CHECKPOINTS["mast3r"].source)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "args" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise Lift3DError(f"MASt3R checkpoint {path} has the wrong layout: expected a dict with 'model' and 'args', "
