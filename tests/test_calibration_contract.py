@@ -54,6 +54,9 @@ def test_confidence_scales_and_resolutions():
     np.testing.assert_allclose(confidence_weight(np.array([0.0, 0.4, 1.0]), "colmap"), [0.0, 0.4, 1.0])
     assert run_resolution("colmap", (96, 128)) == (96, 128)
     assert run_resolution("mast3r", (576, 1024)) == (288, 512)
+    # the reference's crop, not a rounding: 650x1000 -> 320x512 (floor to patches), a square -> 4:3
+    assert run_resolution("mast3r", (650, 1000)) == (320, 512)
+    assert run_resolution("mast3r", (512, 512)) == (384, 512)
 
 
 def test_only_the_active_backend_section_enters_the_key():

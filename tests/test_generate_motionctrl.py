@@ -225,3 +225,25 @@ def test_pose_files_round_trip(tmp_path):
         np.testing.assert_array_equal(back.motionctrl_rows(clip.clip_id), tree.motionctrl_rows(clip.clip_id))
         np.testing.assert_allclose(back.clip(clip.clip_id).c2w, clip.c2w, atol=1e-12)
         np.testing.assert_allclose(back.clip(clip.clip_id).frame_code, clip.frame_code, atol=1e-15)
+
+
+def test_a_clip_built_from_geometry_is_commanded_as_built():
+    """Pose-file rows are scaled (x axis_scale x speed) as MotionCtrl does; a clip given only as cameras is already
+    in the conditioning's units and is commanded unscaled."""
+    from lift3d_core.camera import c2w_to_motionctrl_rows
+    from lift3d_core.generate.motionctrl_svd.pose import clip_conditioning
+    from lift3d_core.trajectory import CameraTree, Clip, TrajectoryConfig, articulated_tree
+
+    preset = articulated_tree(TrajectoryConfig(levels=1)).clips[0]
+    c2w = np.tile(np.eye(4), (4, 1, 1))
+    c2w[:, 0, 3] = [0.0, 0.1, 0.2, 0.3]  # a slide right, in world units
+    built = Clip("slide", None, "slide", 1, c2w, np.full((4, 2), 0.5))
+    tree = CameraTree([preset, built])
+    np.testing.assert_allclose(tree.motionctrl_rows("slide"), c2w_to_motionctrl_rows(c2w), atol=1e-12)
+    cond = clip_conditioning(tree, "slide", 1.6)
+    np.testing.assert_allclose(cond[:, [3, 7, 11]], [[0, 0, 0], [-0.1, 0, 0], [-0.2, 0, 0], [-0.3, 0, 0]], atol=1e-12)
+    raw = np.asarray(preset.motionctrl_rows)
+    scaled = clip_conditioning(tree, preset.clip_id, 1.6)
+    t_raw = raw.reshape(-1, 3, 4)[:, :, 3] - raw.reshape(-1, 3, 4)[:1, :, 3]
+    t_scaled = scaled.reshape(-1, 3, 4)[:, :, 3]
+    np.testing.assert_allclose(t_scaled, t_raw * np.array([3.0, 1.0, 4.0]) * 1.6, atol=1e-9)

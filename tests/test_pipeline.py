@@ -279,3 +279,15 @@ def test_train_key_resolves_auto_and_ignores_speed_only_switches():
     assert doc["schedule"]["train"]["backend"] == ("gsplat/cuda" if torch.cuda.is_available() else "torch/cpu")
     # ... while a setting that changes the numbers still moves the key
     assert plan(apply_overrides(base, ["train.lambda_dssim=0.3"]), SOURCE)["train"].key != key
+
+
+def test_params_yaml_lists_every_hashed_train_setting():
+    import yaml
+
+    from lift3d_core.train import TrainStageConfig
+
+    section = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"]
+    doc = TrainStageConfig.from_params(section).key_params()
+    hashed = (set(doc["schedule"]) - {"train"}) | set(doc["schedule"]["train"]) | (set(doc) - {"schedule"})
+    # iterations is the sum of the two stage lengths, which params.yaml sets
+    assert sorted(hashed - set(section) - {"iterations"}) == []

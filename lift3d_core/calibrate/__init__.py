@@ -46,7 +46,7 @@ BACKENDS: dict[str, Backend] = {
     "commanded": Backend(None, "lift3d_core.calibrate.commanded:calibrate_commanded", ""),
     "colmap": Backend("colmap", "lift3d_core.calibrate.colmap:calibrate_colmap", "pycolmap (pip install pycolmap)"),
     "mast3r": Backend("mast3r", "lift3d_core.calibrate.mast3r.backend:calibrate_from_layout",
-                      "lift3d_core.calibrate.mast3r (this build of lift3d lacks it)"),
+                      "torch and Pillow (pip install lift3d) plus the MASt3R checkpoint (lift3d checkpoints verify)"),
 }
 
 

@@ -39,7 +39,8 @@ CONTRACTS: dict[str, BackendContract] = {
     "commanded": BackendContract("the frame size (it computes nothing from pixels)", (0.0, 1.0)),
     "colmap": BackendContract("the frame size (SIFT upsamples it twice internally, first_octave -1)", (0.0, 1.0)),
     # DUSt3R/MASt3R's conf_mode ('exp', 1, inf): conf = 1 + exp(x)
-    "mast3r": BackendContract("longest side mast3r.image_size (the reference: 512), both sides multiples of 16",
+    "mast3r": BackendContract("DUSt3R's load_images: longest side mast3r.image_size (512), both sides cropped to "
+                              "multiples of 16, a square cropped to 4:3",
                               (1.0, float("inf"))),
 }
 
@@ -51,9 +52,9 @@ def run_resolution(backend: str, frame_hw: tuple[int, int], image_size: int | No
     h, w = frame_hw
     if backend != "mast3r":
         return int(h), int(w)
-    long_side = image_size or 512
-    s = long_side / max(h, w)
-    return max(16, round(h * s / 16) * 16), max(16, round(w * s / 16) * 16)
+    from lift3d_core.calibrate.mast3r.inference import network_view  # the reference's resize and crop
+
+    return network_view((int(h), int(w)), image_size or 512).net_hw
 
 
 def confidence_weight(confidence: np.ndarray, backend: str) -> np.ndarray:

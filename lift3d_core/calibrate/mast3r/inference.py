@@ -21,6 +21,7 @@ from PIL import Image
 
 from lift3d_core.calibrate.mast3r.align import PairPointmaps
 from lift3d_core.calibrate.mast3r.model import AsymmetricMASt3R
+from lift3d_core.errors import Lift3DError
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ def network_view(frame_hw: tuple[int, int], image_size: int = 512, patch_size: i
     if w == h:
         h = (3 * w // 4) // patch_size * patch_size
     if min(h, w) < patch_size:
-        raise ValueError(f"frames of {W}x{H} at image_size {image_size} leave less than one {patch_size}-px patch")
+        raise Lift3DError(f"calibrate.mast3r: frames of {W}x{H} at image_size {image_size} leave less than one "
+                          f"{patch_size}-px patch; use larger frames or a larger calibrate.mast3r.image_size")
     return NetworkView(frame_hw=(H, W), resized_hw=(Hr, Wr), crop_xy=(Wr // 2 - w // 2, Hr // 2 - h // 2),
                        net_hw=(h, w))
 
