@@ -60,6 +60,9 @@ def configure_environment(project: Project) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "true")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{project.state_dir / 'mlflow.db'}")
+    # checkpoint paths in params.yaml are the project's, and their digests are cached with its state
+    os.environ.setdefault("LIFT3D_PROJECT", str(project.root))
+    os.environ.setdefault("LIFT3D_DIGEST_CACHE", str(project.state_dir / "checkpoint-digests.json"))
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # mlflow probes git; a missing git must not warn
     # torch.compile's cache (inductor's graphs and the Triton kernels it generates) with the project rather than in
     # /tmp/torchinductor_$USER, which a reboot or a fresh container empties: the GPU trainer's graphs cost ~1-2

@@ -92,6 +92,9 @@ def checkpoint_path(name: str, path: str | os.PathLike | None = None, root: str 
     """
     spec = _spec(name)
     file = Path(path) if path is not None else Path(root) / spec.filename
+    if not file.is_absolute() and os.environ.get("LIFT3D_PROJECT"):
+        # params.yaml's paths are the project's (the CLI sets LIFT3D_PROJECT), wherever the command runs from
+        file = Path(os.environ["LIFT3D_PROJECT"]) / file
     if not file.is_file():
         raise Lift3DError(f"checkpoint {file} is missing ({spec.used_by} needs it); get {spec.filename} "
                           f"from {spec.source} and put it there")
@@ -105,14 +108,15 @@ def _cache_file() -> Path:
 
 
 def digest(path: str | os.PathLike) -> str:
-    """``"sha256:<hex>"`` of a checkpoint file, cached by (absolute path, size, mtime_ns).
+    """``"sha256:<hex>"`` of a checkpoint file, cached by (absolute path, size, mtime_ns, inode, ctime_ns).
 
     The cache is a small JSON (``.lift3d/checkpoint-digests.json``, or ``$LIFT3D_DIGEST_CACHE``);
-    a changed size or mtime re-hashes, so a replaced file gets its own digest.
+    any change of those re-hashes, so a replaced file gets its own digest.
     """
     path = Path(path).resolve()
     st = path.stat()
-    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    # inode and ctime too: a copy that keeps size and mtime (cp -p, rsync -t, a DVC checkout) is another file
+    stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
     cache_path = _cache_file()
     try:
         cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}

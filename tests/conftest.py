@@ -41,7 +41,8 @@ def tiny_project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # configure_environment() sets these with os.environ.setdefault; set-then-delete makes monkeypatch record each
     # variable's state before the test (delenv alone records nothing for an unset one), so none leaks into the next
-    for var in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "LIFT3D_STORE", "PREFECT_API_URL", "TORCHINDUCTOR_CACHE_DIR"):
+    for var in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "LIFT3D_STORE", "PREFECT_API_URL", "TORCHINDUCTOR_CACHE_DIR",
+                "LIFT3D_PROJECT", "LIFT3D_DIGEST_CACHE"):
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
     return tmp_path

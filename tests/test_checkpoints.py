@@ -74,3 +74,36 @@ def test_verify_reports_each_checkpoint(tmp_path, monkeypatch):
     status = dict(ck.verify(tmp_path))
     assert status["depth_anything_v2"] == "present" and status["motionctrl_svd"] == "missing"
     assert status["mast3r"].startswith("mismatched: sha256")
+
+
+def test_relative_checkpoint_paths_are_the_projects_wherever_the_command_runs(tmp_path, monkeypatch):
+    from lift3d_core.checkpoints import checkpoint_path
+
+    project = tmp_path / "project"
+    (project / "checkpoints").mkdir(parents=True)
+    (project / "checkpoints" / "motionctrl_svd.ckpt").write_bytes(b"x")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("LIFT3D_PROJECT", str(project))
+    assert checkpoint_path("motionctrl_svd", "checkpoints/motionctrl_svd.ckpt") == \
+        project / "checkpoints" / "motionctrl_svd.ckpt"
+
+
+def test_a_copy_with_the_same_size_and_mtime_gets_its_own_digest(tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from lift3d_core.checkpoints import digest
+
+    monkeypatch.setenv("LIFT3D_DIGEST_CACHE", str(tmp_path / "digests.json"))
+    a, b = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
+    a.write_bytes(b"weights-1")
+    b.write_bytes(b"weights-2")
+    first = digest(a)
+    st = a.stat()
+    os.replace(b, a)  # same path, same size: other bytes
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime, as cp -p or rsync -t keep it
+    assert digest(a) != first
+    shutil.copy(a, b)
+    assert digest(b) == digest(a)

@@ -441,7 +441,12 @@ def estimate(frames: np.ndarray, calibrated_depth: np.ndarray, confidence: np.nd
     """The backend: Depth Anything V2 on every frame, aligned to the calibrated depth (all ``[F, H, W]``)."""
     sec = cfg.depth_anything_v2
     t0 = time.perf_counter()
-    model = load_model(sec.checkpoint, sec.variant, sec.dtype)
+    path = sec.checkpoint
+    if sec.variant == "vitl":  # the official file: found (and named when missing) as every checkpoint is
+        from lift3d_core.checkpoints import checkpoint_path
+
+        path = checkpoint_path("depth_anything_v2", path)
+    model = load_model(path, sec.variant, sec.dtype)
     t1 = time.perf_counter()
     mono = relative_disparity(model, frames, sec.input_size, sec.batch_size)
     t2 = time.perf_counter()
