@@ -5,6 +5,7 @@ import math
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from lift3d_core.calibrate import confidence_weight
 from lift3d_core.depth import estimate_inverse_depth
 from lift3d_core.generate import distinct_frames
 from lift3d_core.trajectory import CameraTree
@@ -19,7 +20,10 @@ def depth(ctx: RunContext) -> StageResult:
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
         frames = distinct_frames(tree, ctx.read("generate").array("frames"))
         cal = ctx.arrays("calibrate", "depth", "confidence")
-        est = estimate_inverse_depth(frames, cal["depth"], ctx.config("depth"), confidence=cal["confidence"])
+        # every backend's confidence as a weight in [0, 1] (MASt3R's lies in [1, inf)), so min_confidence means
+        # the same whichever calibration ran
+        weight = confidence_weight(cal["confidence"], ctx.config("calibrate").backend)
+        est = estimate_inverse_depth(frames, cal["depth"], ctx.config("depth"), confidence=weight)
         seconds.update(est.seconds)
         return est.to_arrays(), est.stats
 

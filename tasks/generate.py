@@ -1,7 +1,8 @@
 """generate: render the camera tree's clips from the input image (the GPU-heavy stage).
 
 Resume: every finished clip is stored at once as a ``generate_clip`` artifact keyed by the stage's key and
-the clip id (verified on read like any artifact), so a killed run restarts at the first unfinished clip.
+the clip id (verified on read like any artifact), so a killed run restarts at the first unfinished clip; they are
+deleted once the stage's own artifact is committed.
 """
 
 import numpy as np
@@ -74,4 +75,14 @@ def generate(ctx: RunContext) -> StageResult:
         arrays.update({f"ground_truth/{k}": v for k, v in video.ground_truth.items()})
         return arrays, {"clip_ids": [c.clip_id for c in tree.clips], "tree": tree.to_dict()}
 
-    return cached_stage(ctx, "generate", compute)
+    result = cached_stage(ctx, "generate", compute)
+    _drop_clips(ctx, CameraTree.from_dict(ctx.read("trajectory").attrs["tree"]))
+    return result
+
+
+def _drop_clips(ctx: RunContext, tree: CameraTree) -> None:
+    """The per-clip artifacts only serve a resume: once the stage's artifact is committed they are deleted, so the
+    frames are not stored (and pushed to a team remote) twice."""
+    dropped = sum(ctx.store.delete(CLIP_STAGE, _clip_key(ctx, c.clip_id)[0]) for c in tree.clips)
+    if dropped:
+        stage_logger().info(f"generate   {dropped} per-clip resume artifacts removed (the stage's artifact holds them)")

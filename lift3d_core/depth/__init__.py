@@ -33,8 +33,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 class CalibratedDepthConfig:
     """``depth.calibrated``: use the calibration's depth.
 
-    min_confidence: calibrated pixels below this confidence are invalid, in the calibration backend's own scale
-        (``commanded``: 0 or 1; ``mast3r``: [1, inf)); 0 keeps every pixel with a depth.
+    min_confidence: calibrated pixels below this confidence are invalid; a weight in [0, 1] (the depth task maps each
+    calibration backend's scale onto it with ``calibrate.confidence_weight``: MASt3R's c in [1, inf) becomes
+    1 - 1/c); 0 keeps every pixel with a depth.
     """
 
     min_confidence: float = 0.0
@@ -53,7 +54,7 @@ class DepthAnythingV2Config:
     input_size: the frames are resized (aspect kept) so that their shorter side is at least this, both sides
         multiples of 14; 518 is Depth Anything V2's own default (LiftImage3D passes 512, which gives 518 rows too).
     align: ``median`` (the reference's rule) or ``robust_lsq`` (Tukey IRLS, see :mod:`lift3d_core.depth.align`).
-    min_confidence: only calibrated pixels at or above this confidence enter the fit, in the calibration's scale.
+    min_confidence: only calibrated pixels at or above this confidence weight (in [0, 1], see above) enter the fit.
     min_fit_pixels: a frame with fewer usable pixels is left unaligned (all invalid) and counted in the stats.
     batch_size: frames per forward pass (speed only, not hashed).
     dtype: the network's compute dtype (``float32``, ``bfloat16``, ``float16``).
