@@ -107,3 +107,12 @@ def test_a_copy_with_the_same_size_and_mtime_gets_its_own_digest(tmp_path, monke
     assert digest(a) != first
     shutil.copy(a, b)
     assert digest(b) == digest(a)
+
+
+def test_a_backend_whose_package_is_missing_says_what_to_install():
+    from lift3d_core.registry import Backend
+
+    with pytest.raises(Lift3DError, match=r"depth\.backend=x needs the Python package 'no_such_package_lift3d'.*"
+                                          r"pip install 'lift3d\[depth\]'"):
+        Backend("no_such_package_lift3d.module:estimate", extra="depth").load("depth", "x")
+    assert Backend("lift3d_core.registry:section_key").load("any", "y").__name__ == "section_key"

@@ -17,7 +17,6 @@ densifies its triangulated points (:mod:`lift3d_core.calibrate.colmap`);
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,26 +26,14 @@ from lift3d_core.calibrate.colmap import ColmapConfig
 from lift3d_core.calibrate.contract import CONTRACTS, Similarity, confidence_weight, fit_to_commanded, run_resolution
 from lift3d_core.calibrate.fusion import apply_similarity, fuse_depth, normalization
 from lift3d_core.calibrate.mast3r.config import Mast3rConfig
-from lift3d_core.config import config_to_dict
 from lift3d_core.errors import Lift3DError
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A registry entry. section: the :class:`CalibrateConfig` field holding its settings (None: it has none).
-    factory: ``"module:function"`` imported on first use, so a backend's dependencies load only when chosen.
-    needs: what to install or fetch when the import fails."""
-
-    section: str | None
-    factory: str
-    needs: str
-
+from lift3d_core.registry import Backend, active_section, checkpoint_digests, section_key
 
 BACKENDS: dict[str, Backend] = {
-    "commanded": Backend(None, "lift3d_core.calibrate.commanded:calibrate_commanded", ""),
-    "colmap": Backend("colmap", "lift3d_core.calibrate.colmap:calibrate_colmap", "pycolmap (pip install pycolmap)"),
-    "mast3r": Backend("mast3r", "lift3d_core.calibrate.mast3r.backend:calibrate_from_layout",
-                      "torch and Pillow (pip install lift3d) plus the MASt3R checkpoint (lift3d checkpoints verify)"),
+    "commanded": Backend("lift3d_core.calibrate.commanded:calibrate_commanded"),
+    "colmap": Backend("lift3d_core.calibrate.colmap:calibrate_colmap", "colmap"),
+    "mast3r": Backend("lift3d_core.calibrate.mast3r.backend:calibrate_from_layout", "mast3r",
+                      checkpoints={"mast3r": "checkpoint"}),
 }
 
 
@@ -77,25 +64,20 @@ class CalibrateConfig:
 
     def section(self):
         """The active backend's own settings, or None."""
-        name = BACKENDS[self.backend].section
-        return None if name is None else getattr(self, name, None)
+        return active_section(self, BACKENDS)
 
     def models(self) -> dict[str, str]:
         """Checkpoint name -> SHA-256 digest of what the active backend reads (for the store key); a missing file
         raises one Lift3DError naming it and where to get it."""
-        if self.backend != "mast3r":
-            return {}
-        from lift3d_core.checkpoints import checkpoint_path, digest
-
-        return {"mast3r": digest(checkpoint_path("mast3r", self.mast3r.checkpoint))}
+        return checkpoint_digests(self, BACKENDS)
 
     def key_params(self) -> dict:
         """What the store key hashes: the shared settings and only the active backend's section."""
         out = {"backend": self.backend, "max_points": self.max_points, "normalize_extent": self.normalize_extent,
                "seed": self.seed}
         sec = self.section()
-        if sec is not None:  # a section may leave out what only changes the speed
-            out[self.backend] = sec.key_params() if hasattr(sec, "key_params") else config_to_dict(sec)
+        if sec is not None:
+            out[self.backend] = section_key(sec)
         return out
 
 
@@ -188,22 +170,8 @@ def calibrate(
     layout = layout or FrameLayout.single_clip(len(frames))
     if len(layout.frame_ids) != len(frames):
         raise Lift3DError(f"calibrate got {len(frames)} frames but a layout of {len(layout.frame_ids)}")
-    backend = _load_backend(cfg.backend)
+    backend = BACKENDS[cfg.backend].load("calibrate", cfg.backend)
     return backend(frames, np.asarray(c2w_commanded, np.float64), K, cfg, layout, depth_hint)
-
-
-_loaded: dict[str, object] = {}
-
-
-def _load_backend(name: str):
-    if name not in _loaded:
-        spec = BACKENDS[name]
-        module, fn = spec.factory.split(":")
-        try:
-            _loaded[name] = getattr(importlib.import_module(module), fn)
-        except ImportError as e:
-            raise Lift3DError(f"calibrate.backend={name} needs {spec.needs}: {e}") from e
-    return _loaded[name]
 
 
 __all__ = [

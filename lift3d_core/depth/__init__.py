@@ -14,8 +14,6 @@ store key (:meth:`DepthConfig.key_params`); a backend's checkpoints, whose diges
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +23,7 @@ import torch
 from lift3d_core.config import config_to_dict
 from lift3d_core.depth.align import ALIGN_METHODS, align_disparity
 from lift3d_core.errors import Lift3DError
+from lift3d_core.registry import Backend, active_section, checkpoint_digests, section_key
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -85,32 +84,15 @@ class DepthAnythingV2Config:
         if self.dtype not in DTYPES:
             raise Lift3DError(f"depth.depth_anything_v2.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
-
-@dataclass(frozen=True)
-class Backend:
-    """A registry entry: the backend's config section and ``module:function`` of its estimator, imported on use
-    (so a backend's heavy dependency is needed only when it is chosen)."""
-
-    section: type
-    factory: str
-    unhashed: tuple[str, ...] = ()  # section fields that change only the speed
-
-    def load(self) -> Callable[..., DepthEstimate]:
-        module, name = self.factory.split(":")
-        try:
-            return getattr(importlib.import_module(module), name)
-        except ImportError as exc:
-            raise Lift3DError(
-                f"depth backend needs a missing package ({exc.name}): pip install 'lift3d[depth]'"
-            ) from None
+    def key_params(self) -> dict[str, Any]:
+        """Every field but the speed-only ``batch_size`` and the file's path (its digest is hashed instead)."""
+        return {k: v for k, v in config_to_dict(self).items() if k not in ("batch_size", "checkpoint")}
 
 
 BACKENDS: dict[str, Backend] = {
-    "calibrated": Backend(CalibratedDepthConfig, "lift3d_core.depth.calibrated:estimate"),
-    "depth_anything_v2": Backend(
-        # the checkpoint's digest enters the key (DepthConfig.models), not where the file lies
-        DepthAnythingV2Config, "lift3d_core.depth.depth_anything_v2:estimate", unhashed=("batch_size", "checkpoint")
-    ),
+    "calibrated": Backend("lift3d_core.depth.calibrated:estimate", "calibrated"),
+    "depth_anything_v2": Backend("lift3d_core.depth.depth_anything_v2:estimate", "depth_anything_v2", extra="depth",
+                                 checkpoints={"depth_anything_v2": "checkpoint"}),
 }
 
 
@@ -136,23 +118,17 @@ class DepthConfig:
     @property
     def section(self) -> Any:
         """The active backend's sub-section."""
-        return getattr(self, self.backend)
+        return active_section(self, BACKENDS)
 
     def models(self) -> dict[str, str]:
         """Checkpoint name -> SHA-256 digest of what the active backend reads (``pipeline.plan`` puts it in the
         depth key, so new weights recompute depth); a missing file raises one Lift3DError naming it and its source."""
-        if self.backend != "depth_anything_v2":
-            return {}
-        from lift3d_core.checkpoints import checkpoint_path, digest
-
-        return {"depth_anything_v2": digest(checkpoint_path("depth_anything_v2", self.depth_anything_v2.checkpoint))}
+        return checkpoint_digests(self, BACKENDS)
 
     def key_params(self) -> dict[str, Any]:
         """What the depth key hashes: the backend, the shared settings and the active backend's section only,
         without the settings that change only the speed."""
-        spec = BACKENDS[self.backend]
-        section = {k: v for k, v in config_to_dict(self.section).items() if k not in spec.unhashed}
-        return {"backend": self.backend, "min_depth": self.min_depth, self.backend: section}
+        return {"backend": self.backend, "min_depth": self.min_depth, self.backend: section_key(self.section)}
 
 
 @dataclass
@@ -200,7 +176,7 @@ def estimate_inverse_depth(
         raise Lift3DError(f"depth: confidence {confidence.shape} must match the calibrated depth "
                           f"{calibrated_depth.shape}")
     size = frames.shape[1:3]
-    out = BACKENDS[cfg.backend].load()(frames, resample_nearest(calibrated_depth, size),
+    out = BACKENDS[cfg.backend].load("depth", cfg.backend)(frames, resample_nearest(calibrated_depth, size),
                                         resample_nearest(confidence, size), cfg)
     out.stats.setdefault("valid_fraction", float(out.valid.mean()))
     return out

@@ -5,7 +5,7 @@ Every backend turns ``image uint8 [H, W, 3]`` and a :class:`CameraTree` into
 clip equals its parent's last frame), plus nominal intrinsics and whatever
 ground truth the backend knows. Callers never branch on the backend.
 
-Backends, in :data:`BACKENDS` (name -> config section class, lazy factory, pip extra):
+Backends, in :data:`BACKENDS` (name -> :class:`lift3d_core.registry.Backend`: lazy factory, section, pip extra):
 
 * ``synthetic``: renders a known scene built from the image (ground truth for tests, the demo and benchmarks).
 * ``motionctrl_svd``: MotionCtrl's camera-controlled Stable Video Diffusion on diffusers, official checkpoint
@@ -17,38 +17,25 @@ Resume: a backend that generates clip by clip takes ``done`` (clip_id -> frames 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from lift3d_core.config import config_to_dict
 from lift3d_core.errors import Lift3DError
 from lift3d_core.generate.motionctrl_svd.config import MotionCtrlSVDConfig
 from lift3d_core.generate.synthetic import SyntheticGeneratorConfig, synthetic_scene_config
 from lift3d_core.generate.video import GeneratedVideo
+from lift3d_core.registry import Backend, active_section, checkpoint_digests, section_key
 from lift3d_core.trajectory import CameraTree
 
 __all__ = ["BACKENDS", "Backend", "GenerateConfig", "GeneratedVideo", "MotionCtrlSVDConfig",
            "SyntheticGeneratorConfig", "backend_function", "distinct_frames", "generate", "synthetic_scene_config"]
 
 
-@dataclass(frozen=True)
-class Backend:
-    """A generator backend: its params section class, ``"module:function"`` of its generate function
-    (imported on first use), the pip extra its imports need, and the checkpoints it reads (names in
-    :data:`lift3d_core.checkpoints.CHECKPOINTS` -> the section field holding the path)."""
-
-    section: type
-    factory: str
-    extra: str | None = None
-    checkpoints: Mapping[str, str] = field(default_factory=dict)
-
-
 BACKENDS: dict[str, Backend] = {
-    "synthetic": Backend(SyntheticGeneratorConfig, "lift3d_core.generate.synthetic:generate_synthetic"),
-    "motionctrl_svd": Backend(MotionCtrlSVDConfig, "lift3d_core.generate.motionctrl_svd.backend:generate_motionctrl",
+    "synthetic": Backend("lift3d_core.generate.synthetic:generate_synthetic", "synthetic"),
+    "motionctrl_svd": Backend("lift3d_core.generate.motionctrl_svd.backend:generate_motionctrl", "motionctrl_svd",
                               extra="motionctrl", checkpoints={"motionctrl_svd": "checkpoint"}),
 }
 
@@ -68,14 +55,7 @@ class GenerateConfig:
 
     def key_params(self) -> dict:
         """What the store key hashes: the backend, the seed and only that backend's section."""
-        section = getattr(self, self.backend)
-        params = section.key_params() if hasattr(section, "key_params") else config_to_dict(section)
-        return {"backend": self.backend, "seed": self.seed, self.backend: params}
-
-    def checkpoint_paths(self) -> dict[str, str]:
-        """The active backend's checkpoints: registry name -> path."""
-        section = getattr(self, self.backend)
-        return {name: getattr(section, attr) for name, attr in BACKENDS[self.backend].checkpoints.items()}
+        return {"backend": self.backend, "seed": self.seed, self.backend: section_key(active_section(self, BACKENDS))}
 
     def models(self) -> dict[str, str]:
         """Checkpoint name -> SHA-256 digest, for the store key (``pipeline.plan``'s ``models``).
@@ -83,21 +63,12 @@ class GenerateConfig:
         A missing file raises one Lift3DError naming it and where to get it (the digest is cached by
         path, size and mtime, so only the first run hashes a large file).
         """
-        from lift3d_core.checkpoints import checkpoint_path, digest
-
-        return {name: digest(checkpoint_path(name, path)) for name, path in self.checkpoint_paths().items()}
+        return checkpoint_digests(self, BACKENDS)
 
 
 def backend_function(name: str) -> Callable[..., GeneratedVideo]:
     """The generate function of backend ``name``, imported now; a missing dependency names the extra to install."""
-    spec = BACKENDS[name]
-    module, attr = spec.factory.split(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except ModuleNotFoundError as exc:
-        hint = f"pip install 'lift3d[{spec.extra}]'" if spec.extra else "reinstall lift3d"
-        raise Lift3DError(f"generate.backend={name} needs the Python package {exc.name!r}, which is not "
-                          f"installed: {hint}") from None
+    return BACKENDS[name].load("generate", name)
 
 
 def generate(
