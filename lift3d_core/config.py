@@ -157,3 +157,18 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         return v
 
     return convert(config)
+
+
+# Precision settings of every model backend, one spelling: torch's names, the short ones accepted as aliases.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def canonical_dtype(name: str, where: str) -> str:
+    """``name`` as one of :data:`DTYPE_NAMES` (``bf16`` -> ``bfloat16``...), so a key hashes one spelling; a
+    Lift3DError naming ``where`` for anything else."""
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in DTYPE_NAMES:
+        raise Lift3DError(f"{where} must be one of {', '.join(DTYPE_NAMES)} (or bf16, fp16, fp32), got {name!r}")
+    return name
+

@@ -113,3 +113,15 @@ def test_input_digest_is_content_addressed(tmp_path):
     img[0, 0] ^= 1
     b.write_bytes(_png_bytes(img))
     assert input_digest(str(a)) != input_digest(str(b))
+
+
+def test_every_model_section_takes_one_dtype_spelling():
+    from lift3d_core.calibrate.mast3r.config import Mast3rConfig
+    from lift3d_core.depth import DepthAnythingV2Config
+    from lift3d_core.generate import MotionCtrlSVDConfig
+
+    for cls in (MotionCtrlSVDConfig, Mast3rConfig, DepthAnythingV2Config):
+        assert cls(dtype="bf16").dtype == cls(dtype="bfloat16").dtype == "bfloat16"  # one key for both spellings
+        assert cls(dtype="fp32").dtype == "float32"
+        with pytest.raises(Lift3DError, match="dtype must be one of float32, bfloat16, float16"):
+            cls(dtype="half")

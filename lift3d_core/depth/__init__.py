@@ -20,12 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lift3d_core.config import config_to_dict
+from lift3d_core.config import canonical_dtype, config_to_dict
 from lift3d_core.depth.align import ALIGN_METHODS, align_disparity
 from lift3d_core.errors import Lift3DError
 from lift3d_core.registry import Backend, active_section, checkpoint_digests, section_key
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -81,8 +79,7 @@ class DepthAnythingV2Config:
             raise Lift3DError(f"depth.depth_anything_v2.min_fit_pixels must be >= 2, got {self.min_fit_pixels}")
         if self.batch_size < 1:
             raise Lift3DError(f"depth.depth_anything_v2.batch_size must be >= 1, got {self.batch_size}")
-        if self.dtype not in DTYPES:
-            raise Lift3DError(f"depth.depth_anything_v2.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype, "depth.depth_anything_v2.dtype"))
 
     def key_params(self) -> dict[str, Any]:
         """Every field but the speed-only ``batch_size`` and the file's path (its digest is hashed instead)."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from lift3d_core.config import canonical_dtype
 from lift3d_core.errors import Lift3DError
 
 CHECKPOINT_NAME = "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric.pth"
 INITS = ("mst", "commanded")
 SCHEDULES = ("cosine", "linear")
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # fields that change only the speed, never the numbers: not part of the store key
 _SPEED_ONLY = ("batch_size", "device")
 
@@ -55,8 +55,7 @@ class Mast3rConfig:
             raise Lift3DError(f"{where}: iterations must be >= 0 and lr > 0, got {self.iterations}, {self.lr}")
         if self.min_conf_thr < 1.0:
             raise Lift3DError(f"{where}.min_conf_thr is on MASt3R's [1, inf) scale; got {self.min_conf_thr}")
-        if self.dtype not in DTYPE_NAMES:
-            raise Lift3DError(f"{where}.dtype must be one of {sorted(DTYPE_NAMES)}, got {self.dtype!r}")
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype, f"{where}.dtype"))
         if self.batch_size < 1:
             raise Lift3DError(f"{where}.batch_size must be >= 1, got {self.batch_size}")
 

@@ -32,7 +32,7 @@ __all__ = ["SPECS", "clear_model_cache", "generate_motionctrl", "load_model", "m
 log = logging.getLogger("lift3d")
 
 SPECS: dict[str, ModelSpec] = {"official": OFFICIAL, "tiny": TINY}
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Nominal only: MotionCtrl-SVD has no intrinsics; calibration measures the focal length of the frames.
 _NOMINAL_FOV_X_DEG = 60.0
 # Peak activation bytes of one clip (both guidance branches) at 16 x 1024x576, bf16, SDPA: the max_batch=0

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lift3d_core.config import config_to_dict
+from lift3d_core.config import canonical_dtype, config_to_dict
 from lift3d_core.errors import Lift3DError
 
-__all__ = ["DTYPES", "MotionCtrlSVDConfig"]
+__all__ = ["MotionCtrlSVDConfig"]
 
-DTYPES = ("bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class MotionCtrlSVDConfig:
     speed, axis_scale: pose preprocessing: pose-file translations times ``axis_scale * speed`` before they
         are made relative to frame 0 (reference ``get_RT``: (3, 1, 4) and ``--speed 1.6``). Keep
         ``axis_scale`` equal to ``trajectory.motionctrl_axis_scale``, which shapes the commanded cameras.
-    dtype: weights and activations (bf16 default; fp32 on a CPU).
+    dtype: weights and activations (bfloat16 default; float32 on a CPU; bf16 / fp32 accepted).
     decode_frames: frames per temporal-decoder call (the reference decodes one at a time; a different
         value changes the frames, since the decoder's temporal layers see that many).
     Speed only, not in the key: max_batch (clips per UNet call, both guidance branches included; 0 = as many
@@ -49,7 +48,7 @@ class MotionCtrlSVDConfig:
     rho: float = 7.0
     speed: float = 1.6
     axis_scale: tuple[float, float, float] = (3.0, 1.0, 4.0)
-    dtype: str = "bf16"
+    dtype: str = "bfloat16"
     decode_frames: int = 1
     max_batch: int = 0
     decode_batch: int = 16
@@ -72,8 +71,7 @@ class MotionCtrlSVDConfig:
             raise Lift3DError(f"{where}.speed must be > 0, got {self.speed}")
         if len(self.axis_scale) != 3 or not all(a > 0 for a in self.axis_scale):
             raise Lift3DError(f"{where}.axis_scale must be 3 positive numbers (x, y, z)")
-        if self.dtype not in DTYPES:
-            raise Lift3DError(f"{where}.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype, f"{where}.dtype"))
         for name in ("decode_frames", "decode_batch"):
             if getattr(self, name) < 1:
                 raise Lift3DError(f"{where}.{name} must be >= 1, got {getattr(self, name)}")
