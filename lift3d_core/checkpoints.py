@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 import pickle
+import threading
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,34 @@ def load_torch(path: str | os.PathLike, allowed_globals: Iterable[Any] = (), *, 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Lift3DError(f"checkpoint {path} cannot be read, probably truncated or damaged ({first[:200]})"
                           f"{where}") from None
+
+
+_MODELS: dict[tuple, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def cached_model(path: str | os.PathLike, options: tuple, build: Callable[[Path], Any]) -> Any:
+    """The model ``build(path)`` makes, built once per process per (file, its size, mtime and inode, ``options``:
+    dtype, device, variant...): every backend's "models loaded once per process". A file replaced on disk is built
+    again and its stale model dropped (one model per file and options, so a long batch never holds two copies of
+    a checkpoint's weights). Thread-safe: two tasks asking at once build it once.
+    """
+    resolved = Path(path).resolve()
+    st = resolved.stat()
+    key = (str(resolved), options)
+    stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+    with _MODELS_LOCK:
+        hit = _MODELS.get(key)
+        if hit is None or hit[0] != stamp:
+            _MODELS.pop(key, None)  # drop the stale copy before building the new one
+            _MODELS[key] = (stamp, build(resolved))
+        return _MODELS[key][1]
+
+
+def clear_model_cache() -> None:
+    """Forget every loaded model (frees their memory once nothing else holds them)."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
 
 
 def verify(root: str | os.PathLike = DEFAULT_ROOT, *, hash_files: bool = True) -> list[tuple[str, str]]:

@@ -116,3 +116,30 @@ def test_a_backend_whose_package_is_missing_says_what_to_install():
                                           r"pip install 'lift3d\[depth\]'"):
         Backend("no_such_package_lift3d.module:estimate", extra="depth").load("depth", "x")
     assert Backend("lift3d_core.registry:section_key").load("any", "y").__name__ == "section_key"
+
+
+def test_a_model_is_built_once_per_file_and_again_when_the_file_changes(tmp_path):
+    import os
+
+    from lift3d_core import checkpoints
+
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"one")
+    builds = []
+
+    def build(p):
+        builds.append(p.read_bytes())
+        return object()
+
+    checkpoints.clear_model_cache()
+    first = checkpoints.cached_model(path, ("cpu",), build)
+    assert checkpoints.cached_model(path, ("cpu",), build) is first and builds == [b"one"]
+    other = checkpoints.cached_model(path, ("cuda",), build)  # other options: another model
+    assert other is not first and len(builds) == 2
+    replacement = tmp_path / "new.pth"
+    replacement.write_bytes(b"two")
+    os.replace(replacement, path)  # the file replaced on disk: built again, the stale copy dropped
+    again = checkpoints.cached_model(path, ("cpu",), build)
+    assert again is not first and builds[-1] == b"two"
+    assert sum(1 for k in checkpoints._MODELS if k[1] == ("cpu",)) == 1
+    checkpoints.clear_model_cache()

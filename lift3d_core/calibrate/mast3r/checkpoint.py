@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import threading
 from pathlib import Path
 
 import torch
@@ -204,21 +203,12 @@ def build_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
     return model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
 
 
-_CACHE: dict[tuple, AsymmetricMASt3R] = {}
-_LOCK = threading.Lock()
-
-
 def load_mast3r(path: str | Path, device: str | torch.device = "cpu") -> AsymmetricMASt3R:
-    """:func:`build_from_checkpoint`, once per process per (file, size, mtime, device)."""
+    """:func:`build_from_checkpoint`, once per process per (file, device) (:func:`~lift3d_core.checkpoints.cached_model`)."""
+    from lift3d_core.checkpoints import cached_model
+
     path = Path(path)
     if not path.is_file():
         raise Lift3DError(f"MASt3R checkpoint not found: {path}; {WHERE}")
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(torch.device(device)))
-    with _LOCK:
-        if key not in _CACHE:
-            # one model per file: a rewritten file replaces its stale entry instead of piling up
-            for k in [k for k in _CACHE if k[0] == key[0] and k[3] == key[3]]:
-                del _CACHE[k]
-            _CACHE[key] = build_from_checkpoint(path, device)
-        return _CACHE[key]
+    device = str(torch.device(device))
+    return cached_model(path, ("mast3r", device), lambda p: build_from_checkpoint(p, device))

@@ -9,7 +9,6 @@ disparity is resized back to the frame size (bilinear, corners aligned).
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,26 +65,19 @@ def load_weights(path: str | Path, arch: Architecture) -> DepthAnythingForDepthE
     return model.eval()
 
 
-_MODELS: dict[tuple, DepthAnythingForDepthEstimation] = {}
-_MODELS_LOCK = threading.Lock()
-
-
 def load_model(
     path: str | Path, variant: str = "vitl", dtype: str = "float32", device: str | torch.device | None = None
 ) -> DepthAnythingForDepthEstimation:
-    """The cached network for a checkpoint: loaded once per process per (file, its size and mtime, variant, dtype,
-    device); a replaced file is loaded again and the stale copy dropped."""
+    """The network for a checkpoint, loaded once per process per (file, variant, dtype, device)
+    (:func:`~lift3d_core.checkpoints.cached_model`: a replaced file is loaded again and the stale copy dropped)."""
+    from lift3d_core.checkpoints import cached_model
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    resolved = Path(path).resolve()
-    stat = resolved.stat() if resolved.is_file() else None
-    key = (str(resolved), stat and stat.st_size, stat and stat.st_mtime_ns, variant, dtype, str(device))
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            model = load_weights(resolved, ARCHITECTURES[variant]).to(device, getattr(torch, dtype))
-            for stale in [k for k in _MODELS if k[0] == key[0] and k[1:3] != key[1:3]]:
-                del _MODELS[stale]
-            _MODELS[key] = model
-        return _MODELS[key]
+    path = Path(path)
+    if not path.is_file():
+        raise Lift3DError(f"Depth Anything V2 checkpoint {path} not found: {WHERE}")
+    return cached_model(path, ("depth_anything_v2", variant, dtype, str(device)),
+                        lambda p: load_weights(p, ARCHITECTURES[variant]).to(device, getattr(torch, dtype)))
 
 
 # -- inference ----------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lift3d_core.checkpoints import CHECKPOINTS, checkpoint_path, load_torch
+from lift3d_core.checkpoints import CHECKPOINTS, cached_model, checkpoint_path, clear_model_cache, load_torch
 from lift3d_core.errors import Lift3DError
 from lift3d_core.generate.motionctrl_svd.config import MotionCtrlSVDConfig
 from lift3d_core.generate.motionctrl_svd.convert import convert_checkpoint
@@ -38,14 +38,6 @@ _NOMINAL_FOV_X_DEG = 60.0
 # Peak activation bytes of one clip (both guidance branches) at 16 x 1024x576, bf16, SDPA: the max_batch=0
 # estimate (bench/generate_speed.py measures it; scaled by pixels x frames for other sizes).
 _CLIP_BYTES_1024x576x16 = 6.0e9
-_MODELS: dict[tuple, MotionCtrlSVD] = {}
-
-
-def clear_model_cache() -> None:
-    """Forget the loaded models (frees their memory once nothing else holds them)."""
-    _MODELS.clear()
-
-
 def _source() -> str:
     return CHECKPOINTS["motionctrl_svd"].source
 
@@ -54,7 +46,7 @@ def load_model(path, *, spec: ModelSpec = OFFICIAL, dtype: torch.dtype = torch.b
                device: str | torch.device = "cpu", attention: str = "sdpa") -> MotionCtrlSVD:
     """The :class:`MotionCtrlSVD` of the official checkpoint at ``path``, built once per process.
 
-    Cached by (resolved path, size, mtime, spec, dtype, device, attention). The file is memory-mapped
+    Cached by :func:`lift3d_core.checkpoints.cached_model` (the file, spec, dtype, device, attention). The file is memory-mapped
     (``weights_only=True``) and each tensor goes straight to ``dtype`` on ``device``; the model is built
     on the meta device, so nothing is initialised only to be overwritten. Raises one Lift3DError naming
     the file when it is missing, truncated, or not MotionCtrl-SVD's layout.
@@ -63,11 +55,12 @@ def load_model(path, *, spec: ModelSpec = OFFICIAL, dtype: torch.dtype = torch.b
     if not path.is_file():
         raise Lift3DError(f"checkpoint {path} is missing (generate.backend=motionctrl_svd needs it); get "
                           f"motionctrl_svd.ckpt from {_source()}")
-    st = path.stat()
     device = torch.device(device)
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, spec, dtype, str(device), attention)
-    if key in _MODELS:
-        return _MODELS[key]
+    return cached_model(path, ("motionctrl_svd", spec, dtype, str(device), attention),
+                        lambda p: _build(p, spec, dtype, device, attention))
+
+
+def _build(path: Path, spec: ModelSpec, dtype: torch.dtype, device: torch.device, attention: str) -> MotionCtrlSVD:
     raw = load_torch(path, source=_source())
     official = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(official, dict) or not any(str(k).startswith("model.diffusion_model.") for k in official):
@@ -89,7 +82,6 @@ def load_model(path, *, spec: ModelSpec = OFFICIAL, dtype: torch.dtype = torch.b
     _materialise_buffers(model, device)
     if attention == "xformers":
         model.unet.enable_xformers_memory_efficient_attention()
-    _MODELS[key] = model
     return model
 
 
