@@ -255,7 +255,7 @@ RootOpt = typer.Option(None, "--root", help="Checkpoint folder (default: the pro
 
 @checkpoints_app.command("verify")
 def checkpoints_verify(root: Path | None = RootOpt):
-    """Report each checkpoint present, missing or mismatched; exit 1 if any is missing or mismatched."""
+    """Report each checkpoint present, missing, damaged or mismatched; exit 1 unless every one is present."""
     from lift3d_core.checkpoints import CHECKPOINTS, verify
 
     folder = root or _project().root / "checkpoints"

@@ -204,8 +204,9 @@ def clear_model_cache() -> None:
 def verify(root: str | os.PathLike = DEFAULT_ROOT, *, hash_files: bool = True) -> list[tuple[str, str]]:
     """Each registered checkpoint's status under ``root``: ``[(name, status)]``.
 
-    status: ``"present"`` (size and SHA-256 match what is known, or nothing is known),
-    ``"missing"``, or ``"mismatched: ..."`` (size or SHA-256 differ from the official file).
+    status: ``"present"`` (a readable torch archive whose size and SHA-256 match what is known, or nothing is
+    known), ``"missing"``, ``"damaged: ..."`` (not a torch.save archive, or its index cannot be read: a truncated
+    download), or ``"mismatched: ..."`` (size or SHA-256 differ from the official file).
     """
     out = []
     for name, spec in CHECKPOINTS.items():
@@ -222,5 +223,21 @@ def verify(root: str | os.PathLike = DEFAULT_ROOT, *, hash_files: bool = True) -
             if got != spec.sha256:
                 out.append((name, f"mismatched: sha256 {got[:16]}..., expected {spec.sha256[:16]}..."))
                 continue
-        out.append((name, "present"))
+        problem = _archive_problem(file)
+        out.append((name, f"damaged: {problem}" if problem else "present"))
     return out
+
+
+def _archive_problem(file: Path) -> str | None:
+    """Why ``file`` is not a readable ``torch.save`` archive (its central directory, read without loading any
+    tensor: a truncated download fails here), or None."""
+    if not zipfile.is_zipfile(file):
+        return "not a torch.save archive (truncated or another format)"
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if not any(n.endswith("data.pkl") for n in archive.namelist()):
+                return "a zip archive without torch's data.pkl"
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"unreadable archive ({exc})"
+    return None
+

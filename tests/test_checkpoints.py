@@ -67,12 +67,16 @@ def test_load_torch_allows_only_listed_globals(tmp_path):
 def test_verify_reports_each_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("LIFT3D_DIGEST_CACHE", str(tmp_path / "digests.json"))
     assert dict(ck.verify(tmp_path)) == dict.fromkeys(ck.CHECKPOINTS, "missing")
-    (tmp_path / "depth_anything_v2_vitl.pth").write_bytes(b"weights")
+    import torch
+
+    torch.save({"w": torch.zeros(3)}, tmp_path / "depth_anything_v2_vitl.pth")
+    good = (tmp_path / "depth_anything_v2_vitl.pth").read_bytes()
+    (tmp_path / "motionctrl_svd.ckpt").write_bytes(good[: len(good) // 2])  # a download cut short
     monkeypatch.setitem(ck.CHECKPOINTS, "mast3r", ck.CheckpointSpec(
         "mast3r", "m.pth", "somewhere", "calibrate", size=3, sha256=hashlib.sha256(b"abd").hexdigest()))
     (tmp_path / "m.pth").write_bytes(b"abc")
     status = dict(ck.verify(tmp_path))
-    assert status["depth_anything_v2"] == "present" and status["motionctrl_svd"] == "missing"
+    assert status["depth_anything_v2"] == "present" and status["motionctrl_svd"].startswith("damaged")
     assert status["mast3r"].startswith("mismatched: sha256")
 
 
