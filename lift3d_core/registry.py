@@ -41,6 +41,12 @@ class Backend:
                               f"{hint}") from None
 
 
+def check_backend(stage: str, name: str, backends: Mapping[str, Backend]) -> None:
+    """One Lift3DError listing the choices when ``name`` is not one of the stage's backends."""
+    if name not in backends:
+        raise Lift3DError(f"{stage}.backend {name!r} is unknown; available: {', '.join(backends)}")
+
+
 def active_section(cfg: Any, backends: Mapping[str, Backend]) -> Any:
     """The active backend's settings (a config dataclass), or None."""
     name = backends[cfg.backend].section
@@ -65,4 +71,4 @@ def checkpoint_digests(cfg: Any, backends: Mapping[str, Backend]) -> dict[str, s
     return {name: digest(checkpoint_path(name, getattr(section, attr))) for name, attr in spec.checkpoints.items()}
 
 
-__all__ = ["Backend", "active_section", "checkpoint_digests", "section_key"]
+__all__ = ["Backend", "active_section", "check_backend", "checkpoint_digests", "section_key"]

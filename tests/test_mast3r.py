@@ -315,13 +315,18 @@ def test_global_alignment_on_the_default_tree():
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_calibrate_mast3r_runs_a_tiny_random_model_end_to_end(tmp_path):
+def _tiny_run(tmp_path):
+    """(a tiny random MASt3R in the official layout, 4 random frames 48x36, their cameras sliding along x)."""
     path = tmp_path / "tiny_mast3r.pth"
     _save_official_layout(_tiny_model(2), path)
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, (4, 36, 48, 3), dtype=np.uint8)
+    frames = np.random.default_rng(0).integers(0, 255, (4, 36, 48, 3), dtype=np.uint8)
     c2w = np.tile(np.eye(4), (4, 1, 1))
     c2w[:, 0, 3] = [0.0, 0.1, 0.2, 0.3]
+    return path, frames, c2w
+
+
+def test_calibrate_mast3r_runs_a_tiny_random_model_end_to_end(tmp_path):
+    path, frames, c2w = _tiny_run(tmp_path)
     cfg = Mast3rConfig(image_size=64, iterations=10, min_conf_thr=1.0, device="cpu")
     cal = calibrate_mast3r(frames, c2w, intrinsics_from_fov(60, 48, 36), np.array([0, 0, 0, 0]), cfg,
                            checkpoint_path=path, max_points=500)
@@ -339,12 +344,7 @@ def test_mast3r_through_the_calibrate_registry_keys_its_checkpoint(tmp_path, mon
     from lift3d_core.calibrate.contract import Similarity
 
     monkeypatch.setenv("LIFT3D_DIGEST_CACHE", str(tmp_path / "digests.json"))
-    path = tmp_path / "tiny_mast3r.pth"
-    _save_official_layout(_tiny_model(2), path)
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, (4, 36, 48, 3), dtype=np.uint8)
-    c2w = np.tile(np.eye(4), (4, 1, 1))
-    c2w[:, 0, 3] = [0.0, 0.1, 0.2, 0.3]
+    path, frames, c2w = _tiny_run(tmp_path)
     m = Mast3rConfig(checkpoint=str(path), image_size=64, iterations=10, min_conf_thr=1.0, device="cpu")
     cfg = CalibrateConfig(backend="mast3r", max_points=500, mast3r=m)
     cal = calibrate(frames, c2w, intrinsics_from_fov(60, 48, 36), cfg, layout=FrameLayout.single_clip(4))

@@ -27,7 +27,7 @@ from lift3d_core.calibrate.contract import CONTRACTS, Similarity, confidence_wei
 from lift3d_core.calibrate.fusion import apply_similarity, fuse_depth, normalization
 from lift3d_core.calibrate.mast3r.config import Mast3rConfig
 from lift3d_core.errors import Lift3DError
-from lift3d_core.registry import Backend, active_section, checkpoint_digests, section_key
+from lift3d_core.registry import Backend, active_section, check_backend, checkpoint_digests, section_key
 
 BACKENDS: dict[str, Backend] = {
     "commanded": Backend("lift3d_core.calibrate.commanded:calibrate_commanded"),
@@ -55,8 +55,7 @@ class CalibrateConfig:
     mast3r: Mast3rConfig = field(default_factory=Mast3rConfig)
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise Lift3DError(f"calibrate.backend {self.backend!r} is unknown; available: {', '.join(BACKENDS)}")
+        check_backend("calibrate", self.backend, BACKENDS)
         if self.max_points < 100:
             raise Lift3DError(f"calibrate.max_points must be >= 100, got {self.max_points}")
         if self.normalize_extent <= 0:

@@ -23,7 +23,7 @@ import torch
 from lift3d_core.config import canonical_dtype, config_to_dict
 from lift3d_core.depth.align import ALIGN_METHODS, align_disparity
 from lift3d_core.errors import Lift3DError
-from lift3d_core.registry import Backend, active_section, checkpoint_digests, section_key
+from lift3d_core.registry import Backend, active_section, check_backend, checkpoint_digests, section_key
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,7 @@ class DepthConfig:
     depth_anything_v2: DepthAnythingV2Config = field(default_factory=DepthAnythingV2Config)
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise Lift3DError(f"depth.backend {self.backend!r} is unknown; available: {', '.join(BACKENDS)}")
+        check_backend("depth", self.backend, BACKENDS)
         if self.min_depth <= 0:
             raise Lift3DError(f"depth.min_depth must be > 0, got {self.min_depth}")
 

@@ -26,7 +26,7 @@ from lift3d_core.errors import Lift3DError
 from lift3d_core.generate.motionctrl_svd.config import MotionCtrlSVDConfig
 from lift3d_core.generate.synthetic import SyntheticGeneratorConfig, synthetic_scene_config
 from lift3d_core.generate.video import GeneratedVideo
-from lift3d_core.registry import Backend, active_section, checkpoint_digests, section_key
+from lift3d_core.registry import Backend, active_section, check_backend, checkpoint_digests, section_key
 from lift3d_core.trajectory import CameraTree
 
 __all__ = ["BACKENDS", "Backend", "GenerateConfig", "GeneratedVideo", "MotionCtrlSVDConfig",
@@ -50,8 +50,7 @@ class GenerateConfig:
     motionctrl_svd: MotionCtrlSVDConfig = field(default_factory=MotionCtrlSVDConfig)
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise Lift3DError(f"generate.backend {self.backend!r} is unknown; available: {', '.join(BACKENDS)}")
+        check_backend("generate", self.backend, BACKENDS)
 
     def key_params(self) -> dict:
         """What the store key hashes: the backend, the seed and only that backend's section."""
