@@ -96,7 +96,12 @@ def _materialise_buffers(model: MotionCtrlSVD, device: torch.device) -> None:
 
 
 def max_batch_for(cfg: MotionCtrlSVDConfig, device: torch.device, height: int, width: int, frames: int) -> int:
-    """Clips per UNet call: ``cfg.max_batch`` if set, else what fits the GPU's free memory (all on a CPU)."""
+    """Clips per UNet call: ``cfg.max_batch`` if set, else what fits the GPU's free memory (all on a CPU).
+
+    Speed only, so not in the key: each clip's noise comes from ``(seed, clip_id)``, and a clip generated in another
+    batch differs by at most one uint8 level in a few pixels (float sums ordered otherwise; tested), the float
+    tolerance the key promises. Set ``max_batch`` for bytes that do not depend on the memory free at run time.
+    """
     if cfg.max_batch > 0:
         return cfg.max_batch
     if device.type != "cuda":
