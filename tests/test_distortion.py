@@ -343,7 +343,7 @@ def noisy_init(scene: Gaussians, seed: int = 1) -> Gaussians:
 
 
 # The trainer tests below run on the CPU wherever they run (they compare numbers bit for bit or against
-# thresholds set on the CPU path; a GPU's atomics reorder sums): the GPU path is bench/gpu_schedule.py's.
+# thresholds set on the CPU path; a GPU's atomics reorder sums): the GPU path is bench/distortion_full.py's.
 def tiny_train_cfg(**kw):
     from lift3d_core.splat.train import TrainConfig
     from lift3d_core.splat.train_distortion import DistortionTrainConfig
