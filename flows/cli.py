@@ -89,6 +89,7 @@ def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for 
     prefect_ready = boot_prefect_in_background()
     try:
         p = _params(project, params, set_)
+        _preflight(p, image)
     except Lift3DError:
         stop_prefect_server()  # nothing will run
         raise
@@ -102,6 +103,14 @@ def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for 
         tracking.warm_up()  # MLflow's imports overlap the wait for Prefect's server
     summary = _run_flow(lift_flow, *args) if _prefect_usable(prefect_ready) else lift_body(*args, use_prefect=False)
     _report(summary)
+
+
+def _preflight(params: dict, source: str) -> None:
+    """Plan every stage before anything runs: a setting out of range, an unknown backend or a missing or
+    unreadable checkpoint (their digests enter the keys) stops the command here, in one line, not inside a flow."""
+    from lift3d_core.pipeline import plan
+
+    plan(params, source)
 
 
 def _run_flow(flow, *args):
@@ -140,7 +149,12 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: list[str] | N
     project = _project()
     # The server boots in a child process while torch, Prefect and the stages import here.
     prefect_ready = boot_prefect_in_background()
-    p = _params(project, params, set_, DEMO_OVERRIDES)
+    try:
+        p = _params(project, params, set_, DEMO_OVERRIDES)
+        _preflight(p, DEMO_SOURCE)
+    except Lift3DError:
+        stop_prefect_server()  # nothing will run
+        raise
     _check_source(DEMO_SOURCE)  # cannot fail; the photo's first decoding (0.3 s) then happens before the server is up
     console.print(f"demo profile over params.yaml: {' '.join(DEMO_OVERRIDES)}")
     from flows.demo import demo as demo_flow

@@ -201,7 +201,8 @@ def _cli(args, capsys):
     return code, capsys.readouterr()
 
 
-@pytest.mark.parametrize("case", ["missing", "truncated", "not_image", "bad_backend", "negative_iterations"])
+@pytest.mark.parametrize("case", ["missing", "truncated", "not_image", "bad_backend", "negative_iterations",
+                                  "missing_checkpoint"])
 def test_invalid_input_is_one_line_nonzero_and_writes_nothing(tiny_project, capsys, case):
     png = tiny_project / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(png)
@@ -211,6 +212,7 @@ def test_invalid_input_is_one_line_nonzero_and_writes_nothing(tiny_project, caps
         "not_image": ["lift", str(tiny_project / "notes.txt")],
         "bad_backend": ["lift", str(png), "--set", "generate.backend=sora"],
         "negative_iterations": ["lift", str(png), "--set", "train.fine_iterations=-5"],
+        "missing_checkpoint": ["lift", str(png), "--set", "generate.backend=motionctrl_svd"],
     }[case]
     (tiny_project / "trunc.png").write_bytes(png.read_bytes()[:200])
     (tiny_project / "notes.txt").write_text("not an image")
@@ -218,6 +220,8 @@ def test_invalid_input_is_one_line_nonzero_and_writes_nothing(tiny_project, caps
     assert code == 2
     lines = [ln for ln in out.err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("lift3d: error:")
+    if case == "missing_checkpoint":  # named, with where to get it, before any stage ran
+        assert "motionctrl_svd.ckpt is missing" in lines[0] and "huggingface.co/TencentARC/MotionCtrl" in lines[0]
     artifacts = tiny_project / "data" / "artifacts"
     assert not artifacts.exists() or not any(p.is_file() for p in artifacts.rglob("*"))
 
