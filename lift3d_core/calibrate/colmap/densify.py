@@ -1,0 +1,67 @@
+"""Dense depth from a sparse model on a CPU: piecewise-planar interpolation of each frame's triangulated points."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lift3d_core.calibrate.colmap.config import ColmapConfig
+from lift3d_core.calibrate.colmap.sfm import SparseModel
+
+
+def densify_depth(uv: np.ndarray, z: np.ndarray, point_confidence: np.ndarray, height: int, width: int,
+                  discontinuity: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise-planar dense depth from sparse observations of one frame.
+
+    uv: ``[n, 2]`` pixel coordinates (corner convention: pixel (0, 0) covers [0, 1)^2); z: ``[n]`` z-depth > 0;
+    point_confidence: ``[n]`` in [0, 1]. Returns ``depth float32 [H, W]`` (0 outside the points' hull) and
+    ``confidence float32 [H, W]`` in [0, 1].
+    """
+    from scipy.spatial import Delaunay, QhullError
+
+    depth = np.zeros((height, width), np.float32)
+    conf = np.zeros((height, width), np.float32)
+    ok = (z > 0) & np.isfinite(z)
+    uv, inv, pc = uv[ok], 1.0 / z[ok], point_confidence[ok]
+    if len(uv) < 3:
+        return depth, conf
+    try:
+        tri = Delaunay(uv)
+    except QhullError:  # all points on one line
+        return depth, conf
+    gx, gy = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    pix = np.stack([gx.ravel(), gy.ravel()], 1)
+    simplex = tri.find_simplex(pix)
+    inside = simplex >= 0
+    s = simplex[inside]
+    T = tri.transform[s]
+    b = np.einsum("nij,nj->ni", T[:, :2], pix[inside] - T[:, 2])
+    bary = np.concatenate([b, 1.0 - b.sum(1, keepdims=True)], 1)
+    corners = tri.simplices[s]
+    inv_pix = (bary * inv[corners]).sum(1)
+    conf_pix = (bary * pc[corners]).sum(1)
+    # Support: a triangle whose corners disagree in depth straddles an occlusion edge; a large one is a guess.
+    tri_inv = inv[tri.simplices]
+    jump = tri_inv.max(1) / np.maximum(tri_inv.min(1), 1e-12) - 1.0
+    edge = np.linalg.norm(uv[tri.simplices] - uv[np.roll(tri.simplices, 1, axis=1)], axis=-1).max(1)
+    reach = 0.25 * np.hypot(width, height)
+    support = np.where(jump > discontinuity, 0.1, 1.0) * np.exp(-((edge / reach) ** 2))
+    conf_pix *= support[s]
+    depth.ravel()[np.flatnonzero(inside)] = (1.0 / np.maximum(inv_pix, 1e-12)).astype(np.float32)
+    conf.ravel()[np.flatnonzero(inside)] = np.clip(conf_pix, 0.0, 1.0).astype(np.float32)
+    return depth, conf
+
+
+def dense_depth(model: SparseModel, height: int, width: int, cfg: ColmapConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every registered frame's densified depth and confidence, ``float32 [F, H, W]`` each, COLMAP units."""
+    n = len(model.c2w)
+    depth = np.zeros((n, height, width), np.float32)
+    conf = np.zeros((n, height, width), np.float32)
+    for f in np.flatnonzero(model.registered):
+        uv, idx = model.observations[f]
+        if len(idx) < 3:
+            continue
+        w2c = np.linalg.inv(model.c2w[f])
+        z = model.points[idx] @ w2c[2, :3] + w2c[2, 3]
+        depth[f], conf[f] = densify_depth(uv, z, model.point_confidence[idx], height, width, cfg.discontinuity)
+    keep = conf >= cfg.min_confidence
+    return np.where(keep, depth, 0.0).astype(np.float32), np.where(keep, conf, 0.0).astype(np.float32)
