@@ -39,7 +39,7 @@ STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in (
         StageSpec("ingest", "1", IngestConfig, ()),
-        StageSpec("trajectory", "2", TrajectoryConfig, ()),
+        StageSpec("trajectory", "3", TrajectoryConfig, ()),  # 3: the tree keeps its axis weights
         StageSpec("generate", "2", GenerateConfig, ("ingest", "trajectory")),
         StageSpec("calibrate", "2", CalibrateConfig, ("generate", "trajectory")),
         StageSpec("depth", "2", DepthConfig, ("calibrate", "generate", "trajectory")),  # 2: + validity mask

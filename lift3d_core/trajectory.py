@@ -404,11 +404,15 @@ class CameraTree:
     """
 
     clips: tuple[Clip, ...]
+    # per-axis weights of MotionCtrl's pose preprocessing that shaped these clips' cameras; the generator conditions
+    # with the same ones (one setting: trajectory.motionctrl_axis_scale)
+    motionctrl_axis_scale: tuple[float, float, float] = MOTIONCTRL_AXIS_SCALE
     _index: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         clips = tuple(self.clips)
         object.__setattr__(self, "clips", clips)
+        object.__setattr__(self, "motionctrl_axis_scale", tuple(float(a) for a in self.motionctrl_axis_scale))
         if not clips:
             raise Lift3DError("a camera tree needs at least one clip")
         index: dict[str, int] = {}
@@ -525,18 +529,21 @@ class CameraTree:
     # ---- serialisation
     def to_dict(self) -> dict:
         """JSON-able dict (floats written by ``json`` as shortest repr: exact round trip)."""
-        return {"format": _TREE_FORMAT, "clips": [c.to_dict() for c in self.clips]}
+        return {"format": _TREE_FORMAT, "clips": [c.to_dict() for c in self.clips],
+                "motionctrl_axis_scale": list(self.motionctrl_axis_scale)}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> CameraTree:
         if d.get("format") != _TREE_FORMAT:
             raise Lift3DError(f"not a lift3d camera tree (format {d.get('format')!r}, expected {_TREE_FORMAT!r})")
-        return cls(tuple(Clip.from_dict(c) for c in d["clips"]))
+        return cls(tuple(Clip.from_dict(c) for c in d["clips"]),
+                   tuple(d.get("motionctrl_axis_scale", MOTIONCTRL_AXIS_SCALE)))
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, CameraTree):
             return NotImplemented
-        return len(self.clips) == len(other.clips) and all(a == b for a, b in zip(self.clips, other.clips))
+        return (len(self.clips) == len(other.clips) and all(a == b for a, b in zip(self.clips, other.clips))
+                and self.motionctrl_axis_scale == other.motionctrl_axis_scale)
 
     __hash__ = None
 
@@ -588,7 +595,7 @@ def articulated_tree(cfg: TrajectoryConfig) -> CameraTree:
         Clip(cid, pid, name, level, c2w, _normalise_codes(steps, cfg.levels, T), rows[name])
         for cid, pid, name, level, c2w, steps in built
     )
-    return CameraTree(clips)
+    return CameraTree(clips, cfg.motionctrl_axis_scale)
 
 
 # --------------------------------------------------------------------------- MotionCtrl files
@@ -707,7 +714,8 @@ def tree_from_motionctrl(
         clips_raw.append((cid, pid, name, level[cid], c, s, rows[cid]))
     return CameraTree(
         tuple(Clip(cid, pid, name, lv, c, _normalise_codes(s, levels, t_max), cond)
-              for cid, pid, name, lv, c, s, cond in clips_raw)
+              for cid, pid, name, lv, c, s, cond in clips_raw),
+        tuple(axis_scale),
     )
 
 

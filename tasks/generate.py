@@ -47,11 +47,6 @@ def _check_models(ctx: RunContext) -> None:
     if cfg.models() != planned:  # the checkpoint was replaced between planning and running
         raise Lift3DError(f"generate: checkpoint digest changed since the run was planned ({planned} -> "
                           f"{cfg.models()}); run again")
-    traj = ctx.config("trajectory")
-    if (cfg.backend == "motionctrl_svd" and traj.geometry == "conditioning"
-            and tuple(traj.motionctrl_axis_scale) != tuple(cfg.motionctrl_svd.axis_scale)):
-        raise Lift3DError("generate.motionctrl_svd.axis_scale must equal trajectory.motionctrl_axis_scale: the "
-                          "trajectory's commanded cameras assume the weights MotionCtrl-SVD is conditioned with")
 
 
 @task(name="generate", cache_policy=NO_CACHE)

@@ -243,10 +243,14 @@ def test_a_clip_built_from_geometry_is_commanded_as_built():
     cond = clip_conditioning(tree, "slide", 1.6)
     np.testing.assert_allclose(cond[:, [3, 7, 11]], [[0, 0, 0], [-0.1, 0, 0], [-0.2, 0, 0], [-0.3, 0, 0]], atol=1e-12)
     raw = np.asarray(preset.motionctrl_rows)
-    scaled = clip_conditioning(tree, preset.clip_id, 1.6)
     t_raw = raw.reshape(-1, 3, 4)[:, :, 3] - raw.reshape(-1, 3, 4)[:1, :, 3]
-    t_scaled = scaled.reshape(-1, 3, 4)[:, :, 3]
-    np.testing.assert_allclose(t_scaled, t_raw * np.array([3.0, 1.0, 4.0]) * 1.6, atol=1e-9)
+    scaled = clip_conditioning(tree, preset.clip_id, 1.6)
+    np.testing.assert_allclose(scaled.reshape(-1, 3, 4)[:, :, 3], t_raw * np.array([3.0, 1.0, 4.0]) * 1.6, atol=1e-9)
+    # the weights are the tree's, the ones its cameras were shaped with (trajectory.motionctrl_axis_scale)
+    other = articulated_tree(TrajectoryConfig(levels=1, motionctrl_axis_scale=(1.0, 2.0, 1.0)))
+    assert CameraTree.from_dict(other.to_dict()).motionctrl_axis_scale == (1.0, 2.0, 1.0)
+    scaled = clip_conditioning(other, other.clips[0].clip_id, 1.6)
+    np.testing.assert_allclose(scaled.reshape(-1, 3, 4)[:, :, 3], t_raw * np.array([1.0, 2.0, 1.0]) * 1.6, atol=1e-9)
 
 
 def test_edm_noise_levels_follow_the_closed_form():

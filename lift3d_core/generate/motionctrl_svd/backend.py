@@ -169,7 +169,7 @@ def generate_motionctrl(
         for start in range(0, len(todo), batch):
             group = todo[start:start + batch]
             requests = [ClipRequest(c.clip_id, image if c.parent is None else frames[c.parent][-1],
-                                    clip_conditioning(tree, c.clip_id, mc.speed, mc.axis_scale))
+                                    clip_conditioning(tree, c.clip_id, mc.speed))
                         for c in group]
             out = sample_clips(model, requests, cfg.seed, mc)
             for clip, request, clip_frames in zip(group, requests, out, strict=True):

@@ -24,9 +24,9 @@ class MotionCtrlSVDConfig:
     min_guidance, max_guidance: classifier-free guidance rising linearly over the frames
         (sgm ``LinearPredictionGuider``, MotionCtrl's config 1.0 -> 2.5).
     sigma_min, sigma_max, rho: EDM discretisation (MotionCtrl's config: sigma_max 700).
-    speed, axis_scale: pose preprocessing: pose-file translations times ``axis_scale * speed`` before they
-        are made relative to frame 0 (reference ``get_RT``: (3, 1, 4) and ``--speed 1.6``). Keep
-        ``axis_scale`` equal to ``trajectory.motionctrl_axis_scale``, which shapes the commanded cameras.
+    speed: pose preprocessing: pose-file translations times the tree's per-axis weights
+        (``trajectory.motionctrl_axis_scale``, which also shapes the commanded cameras) times ``speed`` before
+        they are made relative to frame 0 (reference ``get_RT``: (3, 1, 4) and ``--speed 1.6``).
     dtype: weights and activations (bfloat16 default; float32 on a CPU; bf16 / fp32 accepted).
     decode_frames: frames per temporal-decoder call (the reference decodes one at a time; a different
         value changes the frames, since the decoder's temporal layers see that many).
@@ -47,7 +47,6 @@ class MotionCtrlSVDConfig:
     sigma_max: float = 700.0
     rho: float = 7.0
     speed: float = 1.6
-    axis_scale: tuple[float, float, float] = (3.0, 1.0, 4.0)
     dtype: str = "bfloat16"
     decode_frames: int = 1
     max_batch: int = 0
@@ -57,7 +56,6 @@ class MotionCtrlSVDConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        object.__setattr__(self, "axis_scale", tuple(float(a) for a in self.axis_scale))
         where = "generate.motionctrl_svd"
         if self.model not in ("official", "tiny"):
             raise Lift3DError(f"{where}.model must be 'official' or 'tiny', got {self.model!r}")
@@ -69,8 +67,6 @@ class MotionCtrlSVDConfig:
             raise Lift3DError(f"{where}: need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if not self.speed > 0:
             raise Lift3DError(f"{where}.speed must be > 0, got {self.speed}")
-        if len(self.axis_scale) != 3 or not all(a > 0 for a in self.axis_scale):
-            raise Lift3DError(f"{where}.axis_scale must be 3 positive numbers (x, y, z)")
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype, f"{where}.dtype"))
         for name in ("decode_frames", "decode_batch"):
             if getattr(self, name) < 1:

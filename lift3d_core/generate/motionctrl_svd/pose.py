@@ -29,23 +29,24 @@ from lift3d_core.trajectory import (
 __all__ = ["clip_conditioning", "export_pose_files", "import_pose_files", "tree_conditioning"]
 
 
-def clip_conditioning(tree: CameraTree, clip_id: str, speed: float, axis_scale=(3.0, 1.0, 4.0)) -> np.ndarray:
+def clip_conditioning(tree: CameraTree, clip_id: str, speed: float) -> np.ndarray:
     """The 12 numbers per frame MotionCtrl-SVD is conditioned on for a clip: ``[T, 12]`` float64 (frame 0 is
     ``[I | 0]``).
 
     A clip with pose-file rows (a preset's or a user's JSON) gets MotionCtrl's preprocessing: translations x
-    ``axis_scale`` x ``speed``, then relative to frame 0. A clip built from camera geometry alone already is in the
+    the tree's ``motionctrl_axis_scale`` (the weights its cameras were shaped with) x ``speed``, then relative to
+    frame 0. A clip built from camera geometry alone already is in the
     conditioning's units (the commanded cameras are what the model is asked for), so it is only made relative.
     """
     rows = np.asarray(tree.motionctrl_rows(clip_id), dtype=np.float64)
     if tree.clip(clip_id).motionctrl_rows is None:
         return motionctrl_conditioning(rows, 1.0, (1.0, 1.0, 1.0))
-    return motionctrl_conditioning(rows, speed, axis_scale)
+    return motionctrl_conditioning(rows, speed, tree.motionctrl_axis_scale)
 
 
-def tree_conditioning(tree: CameraTree, speed: float, axis_scale=(3.0, 1.0, 4.0)) -> dict[str, np.ndarray]:
+def tree_conditioning(tree: CameraTree, speed: float) -> dict[str, np.ndarray]:
     """clip_id -> ``[T, 12]`` conditioning of every clip of ``tree``."""
-    return {c.clip_id: clip_conditioning(tree, c.clip_id, speed, axis_scale) for c in tree.clips}
+    return {c.clip_id: clip_conditioning(tree, c.clip_id, speed) for c in tree.clips}
 
 
 def _file_stem(clip_id: str) -> str:
