@@ -264,23 +264,35 @@ def cache_gc(store: str | None = StoreOpt, dry_run: bool = typer.Option(False, "
     console.print(f"{len(removed)} item(s)")
 
 
-RootOpt = typer.Option(None, "--root", help="Checkpoint folder (default: the project's checkpoints/).")
+RootOpt = typer.Option(None, "--root", help="Checkpoint folder (default: where params.yaml points, else the project's "
+                                            "checkpoints/).")
+# where params.yaml names each checkpoint's file
+_CHECKPOINT_SETTINGS = {"motionctrl_svd": ("generate", "motionctrl_svd"), "mast3r": ("calibrate", "mast3r"),
+                        "depth_anything_v2": ("depth", "depth_anything_v2")}
 
 
 @checkpoints_app.command("verify")
-def checkpoints_verify(root: Path | None = RootOpt):
+def checkpoints_verify(root: Path | None = RootOpt, params: Path | None = ParamsOpt):
     """Report each checkpoint present, missing, damaged or mismatched; exit 1 unless every one is present."""
     from lift3d_core.checkpoints import CHECKPOINTS, verify
 
-    folder = root or _project().root / "checkpoints"
+    project = _project()
+    folder = root or project.root / "checkpoints"
+    paths = {}
+    if root is None:  # the files params.yaml points at, relative to the project
+        p = _params(project, params, [])
+        for name, (stage, section) in _CHECKPOINT_SETTINGS.items():
+            value = p.get(stage, {}).get(section, {}).get("checkpoint")
+            if value:
+                paths[name] = value if Path(value).is_absolute() else project.root / value
     table = Table(title=str(folder))
     for col in ("checkpoint", "file", "status", "used by"):
         table.add_column(col)
-    results = verify(folder)
+    results = verify(folder, paths=paths)
     for name, status in results:
         colour = "green" if status == "present" else "red" if status == "missing" else "yellow"
         spec = CHECKPOINTS[name]
-        table.add_row(name, spec.filename, f"[{colour}]{status}", spec.used_by)
+        table.add_row(name, str(paths.get(name, spec.filename)), f"[{colour}]{status}", spec.used_by)
     console.print(table)
     for name, status in results:
         if status != "present":
@@ -294,7 +306,7 @@ def main() -> None:
     # Prefect and MLflow made (about a second on two cores); nothing is left to collect that would be written.
     atexit.register(gc.freeze)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode click returns a typer.Exit's code
     except Lift3DError as exc:
         print(f"lift3d: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -309,6 +321,8 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

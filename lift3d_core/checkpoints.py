@@ -201,16 +201,18 @@ def clear_model_cache() -> None:
         _MODELS.clear()
 
 
-def verify(root: str | os.PathLike = DEFAULT_ROOT, *, hash_files: bool = True) -> list[tuple[str, str]]:
+def verify(root: str | os.PathLike = DEFAULT_ROOT, *, hash_files: bool = True,
+           paths: dict[str, str | os.PathLike] | None = None) -> list[tuple[str, str]]:
     """Each registered checkpoint's status under ``root``: ``[(name, status)]``.
 
     status: ``"present"`` (a readable torch archive whose size and SHA-256 match what is known, or nothing is
     known), ``"missing"``, ``"damaged: ..."`` (not a torch.save archive, or its index cannot be read: a truncated
     download), or ``"mismatched: ..."`` (size or SHA-256 differ from the official file).
+    paths: checkpoint name -> the file params.yaml points at (default: ``root / filename``).
     """
     out = []
     for name, spec in CHECKPOINTS.items():
-        file = Path(root) / spec.filename
+        file = Path(paths[name]) if paths and name in paths else Path(root) / spec.filename
         if not file.is_file():
             out.append((name, "missing"))
             continue

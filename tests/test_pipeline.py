@@ -295,3 +295,23 @@ def test_params_yaml_lists_every_hashed_train_setting():
     hashed = (set(doc["schedule"]) - {"train"}) | set(doc["schedule"]["train"]) | (set(doc) - {"schedule"})
     # iterations is the sum of the two stage lengths, which params.yaml sets
     assert sorted(hashed - set(section) - {"iterations"}) == []
+
+
+def test_checkpoints_verify_reads_where_params_point_and_exits_nonzero_when_any_is_missing(tiny_project, capsys):
+    import torch
+    import yaml
+
+    code, out = _cli(["checkpoints", "verify"], capsys)
+    assert code == 1 and out.out.count("missing") >= 3
+    # the MotionCtrl file where params.yaml points (relative to the project), the others in checkpoints/
+    (tiny_project / "weights").mkdir()
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tiny_project / "weights" / "mc.ckpt")
+    for name in ("MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric.pth", "depth_anything_v2_vitl.pth"):
+        (tiny_project / "checkpoints").mkdir(exist_ok=True)
+        torch.save({"w": torch.zeros(2)}, tiny_project / "checkpoints" / name)
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["generate"]["motionctrl_svd"]["checkpoint"] = "weights/mc.ckpt"
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    code, out = _cli(["checkpoints", "verify"], capsys)
+    assert code == 0, out.out
+    assert "missing" not in out.out and out.out.count("present") == 3
