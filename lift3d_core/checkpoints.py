@@ -195,6 +195,16 @@ def cached_model(path: str | os.PathLike, options: tuple, build: Callable[[Path]
         return _MODELS[key][1]
 
 
+def resolve_device(name: str | None = "auto"):
+    """The torch device a model backend's ``device`` setting names: ``auto`` (or None) is CUDA when present, else
+    the CPU. Speed only: no backend hashes it."""
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def clear_model_cache() -> None:
     """Forget every loaded model (frees their memory once nothing else holds them)."""
     with _MODELS_LOCK:

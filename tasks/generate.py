@@ -51,10 +51,11 @@ def _check_models(ctx: RunContext) -> None:
 
 @task(name="generate", cache_policy=NO_CACHE)
 def generate(ctx: RunContext) -> StageResult:
+    tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
+
     def compute():
         _check_models(ctx)
         image = ctx.read("ingest").array("image")
-        tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
         store = ctx.store
 
         def on_clip(clip_id: str, frames: np.ndarray) -> None:
@@ -71,7 +72,7 @@ def generate(ctx: RunContext) -> StageResult:
         return arrays, {"clip_ids": [c.clip_id for c in tree.clips], "tree": tree.to_dict()}
 
     result = cached_stage(ctx, "generate", compute)
-    _drop_clips(ctx, CameraTree.from_dict(ctx.read("trajectory").attrs["tree"]))
+    _drop_clips(ctx, tree)
     return result
 
 

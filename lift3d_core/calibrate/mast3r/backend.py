@@ -34,6 +34,7 @@ from lift3d_core.calibrate.mast3r.checkpoint import load_mast3r
 from lift3d_core.calibrate.mast3r.config import Mast3rConfig
 from lift3d_core.calibrate.mast3r.inference import network_view, pairwise_inference, prepare_images
 from lift3d_core.calibrate.mast3r.pairs import make_pairs
+from lift3d_core.checkpoints import resolve_device
 from lift3d_core.errors import Lift3DError
 
 CONFIDENCE_RANGE = (1.0, math.inf)
@@ -79,7 +80,7 @@ def calibrate_mast3r(
         raise Lift3DError(f"MASt3R calibration: {n} frames need c2w [F, 4, 4] and clip_of_frame [F], got "
                           f"{c2w_commanded.shape} and {np.shape(clip_of_frame)}")
     del K  # nominal intrinsics are not used: the focal is estimated
-    dev = torch.device(device) if device is not None else cfg.resolved_device()
+    dev = resolve_device(device if device is not None else cfg.device)
     model = load_mast3r(checkpoint_path, dev)
     view = network_view(frames.shape[1:3], cfg.image_size, model.cfg.patch_size)
     edges = make_pairs(clip_of_frame, neighbours=cfg.neighbours)

@@ -64,9 +64,3 @@ class Mast3rConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in _SPEED_ONLY and f.name != "checkpoint"}
 
-    def resolved_device(self):
-        import torch
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-

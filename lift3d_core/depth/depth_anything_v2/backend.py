@@ -70,9 +70,9 @@ def load_model(
 ) -> DepthAnythingForDepthEstimation:
     """The network for a checkpoint, loaded once per process per (file, variant, dtype, device)
     (:func:`~lift3d_core.checkpoints.cached_model`: a replaced file is loaded again and the stale copy dropped)."""
-    from lift3d_core.checkpoints import cached_model
+    from lift3d_core.checkpoints import cached_model, resolve_device
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     path = Path(path)
     if not path.is_file():
         raise Lift3DError(f"Depth Anything V2 checkpoint {path} not found: {WHERE}")

@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lift3d_core.checkpoints import CHECKPOINTS, cached_model, checkpoint_path, clear_model_cache, load_torch
+from lift3d_core.checkpoints import (
+    CHECKPOINTS,
+    cached_model,
+    checkpoint_path,
+    clear_model_cache,
+    load_torch,
+    resolve_device,
+)
 from lift3d_core.errors import Lift3DError
 from lift3d_core.generate.motionctrl_svd.config import MotionCtrlSVDConfig
 from lift3d_core.generate.motionctrl_svd.convert import convert_checkpoint
@@ -111,12 +118,6 @@ def max_batch_for(cfg: MotionCtrlSVDConfig, device: torch.device, height: int, w
     return max(1, int(0.9 * free // per_clip))
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def generate_motionctrl(
     image: np.ndarray,
     tree: CameraTree,
@@ -135,7 +136,7 @@ def generate_motionctrl(
     Returns frames ``uint8 [clips, T, H, W, 3]``, nominal K (60 degree horizontal field of view), depth_hint None.
     """
     mc: MotionCtrlSVDConfig = cfg.motionctrl_svd
-    device = _resolve_device(mc.device) if model is None else model.device
+    device = resolve_device(mc.device) if model is None else model.device
     if model is None:
         if mc.model not in SPECS:
             raise Lift3DError(f"generate.motionctrl_svd.model must be one of {list(SPECS)}, got {mc.model!r}")
