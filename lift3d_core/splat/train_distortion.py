@@ -121,8 +121,8 @@ class DistortionTrainConfig:
     fraction of the field bounds' diagonal per component, so that a Gaussian no frame constrains well cannot be
     sent across the scene.
 
-    ``field_render_size`` (ours, None = LiftImage3D): a second term that teaches the field alone. The batch's
-    frames are rendered again, the canonical Gaussians *without gradient* moved by the field's offsets, downscaled by
+    ``field_render_size`` (ours, None = LiftImage3D): a second term that teaches the field alone (0: at the
+    training resolution). The batch's frames are rendered again, the canonical Gaussians *without gradient* moved by the field's offsets, downscaled by
     :func:`field_downscale` so that the shorter side is about ``field_render_size`` pixels (opacities made
     area-preserving, :func:`area_preserving_opacity`), against the frames area-averaged to that size: L1, weight
     ``field_loss_weight``; the field then reads the canonical centres without gradient. The full-resolution loss
@@ -133,6 +133,11 @@ class DistortionTrainConfig:
     (bench/RESULTS.md). About 72 px gives every resolution the 128x96 ablation's view of the drift. Teaching the
     field from the low-resolution render *only* (the canonical Gaussians trusting its offsets without gradient) was
     tried and rejected: on a 32x24 toy at half resolution its per-Gaussian errors landed in the canonical scene.
+    ``field_levels``: the field's term compares that render and the frame at this many resolutions, average-pooled
+    by 1, 2, 4, ... (1: the field's resolution only; 0: :func:`pyramid_depth`'s rule plus the field's resolution, down
+    to a shorter side of about 24 px), so its gradient reaches as far as the coarsest level's pixels while the
+    finest keeps it precise. A large ``field_render_size`` with ``field_levels: 0`` is the pyramid loss taught to the
+    field alone.
 
     ``input_view_repeats``: extra copies of the input-view frames (code == ``input_code``) in every epoch of
     the frame order (LiftImage3D: 50). ``train``: the plain 3DGS config (densification, Gaussian learning
@@ -184,6 +189,7 @@ class DistortionTrainConfig:
     pyramid_levels: int = 0
     field_render_size: int | None = None
     field_loss_weight: float = 1.0
+    field_levels: int = 1
     train: TrainConfig = LIFTIMAGE3D_TRAIN
 
     def __post_init__(self):
@@ -213,9 +219,10 @@ class DistortionTrainConfig:
         need(self.max_offset_fraction is None or self.max_offset_fraction > 0,
              f"max_offset_fraction must be > 0 or None, got {self.max_offset_fraction}")
         need(self.pyramid_weight >= 0 and self.pyramid_levels >= 0, "pyramid_weight must be >= 0 and pyramid_levels >= 0")
-        need(self.field_render_size is None or self.field_render_size >= 8,
-             f"field_render_size must be >= 8 pixels or None, got {self.field_render_size}")
+        need(self.field_render_size is None or self.field_render_size == 0 or self.field_render_size >= 8,
+             f"field_render_size must be >= 8 pixels, 0 (the training resolution) or None, got {self.field_render_size}")
         need(self.field_loss_weight > 0, f"field_loss_weight must be > 0, got {self.field_loss_weight}")
+        need(self.field_levels >= 0, f"field_levels must be >= 0 (0: auto), got {self.field_levels}")
         if isinstance(self.compile_field, bool):  # YAML reads a bare on / off as a boolean
             object.__setattr__(self, "compile_field", "on" if self.compile_field else "off")
         need(self.compile_field in ("auto", "on", "off"),
@@ -450,7 +457,7 @@ class DistortionTrainer(Trainer):
     def field_loss(self, idx: torch.Tensor) -> torch.Tensor:
         """The field's own term (``field_render_size``): L1 between the batch's frames rendered at the field's
         resolution (the canonical Gaussians without gradient, moved by the field's offsets) and the frames
-        area-averaged to it."""
+        area-averaged to it, summed over ``field_levels`` pooled resolutions."""
         from lift3d_core.splat.render import render_w2c_each
 
         frames, parts, sh_degree = self._field_batch
@@ -464,7 +471,9 @@ class DistortionTrainer(Trainer):
         out = render_w2c_each(per_frame, self.viewmats[frames], self._field_Ks[frames], self.width // f,
                               self.height // f, backend=self.cfg.backend, background=self.background,
                               sh_degree=sh_degree)
-        return (out.rgb - area_downscale(self.target_rgb(idx), f)).abs().mean()
+        target = area_downscale(self.target_rgb(idx), f)
+        levels = self.dcfg.field_levels or 1 + pyramid_depth(self.height // f, self.width // f)
+        return (out.rgb - target).abs().mean() + pyramid_l1(out.rgb, target, levels - 1)
 
     def losses(self, idx: torch.Tensor, out) -> dict[str, torch.Tensor]:
         terms = super().losses(idx, out)
