@@ -873,3 +873,36 @@ def test_field_term_recovers_a_known_per_frame_shift_and_keeps_the_canonical_sce
     assert np.ptp(dx) > 0.4 * np.ptp(shifts[:, 0]), dx
     without, _ = train()
     assert with_term < 0.8 * without, (with_term, without)
+
+
+def test_pooled_levels_reach_across_a_shift_that_full_resolution_cannot_see():
+    """Why ``field_levels``: sparse sharp dots whose frame is shifted by 6 px. At full resolution nothing of a dot
+    overlaps its shifted copy, so the L1 gradient with respect to a common shift is ~0; pooled down to a few pixels the
+    images overlap and the gradient points towards the true shift."""
+    from lift3d_core.splat.render import render
+    from lift3d_core.splat.train_distortion import pyramid_depth, pyramid_l1
+
+    g = torch.Generator().manual_seed(3)
+    n, W, H = 12, 64, 48
+    means = torch.cat([torch.rand(n, 2, generator=g) * torch.tensor([1.2, 0.8]) - torch.tensor([0.6, 0.4]),
+                       torch.full((n, 1), 3.0)], dim=1)
+    dots = Gaussians(means=means, log_scales=torch.full((n, 3), -4.0), quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+                     opacity_logits=torch.full((n,), 4.0), sh0=torch.full((n, 1, 3), 1.5), shN=torch.zeros(n, 0, 3))
+    K = torch.tensor([[50.0, 0, W / 2], [0, 50.0, H / 2], [0, 0, 1]])
+    px = 3.0 / 50.0  # world units per pixel at the dots' depth
+    eye = np.eye(4)
+
+    def image(shift_px):
+        moved = dots.clone()
+        moved.means = dots.means + torch.stack([shift_px * px, torch.zeros(()), torch.zeros(())])
+        return render(moved, eye, K, W, H).rgb
+
+    with torch.no_grad():
+        target = image(torch.tensor(6.0))
+    grads = {}
+    for name, levels in (("full", 0), ("pooled", pyramid_depth(H, W, min_side=3))):
+        s = torch.zeros((), requires_grad=True)
+        out = image(s)
+        ((out - target).abs().mean() + pyramid_l1(out, target, levels)).backward()
+        grads[name] = float(s.grad)
+    assert grads["pooled"] < -5 * abs(grads["full"]), grads  # descending moves the dots towards +6 px
