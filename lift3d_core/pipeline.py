@@ -27,7 +27,11 @@ from lift3d_core.trajectory import TrajectoryConfig
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage: its name, code version (bump it when its outputs change), config and upstream stages."""
+    """One stage: its name, code version, config and upstream stages.
+
+    Bump ``version`` when the stage's outputs change for the same settings and inputs (a stored artifact of the old
+    code would otherwise be served under the same key); ``tests/test_golden_digests.py`` fails until you do.
+    """
 
     name: str
     version: str
@@ -41,8 +45,10 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("ingest", "1", IngestConfig, ()),
         StageSpec("trajectory", "3", TrajectoryConfig, ()),  # 3: the tree keeps its axis weights
         StageSpec("generate", "2", GenerateConfig, ("ingest", "trajectory")),
-        StageSpec("calibrate", "2", CalibrateConfig, ("generate", "trajectory")),
-        StageSpec("depth", "2", DepthConfig, ("calibrate", "generate", "trajectory")),  # 2: + validity mask
+        # 3: MASt3R runs at its network view's resolution (the reference's crop), 58ccbd1
+        StageSpec("calibrate", "3", CalibrateConfig, ("generate", "trajectory")),
+        # 2: + validity mask; 3: min_confidence is a weight in [0, 1] for every calibration (2b07d7e)
+        StageSpec("depth", "3", DepthConfig, ("calibrate", "generate", "trajectory")),
         StageSpec("train", "1", TrainStageConfig, ("calibrate", "depth", "generate", "trajectory")),
         StageSpec("export", "1", ExportConfig, ("train", "calibrate")),
         StageSpec("evaluate", "2", EvaluateConfig, ("train", "calibrate", "generate", "ingest", "trajectory")),
