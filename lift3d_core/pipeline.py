@@ -9,19 +9,24 @@ No Prefect or MLflow here; ``tasks/`` and ``flows/`` execute this plan.
 
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 from lift3d_core.calibrate import CalibrateConfig
-from lift3d_core.config import build_config, config_to_dict
+from lift3d_core.config import build_config, check_types, config_to_dict
 from lift3d_core.depth import DepthConfig
 from lift3d_core.errors import Lift3DError
 from lift3d_core.evaluate import EvaluateConfig
 from lift3d_core.export import ExportConfig
 from lift3d_core.generate import GenerateConfig
 from lift3d_core.image import IngestConfig, input_digest
+from lift3d_core.splat.render import BACKENDS as RENDER_BACKENDS
+from lift3d_core.splat.train import TrainConfig
+from lift3d_core.splat.train_distortion import DistortionTrainConfig
 from lift3d_core.store import artifact_key
-from lift3d_core.train import TrainStageConfig
+from lift3d_core.train import TrainStageConfig, resolve_backend
 from lift3d_core.trajectory import TrajectoryConfig
 
 
@@ -62,18 +67,90 @@ def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(params) - set(STAGES) - set(NON_STAGE_SECTIONS))
     if unknown:
         raise Lift3DError(f"params: unknown section(s) {unknown}; stages are {list(STAGES)}")
+    for section in STAGES:
+        _check_finite(params.get(section), section)
+    _check_train_types(params.get("train") or {})
     configs = {}
     for name, spec in STAGES.items():
         if hasattr(spec.config_cls, "from_params"):  # a stage with its own flat-section parser
             configs[name] = spec.config_cls.from_params(params.get(name))
         else:
             configs[name] = build_config(spec.config_cls, params.get(name), name)
+    for name, backend in (("train", configs["train"].schedule.train.backend), ("export", configs["export"].backend),
+                          ("evaluate", configs["evaluate"].backend)):
+        _render_backend(name, backend)
+    _check_run_settings(configs)
     return configs
 
 
+def _check_run_settings(configs: dict[str, Any]) -> None:
+    """What the stages would only find out when they run, after upstream artifacts are written: the synthetic
+    scene's settings (checked by the scene it builds) and a model backend's ``device``."""
+    from lift3d_core.checkpoints import resolve_device
+    from lift3d_core.generate import synthetic_scene_config
+
+    ingest = configs["ingest"]
+    if configs["generate"].backend == "synthetic":
+        synthetic_scene_config((ingest.height, ingest.width), configs["generate"])
+    for name in ("generate", "calibrate", "depth"):
+        cfg = configs[name]
+        section = getattr(cfg, cfg.backend, None)
+        if hasattr(section, "device"):
+            try:
+                resolve_device(section.device)
+            except RuntimeError:
+                raise Lift3DError(f"{name}.{cfg.backend}.device {section.device!r} is not a torch device (auto, cpu, "
+                                  "cuda, cuda:N)") from None
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """No setting is NaN or infinite (a YAML ``.nan`` or ``.inf`` would reach a loss or a schedule silently)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_finite(v, where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise Lift3DError(f"{where} must be a finite number, got {value}")
+    elif where.endswith(".seed") and not (isinstance(value, int) and not isinstance(value, bool)
+                                          and 0 <= value < 2**32):
+        raise Lift3DError(f"{where} must be an integer in 0..2**32-1 (numpy's and torch's seeds), got {value!r}")
+
+
+# train's flat section feeds two dataclasses through their own parser; it checks names, this checks types.
+# compile_loss / compile_field: YAML reads a bare on / off as a boolean, which the trainer maps back.
+_TRAIN_HINTS = {k: v for k, v in {**typing.get_type_hints(TrainConfig),
+                                  **typing.get_type_hints(DistortionTrainConfig)}.items()
+                if k not in ("train", "compile_loss", "compile_field")}
+
+
+def _check_train_types(section: dict[str, Any]) -> None:
+    if isinstance(section, dict):
+        check_types(section, _TRAIN_HINTS, "train")
+
+
+def _render_backend(stage: str, name: str) -> str:
+    """``rasterizer/device`` that ``stage.backend`` runs on this machine (``auto`` resolved, as the key hashes it);
+    one Lift3DError for an unknown name or gsplat without CUDA."""
+    if name != "auto" and name not in RENDER_BACKENDS:
+        raise Lift3DError(f"{stage}.backend {name!r} is unknown; available: auto, {', '.join(RENDER_BACKENDS)}")
+    try:
+        backend, device = resolve_backend(name)
+    except Lift3DError:
+        raise Lift3DError(f"{stage}.backend={name} needs a CUDA GPU; use auto or torch") from None
+    return f"{backend}/{device}"
+
+
 def key_params(config: Any) -> dict[str, Any]:
-    """The part of a config its key hashes (a config may narrow it, e.g. to its active backend)."""
-    return config.key_params() if hasattr(config, "key_params") else config_to_dict(config)
+    """The part of a config its key hashes (a config may narrow it, e.g. to its active backend); a rasterizer
+    ``backend`` (export, evaluate) as what runs here, ``auto`` resolved: a CPU render and a CUDA one differ."""
+    if hasattr(config, "key_params"):
+        return config.key_params()
+    doc = config_to_dict(config)
+    if "backend" in doc:
+        doc["backend"] = _render_backend(type(config).__name__, doc["backend"])
+    return doc
 
 
 @dataclass(frozen=True)
