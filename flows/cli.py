@@ -201,22 +201,31 @@ def stage(name: str = typer.Argument(..., help="Stage to bring up to date (for d
 def status(image: str | None = typer.Argument(None, help="Image (default: params.yaml's input.image)."),
            set_: list[str] | None = SetOpt, store: str | None = StoreOpt, params: Path | None = ParamsOpt,
            demo_profile: bool = typer.Option(False, "--demo", help="Apply the demo profile (as `lift3d demo`).")):
-    """What is cached and what would run, without running anything."""
+    """What is cached and what would run, and for each key that moved since the last run of this image, why."""
     from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE
-    from lift3d_core.pipeline import plan
+    from lift3d_core.pipeline import explain_miss, last_run_docs, plan
     from lift3d_core.store import ArtifactStore
 
     project = _project()
     p = _params(project, params, set_, DEMO_OVERRIDES if demo_profile else ())
     source = image or (DEMO_SOURCE if demo_profile else p["input"]["image"])
     s = ArtifactStore(store or project.store_url)
+    planned = plan(p, source)
+    last = last_run_docs(project.state_dir, planned)
     table = Table(title=f"{source} -> {s.url}")
-    for col in ("stage", "key", "state"):
+    for col in ("stage", "key", "state", "since the last run"):
         table.add_column(col)
-    for name, planned in plan(p, source).items():
-        cached = s.exists(name, planned.key)
-        table.add_row(name, planned.key[:16], "[green]cached" if cached else "[yellow]would run")
+    moved = {}
+    for name, stage_plan in planned.items():
+        cached = s.exists(name, stage_plan.key)
+        previous = last.get(name)
+        if previous is not None and previous != stage_plan.doc:
+            moved[name] = explain_miss(previous, stage_plan.doc)
+        since = "no earlier run" if previous is None else "moved" if name in moved else "same key"
+        table.add_row(name, stage_plan.key[:16], "[green]cached" if cached else "[yellow]would run", since)
     console.print(table)
+    for name, reasons in moved.items():  # plain lines: a narrow terminal wraps them, never cuts them
+        typer.echo(f"{name} moved: {'; '.join(reasons)}")
 
 
 @cache_app.command("ls")

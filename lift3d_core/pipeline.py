@@ -9,9 +9,11 @@ No Prefect or MLflow here; ``tasks/`` and ``flows/`` execute this plan.
 
 from __future__ import annotations
 
+import json
 import math
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lift3d_core.calibrate import CalibrateConfig
@@ -181,9 +183,10 @@ def plan(params: dict[str, Any], source: str, models: dict[str, dict[str, str]] 
 
 
 def explain_miss(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
-    """Human-readable differences between two key documents of the same stage.
+    """Why a stage's key moved: the differences between two key documents of the same stage.
 
-    ``["train.params.iterations: 3000 -> 500", "inputs.depth changed"]``; empty when identical.
+    ``["params.fine_iterations: 3000 -> 500", "upstream depth moved", "code version '2' -> '3'",
+    "checkpoint mast3r sha256:1f2e... -> sha256:9a8b..."]``; empty when identical.
     """
     if previous is None:
         return ["no earlier run of this image"]
@@ -197,10 +200,33 @@ def explain_miss(previous: dict[str, Any] | None, current: dict[str, Any]) -> li
             # a whole group appeared or went (train.distortion switched: its key hashes other settings)
             changes.append(f"{path}: {'added' if a == '<absent>' else 'removed'}")
         elif a != b:
-            if path.startswith(("inputs.", "models.")):
-                changes.append(f"{path} changed")
-            else:
-                changes.append(f"{path}: {a!r} -> {b!r}")
+            changes.append(_change(path, a, b))
 
     walk(previous, current, "")
     return changes
+
+
+def _change(path: str, a: Any, b: Any) -> str:
+    group, _, name = path.partition(".")
+    if group == "stage_version":
+        return f"code version {a!r} -> {b!r}"
+    if group == "inputs":
+        return "input image changed" if name == "image" else f"upstream {name} moved"
+    if group == "models":
+        return f"checkpoint {name} {str(a)[:19]}... -> {str(b)[:19]}..."
+    return f"{path}: {a!r} -> {b!r}"
+
+
+def history_file(state_dir: str | Path, image_digest: str) -> Path:
+    """Where the key documents of the last run of an image (``input_digest``) are kept: one JSON object, stage ->
+    key document, which ``lift3d status`` and the miss explanations compare the planned keys with."""
+    return Path(state_dir) / "history" / f"{image_digest.split(':')[-1][:24]}.json"
+
+
+def last_run_docs(state_dir: str | Path, planned: dict[str, PlannedStage]) -> dict[str, dict[str, Any]]:
+    """Stage -> key document of the last run of the image ``planned`` lifts ({} when it never ran here)."""
+    path = history_file(state_dir, planned["ingest"].doc["inputs"]["image"])
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}  # a damaged history only loses the explanations

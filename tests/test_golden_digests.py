@@ -262,3 +262,57 @@ def test_quantisation_absorbs_float_residue_but_not_a_real_change():
     assert array_digest(x.astype(np.float32)) == array_digest(x.astype(np.float32).astype(np.float64))
     assert array_digest(np.arange(6, dtype=np.uint8)) != array_digest(np.arange(6, dtype=np.uint8).reshape(2, 3))
     assert math.isfinite(float(_quantised(np.array([np.nan, np.inf]))[0, 0]))
+
+
+def _leaves(doc: Any, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    if isinstance(doc, dict):
+        return set().union(*(_leaves(v, (*prefix, k)) for k, v in doc.items())) if doc else {prefix}
+    return {prefix}
+
+
+def test_params_yaml_lists_every_setting_every_stage_key_hashes_for_every_backend():
+    """``--set`` reaches a setting only if params.yaml lists it: every leaf of every stage's key document, with each
+    backend of the multi-backend stages active in turn (train's flat section is checked in test_pipeline)."""
+    from lift3d_core.calibrate import BACKENDS as CALIBRATE_BACKENDS
+    from lift3d_core.config import apply_overrides
+    from lift3d_core.depth import BACKENDS as DEPTH_BACKENDS
+    from lift3d_core.generate import BACKENDS as GENERATE_BACKENDS
+    from lift3d_core.pipeline import key_params, stage_configs
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    variants = [(name, []) for name in STAGES if name != "train"]
+    for stage, backends in (("generate", GENERATE_BACKENDS), ("calibrate", CALIBRATE_BACKENDS),
+                            ("depth", DEPTH_BACKENDS)):
+        variants += [(stage, [f"{stage}.backend={b}"]) for b in backends]
+    checked = 0
+    for stage, overrides in variants:
+        doc = key_params(stage_configs(apply_overrides(params, overrides))[stage])
+        listed = _leaves(params[stage])
+        missing = sorted(".".join(leaf) for leaf in _leaves(doc) - listed)
+        assert missing == [], f"{stage} {overrides}: hashed but not in params.yaml: {missing}"
+        checked += len(_leaves(doc))
+    assert checked > 60  # the model sections were really visited
+
+
+@pytest.mark.slow
+def test_status_says_which_keys_moved_and_why(tiny_project, capsys):
+    """After a run, `lift3d status` with one train setting changed: train moved because of that setting, export and
+    evaluate because train did, everything upstream is cached under the same key."""
+    from tests.test_pipeline import _cli
+
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump({**golden_params(), "input": {"image": SOURCE,
+                                                                                          "run_name": "s"}}))
+    code, out = _cli(["stage", "evaluate"], capsys)
+    assert code in (0, None), out.err[-2000:]
+    code, out = _cli(["status"], capsys)
+    assert code in (0, None) and "moved" not in out.out and out.out.count("same key") == len(STAGES)
+    code, out = _cli(["status", "--set", "train.fine_iterations=3"], capsys)
+    assert code in (0, None), out.err
+    rows = {line.split()[1]: line for line in out.out.splitlines() if line.startswith("│ ") and "│" in line[2:]}
+    for name in ("ingest", "trajectory", "generate", "calibrate", "depth"):
+        assert "cached" in rows[name] and "same key" in rows[name], rows[name]
+    for name in ("train", "export", "evaluate"):
+        assert "would run" in rows[name] and "moved" in rows[name], rows[name]
+    lines = [ln for ln in out.out.splitlines() if " moved: " in ln]
+    assert lines == ["train moved: params.schedule.fine_iterations: 4 -> 3",
+                     "export moved: upstream train moved", "evaluate moved: upstream train moved"]
