@@ -124,12 +124,15 @@ def combined(parts: dict[str, str]) -> str:
 
 
 def golden_run(workdir: Path) -> dict[str, dict[str, Any]]:
-    """Run every stage once in ``workdir``; ``{stage: {"key", "digest", "arrays"}}``."""
+    """Run every stage once in ``workdir``, laid out as a project (params.yaml, the store in data/artifacts, the
+    run history in .lift3d); ``{stage: {"key", "digest", "arrays"}}``."""
     from flows.lift import make_context, run_stages
     from lift3d_core.store import ArtifactStore
 
-    ctx = make_context(SOURCE, golden_params(), "golden", str(workdir / "store"), str(workdir / "state"),
-                       str(workdir / "runs"))
+    params = golden_params()
+    (workdir / "params.yaml").write_text(yaml.safe_dump({**params, "input": {"image": SOURCE, "run_name": "g"}}))
+    ctx = make_context(SOURCE, params, "golden", str(workdir / "data" / "artifacts"), str(workdir / ".lift3d"),
+                       str(workdir / "data" / "runs"))
     results = run_stages(ctx, use_prefect=False)
     store = ArtifactStore(ctx.store_url)
     out = {}
@@ -201,22 +204,30 @@ def updated(golden: dict, current: dict[str, dict[str, Any]]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def current(tmp_path_factory):
-    """The golden run: CPU only (the keys resolve ``auto`` for this machine), one thread, deterministic kernels."""
+def golden_project(tmp_path_factory):
+    """The golden run: CPU only (the keys resolve ``auto`` for this machine), one thread, deterministic kernels.
+    ``(project folder, {stage: {"key", "digest", "arrays"}})``."""
     mp = pytest.MonkeyPatch()
     mp.setattr(torch.cuda, "is_available", lambda: False)
     mp.setenv("LIFT3D_DIGEST_CACHE", str(tmp_path_factory.mktemp("digests") / "d.json"))
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+    workdir = tmp_path_factory.mktemp("golden")
     try:
-        yield golden_run(tmp_path_factory.mktemp("golden"))
+        yield workdir, golden_run(workdir)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(threads)
         mp.undo()
 
 
+@pytest.fixture
+def current(golden_project):
+    return golden_project[1]
+
+
+@pytest.mark.slow
 def test_every_stage_has_a_golden_digest_for_its_version_and_its_outputs_match_it(current, request):
     golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
     if request.config.getoption("--update-golden"):
@@ -233,6 +244,7 @@ def test_every_stage_has_a_golden_digest_for_its_version_and_its_outputs_match_i
                        + "\nre-record: pytest tests/test_golden_digests.py --update-golden")
 
 
+@pytest.mark.slow
 def test_the_check_fails_on_a_changed_output_and_refuses_to_record_it_without_a_version_bump(current):
     """The comparison itself, on the run's real digests: one changed array of train, under the same key."""
     golden = updated({}, current)
@@ -295,17 +307,15 @@ def test_params_yaml_lists_every_setting_every_stage_key_hashes_for_every_backen
 
 
 @pytest.mark.slow
-def test_status_says_which_keys_moved_and_why(tiny_project, capsys):
-    """After a run, `lift3d status` with one train setting changed: train moved because of that setting, export and
-    evaluate because train did, everything upstream is cached under the same key."""
+def test_status_says_which_keys_moved_and_why(golden_project, tiny_project, monkeypatch, capsys):
+    """After the golden run, `lift3d status` with one train setting changed: train moved because of that setting,
+    export and evaluate because train did, everything upstream is cached under the same key."""
     from tests.test_pipeline import _cli
 
-    (tiny_project / "params.yaml").write_text(yaml.safe_dump({**golden_params(), "input": {"image": SOURCE,
-                                                                                          "run_name": "s"}}))
-    code, out = _cli(["stage", "evaluate"], capsys)
-    assert code in (0, None), out.err[-2000:]
+    monkeypatch.chdir(golden_project[0])  # a project: params.yaml, data/artifacts, .lift3d/history
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the keys the golden run hashed
     code, out = _cli(["status"], capsys)
-    assert code in (0, None) and "moved" not in out.out and out.out.count("same key") == len(STAGES)
+    assert code in (0, None) and "moved" not in out.out and out.out.count("same key") == len(STAGES), out
     code, out = _cli(["status", "--set", "train.fine_iterations=3"], capsys)
     assert code in (0, None), out.err
     rows = {line.split()[1]: line for line in out.out.splitlines() if line.startswith("│ ") and "│" in line[2:]}
