@@ -62,6 +62,12 @@ def _check_source(source: str) -> None:
     load_image(source)  # a missing, truncated or non-image file fails here, before any flow or store write
 
 
+def _run_name(name: str) -> str:
+    from lift3d_core.pipeline import check_run_name
+
+    return check_run_name(name)  # data/runs/<name>: never a path outside it
+
+
 def _report(summary: dict) -> None:
     table = Table(title=f"run {summary['run']}  ({summary['wall_seconds']:.1f} s)")
     for col in ("stage", "cache", "seconds", "key", "why"):
@@ -85,6 +91,7 @@ def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for 
     """Lift one image to 3D Gaussians (every stage cached in the store)."""
     project = _project()
     _check_source(image)
+    name = _run_name(run_name or Path(image.replace("skimage:", "")).stem)
     # The server boots in a child process while torch, Prefect and the stages import here.
     prefect_ready = boot_prefect_in_background()
     try:
@@ -97,7 +104,6 @@ def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for 
     from flows.lift import lift_body
     from tasks import tracking
 
-    name = run_name or Path(image.replace("skimage:", "")).stem
     args = (image, p, name, store or project.store_url, str(project.state_dir), str(project.runs_dir), not no_track)
     if not no_track:
         tracking.warm_up()  # MLflow's imports overlap the wait for Prefect's server
@@ -147,6 +153,7 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: list[str] | N
     from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE
 
     project = _project()
+    _run_name(run_name)
     # The server boots in a child process while torch, Prefect and the stages import here.
     prefect_ready = boot_prefect_in_background()
     try:
@@ -183,7 +190,7 @@ def stage(name: str = typer.Argument(..., help="Stage to bring up to date (for d
         raise Lift3DError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     project = _project()
     p = _params(project, params, set_)
-    source, run_name = p["input"]["image"], p["input"].get("run_name", "dvc")
+    source, run_name = p["input"]["image"], _run_name(p["input"].get("run_name", "dvc"))
     _check_source(source)
     t0 = time.perf_counter()
     ctx = make_context(source, p, run_name, store or project.store_url, str(project.state_dir), str(project.runs_dir))

@@ -230,3 +230,25 @@ def last_run_docs(state_dir: str | Path, planned: dict[str, PlannedStage]) -> di
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, json.JSONDecodeError):
         return {}  # a damaged history only loses the explanations
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is one plain folder name for ``data/runs/<name>``: not empty, ``.`` or ``..``, no path
+    separator, control character or non-UTF-8 byte, at most 128 characters (a run name derived from a file called
+    ``...png`` would be ``..``); else one Lift3DError saying to pass ``--run-name``."""
+    problem = None
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        problem = "is not valid UTF-8"
+    if problem is None:
+        if name in ("", ".", "..") or name.startswith("."):
+            problem = "is empty or starts with a dot"
+        elif any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+            problem = "holds a path separator or a control character"
+        elif len(name) > 128:
+            problem = "is longer than 128 characters"
+    if problem:
+        shown = name.encode("utf-8", "backslashreplace").decode()
+        raise Lift3DError(f"run name {shown!r} {problem}; pass --run-name with a plain folder name")
+    return name
