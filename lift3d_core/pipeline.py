@@ -49,7 +49,7 @@ class StageSpec:
 STAGES: dict[str, StageSpec] = {
     s.name: s
     for s in (
-        StageSpec("ingest", "1", IngestConfig, ()),
+        StageSpec("ingest", "2", IngestConfig, ()),  # 2: transparency over white, 16-bit scaled (not clipped)
         StageSpec("trajectory", "3", TrajectoryConfig, ()),  # 3: the tree keeps its axis weights
         StageSpec("generate", "2", GenerateConfig, ("ingest", "trajectory")),
         # 3: MASt3R runs at its network view's resolution (the reference's crop), 58ccbd1
