@@ -62,6 +62,12 @@ def _check_source(source: str) -> None:
     load_image(source)  # a missing, truncated or non-image file fails here, before any flow or store write
 
 
+def _run_name(name: str) -> str:
+    from lift3d_core.pipeline import check_run_name
+
+    return check_run_name(name)  # data/runs/<name>: never a path outside it
+
+
 def _report(summary: dict) -> None:
     table = Table(title=f"run {summary['run']}  ({summary['wall_seconds']:.1f} s)")
     for col in ("stage", "cache", "seconds", "key", "why"):
@@ -85,6 +91,7 @@ def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for 
     """Lift one image to 3D Gaussians (every stage cached in the store)."""
     project = _project()
     _check_source(image)
+    name = _run_name(run_name or Path(image.replace("skimage:", "")).stem)
     # The server boots in a child process while torch, Prefect and the stages import here.
     prefect_ready = boot_prefect_in_background()
     try:
@@ -97,7 +104,6 @@ def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for 
     from flows.lift import lift_body
     from tasks import tracking
 
-    name = run_name or Path(image.replace("skimage:", "")).stem
     args = (image, p, name, store or project.store_url, str(project.state_dir), str(project.runs_dir), not no_track)
     if not no_track:
         tracking.warm_up()  # MLflow's imports overlap the wait for Prefect's server
@@ -147,6 +153,7 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: list[str] | N
     from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE
 
     project = _project()
+    _run_name(run_name)
     # The server boots in a child process while torch, Prefect and the stages import here.
     prefect_ready = boot_prefect_in_background()
     try:
@@ -183,7 +190,7 @@ def stage(name: str = typer.Argument(..., help="Stage to bring up to date (for d
         raise Lift3DError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     project = _project()
     p = _params(project, params, set_)
-    source, run_name = p["input"]["image"], p["input"].get("run_name", "dvc")
+    source, run_name = p["input"]["image"], _run_name(p["input"].get("run_name", "dvc"))
     _check_source(source)
     t0 = time.perf_counter()
     ctx = make_context(source, p, run_name, store or project.store_url, str(project.state_dir), str(project.runs_dir))
@@ -201,22 +208,31 @@ def stage(name: str = typer.Argument(..., help="Stage to bring up to date (for d
 def status(image: str | None = typer.Argument(None, help="Image (default: params.yaml's input.image)."),
            set_: list[str] | None = SetOpt, store: str | None = StoreOpt, params: Path | None = ParamsOpt,
            demo_profile: bool = typer.Option(False, "--demo", help="Apply the demo profile (as `lift3d demo`).")):
-    """What is cached and what would run, without running anything."""
+    """What is cached and what would run, and for each key that moved since the last run of this image, why."""
     from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE
-    from lift3d_core.pipeline import plan
+    from lift3d_core.pipeline import explain_miss, last_run_docs, plan
     from lift3d_core.store import ArtifactStore
 
     project = _project()
     p = _params(project, params, set_, DEMO_OVERRIDES if demo_profile else ())
     source = image or (DEMO_SOURCE if demo_profile else p["input"]["image"])
     s = ArtifactStore(store or project.store_url)
+    planned = plan(p, source)
+    last = last_run_docs(project.state_dir, planned)
     table = Table(title=f"{source} -> {s.url}")
-    for col in ("stage", "key", "state"):
+    for col in ("stage", "key", "state", "since the last run"):
         table.add_column(col)
-    for name, planned in plan(p, source).items():
-        cached = s.exists(name, planned.key)
-        table.add_row(name, planned.key[:16], "[green]cached" if cached else "[yellow]would run")
+    moved = {}
+    for name, stage_plan in planned.items():
+        cached = s.exists(name, stage_plan.key)
+        previous = last.get(name)
+        if previous is not None and previous != stage_plan.doc:
+            moved[name] = explain_miss(previous, stage_plan.doc)
+        since = "no earlier run" if previous is None else "moved" if name in moved else "same key"
+        table.add_row(name, stage_plan.key[:16], "[green]cached" if cached else "[yellow]would run", since)
     console.print(table)
+    for name, reasons in moved.items():  # plain lines: a narrow terminal wraps them, never cuts them
+        typer.echo(f"{name} moved: {'; '.join(reasons)}")
 
 
 @cache_app.command("ls")

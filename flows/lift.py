@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import flow
 
-from lift3d_core.pipeline import STAGES, plan
+from lift3d_core.pipeline import STAGES, check_run_name, plan
 from tasks import tracking
 from tasks.calibrate import calibrate
 from tasks.common import RunContext, StageResult
@@ -39,6 +39,7 @@ assert tuple(STAGE_TASKS) == tuple(STAGES), "flow order must follow the stage DA
 
 def make_context(source: str, params: dict, run_name: str, store_url: str, state_dir: str,
                  runs_dir: str) -> RunContext:
+    check_run_name(run_name)  # the run folder stays under runs_dir whoever calls
     return RunContext(run_name=run_name, source=source, store_url=store_url, state_dir=state_dir,
                       runs_dir=runs_dir, plan=plan(params, source))
 

@@ -172,3 +172,11 @@ def canonical_dtype(name: str, where: str) -> str:
         raise Lift3DError(f"{where} must be one of {', '.join(DTYPE_NAMES)} (or bf16, fp16, fp32), got {name!r}")
     return name
 
+
+
+def check_types(section: dict[str, Any], hints: dict[str, Any], where: str) -> None:
+    """Check each value of ``section`` whose name has a type in ``hints`` (``typing.get_type_hints`` of a config
+    dataclass) the way :func:`build_config` does, for sections parsed by a config's own ``from_params``."""
+    for name, value in section.items():
+        if name in hints:
+            _coerce(value, hints[name], f"{where}.{name}")

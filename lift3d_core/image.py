@@ -2,12 +2,15 @@
 
 An input is a path to an image file, or ``skimage:NAME`` for one of the photographs
 bundled with scikit-image (the demo uses ``skimage:astronaut``; no download).
+Everything a hostile or broken file can do is answered here by one :class:`Lift3DError`: a file name that is not
+UTF-8, a truncated or corrupt file, a decompression bomb (:data:`MAX_INPUT_PIXELS`), a float image.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +23,12 @@ from lift3d_core.errors import Lift3DError
 SKIMAGE_PREFIX = "skimage:"
 # Photographs that scikit-image ships inside its wheel (no pooch download).
 SKIMAGE_BUNDLED = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera")
+# A 108-MP phone photograph fits (12000 x 9000); a file declaring more is refused before its pixels are decoded.
+# PIL's own check (a warning above its limit, an error above twice it) is set to the same number, explicitly.
+MAX_INPUT_PIXELS = 120_000_000
+Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
+# what a transparent pixel becomes: the photo as an image viewer shows it on a white page
+TRANSPARENT_BACKGROUND = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -52,12 +61,26 @@ def _read_bytes(source: str) -> bytes:
     if source.startswith(SKIMAGE_PREFIX):
         rgb = _skimage_photo(source)
         return np.ascontiguousarray(rgb).tobytes() + str(rgb.shape).encode()
+    check_file_name(source)
     path = Path(source)
     if not path.exists():
         raise Lift3DError(f"input image not found: {path}")
     if not path.is_file():
         raise Lift3DError(f"input image is not a file: {path}")
     return path.read_bytes()
+
+
+def check_file_name(source: str) -> None:
+    """An input path must be text: a name that is not UTF-8 (Python holds its bytes as surrogates) or holds a NUL
+    would reach run names, logs and artifact attributes, which are UTF-8 JSON. A relative path with ``..`` is an
+    ordinary path to a file and fine: nothing is ever written under an input's name."""
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = source.encode("utf-8", "backslashreplace").decode()
+        raise Lift3DError(f"input file name {shown!r} is not valid UTF-8; rename the file") from None
+    if "\x00" in source:
+        raise Lift3DError(f"input file name {source!r} holds a NUL character")
 
 
 def _skimage_photo(source: str) -> np.ndarray:
@@ -75,24 +98,66 @@ def _skimage_photo(source: str) -> np.ndarray:
 def load_image(source: str) -> np.ndarray:
     """Decode an input into ``uint8 [H, W, 3]`` RGB, applying its EXIF orientation.
 
-    Raises :class:`Lift3DError` for a missing file, a non-image, a truncated or
-    corrupt image, or one too small to use.
+    Converted, as a user expects, rather than refused (:func:`to_rgb`): grayscale and bilevel, palette, CMYK
+    (PIL undoes Adobe's inverted CMYK JPEGs), YCbCr/LAB/HSV, 16-bit (scaled, not clipped) and images with
+    transparency (composited over white). The first frame of an animation or a multi-page file.
+    Raises :class:`Lift3DError` for a missing file, a name that is not UTF-8, a non-image, a truncated or
+    corrupt image, a decompression bomb (more than :data:`MAX_INPUT_PIXELS` declared), a floating-point image,
+    or one too small to use.
     """
     if source.startswith(SKIMAGE_PREFIX):
         return _skimage_photo(source)
     data = _read_bytes(source)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # forces a full decode: a truncated file fails here, not later
-            im = ImageOps.exif_transpose(im)
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if w * h > MAX_INPUT_PIXELS:
+                    raise Image.DecompressionBombError(f"{w}x{h} = {w * h / 1e6:.0f} MP")
+                im.load()  # forces a full decode: a truncated file fails here, not later
+                rgb = to_rgb(ImageOps.exif_transpose(im), source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise Lift3DError(f"{source}: more pixels than the {MAX_INPUT_PIXELS / 1e6:.0f} MP an input may have, "
+                          f"refused before decoding (a decompression bomb?): {str(exc)[:120]}") from None
     except UnidentifiedImageError:
         raise Lift3DError(f"{source}: not an image file PIL can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise Lift3DError(f"{source}: corrupt or truncated image ({exc})") from None
+    except Lift3DError:
+        raise
+    except Exception as exc:  # any failure to decode an untrusted file is a corrupt file, said in one line
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise Lift3DError(f"{source}: corrupt or truncated image ({detail})") from None
     if rgb.shape[0] < 16 or rgb.shape[1] < 16:
         raise Lift3DError(f"{source}: image is {rgb.shape[1]}x{rgb.shape[0]} px; need at least 16x16")
     return rgb
+
+
+def to_rgb(im: Image.Image, source: str = "image") -> np.ndarray:
+    """``uint8 [H, W, 3]`` of a decoded PIL image of any mode.
+
+    - 16-bit and 32-bit integer grayscale (``I;16*``, ``I``): 0..65535 scaled to 0..255 (PIL's own conversion
+      clips at 255, which turns a 16-bit photo white).
+    - transparency (``RGBA``, ``LA``, ``PA``, a palette with a transparent index, premultiplied modes):
+      composited over :data:`TRANSPARENT_BACKGROUND`.
+    - every other mode (``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``): PIL's conversion to RGB.
+    - floating point (``F``): refused, its range is unknown.
+    """
+    if im.mode == "F":
+        raise Lift3DError(f"{source}: a floating-point image (mode F) has no known range; save it as an 8- or "
+                          "16-bit PNG, JPEG or TIFF")
+    if im.mode.startswith("I"):
+        gray = np.asarray(im).astype(np.float64)
+        gray = np.clip(gray / 257.0 if gray.max(initial=0) > 255 else gray, 0, 255)
+        return np.repeat(np.round(gray).astype(np.uint8)[..., None], 3, axis=-1)
+    if im.mode in ("La", "RGBa"):  # premultiplied alpha: PIL unpremultiplies to RGBA
+        im = im.convert("RGBA") if im.mode == "RGBa" else im.convert("LA")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*TRANSPARENT_BACKGROUND, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def fit_image(rgb: np.ndarray, width: int, height: int, fit: str = "crop") -> np.ndarray:

@@ -61,14 +61,23 @@ def section_key(section: Any) -> dict[str, Any]:
 
 def checkpoint_digests(cfg: Any, backends: Mapping[str, Backend]) -> dict[str, str]:
     """Checkpoint name -> SHA-256 digest of every file the active backend reads (for ``pipeline.plan``'s models);
-    a missing file raises one Lift3DError naming it and where users get it."""
+    a missing file, or one whose digest is not the official file's (where :data:`CHECKPOINTS` knows it), raises
+    one Lift3DError naming it and where users get it."""
     spec = backends[cfg.backend]
     if not spec.checkpoints:
         return {}
-    from lift3d_core.checkpoints import checkpoint_path, digest
+    from lift3d_core.checkpoints import CHECKPOINTS, checkpoint_path, digest
 
     section = active_section(cfg, backends)
-    return {name: digest(checkpoint_path(name, getattr(section, attr))) for name, attr in spec.checkpoints.items()}
+    out = {}
+    for name, attr in spec.checkpoints.items():
+        path = checkpoint_path(name, getattr(section, attr))
+        out[name] = digest(path)
+        known = CHECKPOINTS[name].sha256
+        if known is not None and out[name] != f"sha256:{known}":  # a damaged or substituted file
+            raise Lift3DError(f"checkpoint {path} has SHA-256 {out[name][7:23]}..., not the official file's "
+                              f"{known[:16]}...; get {CHECKPOINTS[name].filename} again from {CHECKPOINTS[name].source}")
+    return out
 
 
 __all__ = ["Backend", "active_section", "check_backend", "checkpoint_digests", "section_key"]

@@ -21,7 +21,7 @@ from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
 from lift3d_core import __version__
-from lift3d_core.pipeline import PlannedStage, explain_miss
+from lift3d_core.pipeline import PlannedStage, explain_miss, history_file
 from lift3d_core.store import ArtifactStore, CorruptArtifactError, artifact_key
 
 
@@ -88,8 +88,7 @@ def stage_logger():
 
 
 def _history_path(ctx: RunContext) -> Path:
-    digest = ctx.plan["ingest"].doc["inputs"]["image"].split(":")[-1]
-    return Path(ctx.state_dir) / "history" / f"{digest[:24]}.json"
+    return history_file(ctx.state_dir, ctx.plan["ingest"].doc["inputs"]["image"])
 
 
 def _previous_doc(ctx: RunContext, stage: str) -> dict | None:

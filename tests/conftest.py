@@ -55,3 +55,8 @@ def _one_thread():
     torch.set_num_threads(int(os.environ.get("LIFT3D_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(n)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="re-record tests/golden_digests.json for stages whose key moved (tests/test_golden_digests.py)")

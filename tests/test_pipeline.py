@@ -102,7 +102,7 @@ def test_explain_miss_names_the_changed_param():
                                         "params.schedule: removed"]
     cal_old = plan(base, SOURCE)["depth"].doc
     cal_new = plan(apply_overrides(base, ["calibrate.max_points=2000"]), SOURCE)["depth"].doc
-    assert explain_miss(cal_old, cal_new) == ["inputs.calibrate changed"]
+    assert explain_miss(cal_old, cal_new) == ["upstream calibrate moved"]
 
 
 def test_unknown_sections_and_backends_are_rejected():
