@@ -65,7 +65,11 @@ def render_run(run_dir: Path, *, fly_frames: int | None = None, orbit_frames: in
     walk = tree_walk(tree)
     fly = to_calibrated.apply_c2w(resample_path(walk, fly_frames or len(walk)))
     start = to_calibrated.apply_c2w(np.eye(4))  # the input view, in the Gaussians' frame
-    orbit = orbit_path(start, pivot_depth(gaussians.means.numpy(), start), orbit_frames, orbit_degrees)
+    # the point the tree's orbits turn about (trajectory.pivot_depth, commanded units) is where the generated views
+    # agree best; a tree without one turns about the middle of what the input view sees
+    pivot = store.read("trajectory", keys["trajectory"]).key_doc["params"].get("pivot_depth")
+    depth = pivot / to_calibrated.inverse().scale if pivot else pivot_depth(gaussians.means.numpy(), start)
+    orbit = orbit_path(start, depth, orbit_frames, orbit_degrees)
 
     videos = []
     for label, path_c2w in (("fly-through video", fly), ("orbit video", orbit)):
