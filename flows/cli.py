@@ -90,10 +90,11 @@ def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for 
 
     project = _project()
     _check_source(image)
+    overrides = profile_overrides(profile)
     # The server boots in a child process while torch, Prefect and the stages import here.
     prefect_ready = boot_prefect_in_background()
     try:
-        p = _params(project, params, set_, profile_overrides(profile))
+        p = _params(project, params, set_, overrides)
         _preflight(p, image)
         print_estimate(console, p, image, store or project.store_url)
     except Lift3DError:

@@ -251,3 +251,16 @@ def test_orbit_keeps_the_pivot_centred_at_its_distance():
     angles = np.degrees(np.arccos(np.clip(orbit[:, :3, 2] @ c2w[:3, 2], -1, 1)))
     assert 9.9 < angles.max() <= 10.0 + 1e-9 and np.ptp(orbit[:, :3, 3], axis=0).max() > 0.3
     assert video_size(1023, 577, None) == (1022, 576) and video_size(1024, 576, 320) == (320, 180)
+
+
+def test_an_unknown_profile_is_one_line_before_anything_starts(tiny_project, capsys, monkeypatch):
+    import flows.cli
+
+    booted = []
+    monkeypatch.setattr(flows.cli, "boot_prefect_in_background", lambda: booted.append(1) or (lambda: None))
+    monkeypatch.setattr(sys, "argv", ["lift3d", "lift", SOURCE, "--profile", "gpu-xl"])
+    with pytest.raises(SystemExit) as exit_info:
+        flows.cli.main()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exit_info.value.code == 2 and len(err) == 1 and "unknown profile 'gpu-xl'; profiles: cpu" in err[0]
+    assert booted == [] and not (tiny_project / "data").exists()
