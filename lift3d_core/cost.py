@@ -27,16 +27,20 @@ class Rate:
         return self.fixed + self.per_unit * units
 
 
-# Rates per device ("cpu": the 2-core development machine; "cuda": an H100). Units in the key's comment.
+# Stages that run on the CPU whatever the device (units in each comment).
+_CPU_BOUND = {
+    # pixel-frames. The synthetic scene renders with the torch rasterizer on the CPU (on a GPU host too): 25 s at
+    # 128x96 and 115 s at 384x216 for the 241-frame tree under load 4.6, 2.8x the idle demo's 9 s at 128x96.
+    "generate.synthetic": Rate(3.3, 1.9e-6, "2-core CPU: 9 s at 128x96 x 241 frames (demo); 384x216 measured"),
+    # pixel-frames: pycolmap's SIFT, matching, mapping and densification of 241 frames at 128x96 (~128 s, loaded)
+    "calibrate.colmap": Rate(2.0, 4.3e-5, "COLMAP table, 241 frames at 128x96"),
+    "calibrate.commanded": Rate(0.2, 5e-9, "demo run: well under a second"),
+    "depth.calibrated": Rate(0.1, 5e-9, "demo run: well under a second"),
+}
+# Rates per device ("cpu": the 2-core development machine; "cuda": an H100).
 RATES: dict[str, dict[str, Rate]] = {
     "cpu": {
-        # pixel-frames. The synthetic scene renders with the torch rasterizer on the CPU (on a GPU host too): 25 s at
-        # 128x96 and 115 s at 384x216 for the 241-frame tree under load 4.6, 2.8x the idle demo's 9 s at 128x96.
-        "generate.synthetic": Rate(3.3, 1.9e-6, "2-core CPU: 9 s at 128x96 x 241 frames (demo); 384x216 measured"),
-        # pixel-frames: SIFT, matching, mapping and densification of 241 frames at 128x96 (~128 s, loaded)
-        "calibrate.colmap": Rate(2.0, 4.3e-5, "COLMAP table, 241 frames at 128x96"),
-        "calibrate.commanded": Rate(0.2, 5e-9, "demo run: well under a second"),
-        "depth.calibrated": Rate(0.1, 5e-9, "demo run: well under a second"),
+        **_CPU_BOUND,
         # frames: the ViT-L at its fixed 518-row input, whatever the frame size
         "depth.depth_anything_v2": Rate(5.0, 36.0, "Depth Anything V2 table: 36 s a frame on the CPU"),
         # pixel-steps x batch/2. Distortion-aware: 240.9 s for 1,000 steps at 128x96 (demo), 872 s for 1,500 at
@@ -47,16 +51,14 @@ RATES: dict[str, dict[str, Rate]] = {
         "render": Rate(0.5, 8e-6, "rasterizer table, 30k Gaussians at 128x96"),
     },
     "cuda": {
-        "generate.synthetic": Rate(3.3, 1.9e-6, "runs on the CPU (torch rasterizer) on a GPU host too"),
-        "calibrate.colmap": Rate(2.0, 4.3e-5, "pycolmap runs on the CPU"),
-        "calibrate.commanded": Rate(0.2, 5e-9, "demo run"),
-        "depth.calibrated": Rate(0.1, 5e-9, "demo run"),
+        **_CPU_BOUND,
         # steps (not pixels: the H100 step is host-bound at 1024x576): coarse ~6 s and fine ~21 s a 1,000 steps,
         # plus ~100 s of torch.compile on a machine whose compile cache is empty
         "train.distortion.coarse": Rate(100.0, 0.006, "Full GPU schedule, H100, session 6"),
         "train.distortion.fine": Rate(0.0, 0.021, "Full GPU schedule, H100, session 6"),
         "train.plain": Rate(10.0, 0.007, "Training iterations per second on a GPU, H100"),
-        "render": Rate(1.0, 0.003 / 589_824, "gsplat forward ~2-3 ms a view at 1024x576"),
+        # pixel-views: gsplat's forward, ~2-3 ms a view at 1024x576
+        "render": Rate(1.0, 0.003 / 589_824, "rasterizer table, gsplat on an H100"),
     },
 }
 

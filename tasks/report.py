@@ -131,6 +131,8 @@ def write_run_report(run_dir: Path) -> ReportFiles:
     for name, data in assets.items():
         _write(folder / name, data)
         paths.append(folder / name)
+    for stale in set(folder.iterdir()) - set(paths):  # plots of an earlier report (another tree, no PSNR curve)
+        stale.unlink()
     _write(run_dir / REPORT, page.encode())
     return ReportFiles(run_dir / REPORT, paths)
 

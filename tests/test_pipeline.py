@@ -249,7 +249,7 @@ def test_flow_end_to_end_with_prefect_and_mlflow(tiny_project, capsys):
     # the run report, and its plots as artifacts of their own
     assert summary["outputs"]["report"] == str(run / "report.html") and (run / "report.html").is_file()
     plots = {Path(a.path).name for a in MlflowClient().list_artifacts(mlrun.info.run_id, "report")}
-    assert {"training.svg", "depth.png", "heldout.png", "cameras_calibrated.png"} <= plots
+    assert {"training_loss.svg", "depth.png", "heldout.png", "cameras_calibrated.png"} <= plots
     assert "report.html" in {a.path for a in MlflowClient().list_artifacts(mlrun.info.run_id)}
 
 

@@ -127,7 +127,7 @@ def test_the_report_has_every_section_and_makes_no_external_request(tiny_run):
     # the PLY is linked (relative), the videos not yet: the page says how to make them
     assert 'href="scene.ply"' in html and "lift3d render tiny" in html
     assets = {p.name for p in (run_dir / "report_assets").iterdir()}
-    assert {"training.svg", "depth.png", "input.png", "heldout.png"} <= assets
+    assert {"training_loss.svg", "depth.png", "input.png", "heldout.png"} <= assets
 
 
 def _decode(path: Path) -> tuple[dict, np.ndarray]:

@@ -102,6 +102,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
+        if v.is_integer() and abs(v) < 1e12:  # counts (Gaussians) arrive as floats from the metrics
+            return f"{int(v):,}"
         return f"{v:.4g}" if math.isfinite(v) else str(v)
     return escape(str(v))
 
@@ -116,19 +118,22 @@ def _asset_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
-def training_chart(r: RunReport) -> str:
-    """Loss (per step, binned, log axis) and, when recorded, training PSNR and the Gaussian count: SVG text."""
-    charts = []
+def training_charts(r: RunReport) -> dict[str, str]:
+    """Loss (per step, binned, log axis) and, when recorded, training PSNR and the Gaussian count: one SVG each,
+    by file name."""
+    charts = {}
     if len(r.loss_curve):
         x, y = binned(r.loss_curve[:, 0], r.loss_curve[:, 1])
-        charts.append(line_chart([Series("loss (mean per bin)", x, y)], "Training loss", "step", "loss", log_y=True))
+        charts["training_loss.svg"] = line_chart([Series("loss (mean per bin)", x, y)], "Training loss", "step",
+                                                 "loss", log_y=True)
     if r.psnr_curve is not None and len(r.psnr_curve):
-        charts.append(line_chart([Series("PSNR of the training batch", r.psnr_curve[:, 0], r.psnr_curve[:, 1])],
-                                 "Training PSNR", "step", "dB"))
+        charts["training_psnr.svg"] = line_chart(
+            [Series("PSNR of the training batch", r.psnr_curve[:, 0], r.psnr_curve[:, 1])], "Training PSNR", "step",
+            "dB")
     if r.gaussians_curve is not None and len(r.gaussians_curve):
-        charts.append(line_chart([Series("Gaussians", r.gaussians_curve[:, 0], r.gaussians_curve[:, 1])],
-                                 "Gaussians", "step", "count"))
-    return "\n".join(charts)
+        charts["training_gaussians.svg"] = line_chart(
+            [Series("Gaussians", r.gaussians_curve[:, 0], r.gaussians_curve[:, 1])], "Gaussians", "step", "count")
+    return charts
 
 
 def run_report_html(r: RunReport, *, thumb_width: int = 128, image_width: int = 640) -> tuple[str, dict[str, bytes]]:
@@ -165,8 +170,9 @@ def run_report_html(r: RunReport, *, thumb_width: int = 128, image_width: int = 
     body["depth"] = _figure(depth_png, f"distinct frames {', '.join(map(str, r.depth_index))} of {r.num_distinct} "
                                        "(top) and their inverse-depth targets (bottom; red near, blue far, grey: none)")
 
-    chart = training_chart(r)
-    assets["training.svg"] = chart.encode()
+    charts = training_charts(r)
+    assets.update({name: svg.encode() for name, svg in charts.items()})
+    chart = "\n".join(charts.values())
     note = "" if r.psnr_curve is not None else ('<p class="note">this train artifact holds no PSNR curve '
                                                 "(it predates recording one); the loss is per step</p>")
     stats = [[escape(k), _fmt(r.metrics[k])] for k in ("num_gaussians", "train_psnr", "train_ssim") if k in r.metrics]
