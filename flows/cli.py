@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows import report_cmd
 from flows.settings import (
     Project,
     boot_prefect_in_background,
@@ -87,16 +88,22 @@ def _report(summary: dict) -> None:
 def lift(image: str = typer.Argument(..., help="Image file, or skimage:NAME for a bundled photograph."),
          run_name: str | None = typer.Option(None, "--run-name"), set_: list[str] | None = SetOpt,
          store: str | None = StoreOpt, params: Path | None = ParamsOpt,
-         no_track: bool = typer.Option(False, "--no-track", help="Do not record an MLflow run.")):
+         no_track: bool = typer.Option(False, "--no-track", help="Do not record an MLflow run."),
+         profile: str | None = typer.Option(None, "--profile", help="Named overrides under --set: cpu (the demo's "
+                                                                    "CPU-sized profile).")):
     """Lift one image to 3D Gaussians (every stage cached in the store)."""
+    from flows.estimate import print_estimate, profile_overrides
+
     project = _project()
     _check_source(image)
     name = _run_name(run_name or Path(image.replace("skimage:", "")).stem)
+    overrides = profile_overrides(profile)
     # The server boots in a child process while torch, Prefect and the stages import here.
     prefect_ready = boot_prefect_in_background()
     try:
-        p = _params(project, params, set_)
+        p = _params(project, params, set_, overrides)
         _preflight(p, image)
+        print_estimate(console, p, image, store or project.store_url)
     except Lift3DError:
         stop_prefect_server()  # nothing will run
         raise
@@ -164,6 +171,9 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: list[str] | N
         raise
     _check_source(DEMO_SOURCE)  # cannot fail; the photo's first decoding (0.3 s) then happens before the server is up
     console.print(f"demo profile over params.yaml: {' '.join(DEMO_OVERRIDES)}")
+    from flows.estimate import print_estimate
+
+    print_estimate(console, p, DEMO_SOURCE, store or project.store_url)
     from flows.demo import demo as demo_flow
     from flows.lift import lift_body
     from tasks import tracking
@@ -315,6 +325,10 @@ def checkpoints_verify(root: Path | None = RootOpt, params: Path | None = Params
             console.print(f"{name}: get {CHECKPOINTS[name].filename} from {CHECKPOINTS[name].source}")
     if any(status != "present" for _, status in results):
         raise typer.Exit(1)
+
+
+app.command()(report_cmd.report)
+app.command()(report_cmd.render)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -81,6 +82,23 @@ def write_summary(ctx: RunContext, results: dict[str, StageResult], wall: float,
     return summary
 
 
+def _write_report(ctx: RunContext, summary: dict[str, Any], tracker: tracking.Tracker | None) -> None:
+    """The run's report.html (and its plots to MLflow). A report that fails leaves the finished run as it is and
+    says how to retry: the stages' results are all in the store."""
+    from tasks.report import write_run_report
+
+    try:
+        files = write_run_report(ctx.run_dir)
+    except Exception as exc:
+        logging.getLogger("lift3d").warning(f"report not written ({type(exc).__name__}: {exc}); "
+                                            f"`lift3d report {ctx.run_name}` tries again")
+        return
+    summary["outputs"]["report"] = str(files.page)
+    write_summary_file(ctx, summary)
+    if tracker is not None:
+        tracker.log_files(files.assets, "report")
+
+
 def write_summary_file(ctx: RunContext, summary: dict[str, Any]) -> None:
     path = ctx.run_dir / "summary.json"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -106,6 +124,7 @@ def lift_body(source: str, params: dict, run_name: str, store_url: str, state_di
     try:
         results = run_stages(ctx, tracker=tracker, use_prefect=use_prefect)
         summary = write_summary(ctx, results, time.perf_counter() - t0)
+        _write_report(ctx, summary, tracker)
     finally:
         if tracker is not None:
             run_id = tracker.finish(summary, ok=summary is not None)

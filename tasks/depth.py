@@ -10,6 +10,7 @@ from lift3d_core.depth import estimate_inverse_depth
 from lift3d_core.generate import distinct_frames
 from lift3d_core.trajectory import CameraTree
 from tasks.common import RunContext, StageResult, cached_stage
+from tasks.progress import stage_progress
 
 
 @task(name="depth", cache_policy=NO_CACHE)
@@ -23,7 +24,8 @@ def depth(ctx: RunContext) -> StageResult:
         # every backend's confidence as a weight in [0, 1] (MASt3R's lies in [1, inf)), so min_confidence means
         # the same whichever calibration ran
         weight = confidence_weight(cal["confidence"], ctx.config("calibrate").backend)
-        est = estimate_inverse_depth(frames, cal["depth"], ctx.config("depth"), confidence=weight)
+        with stage_progress("depth", len(frames)) as advance:
+            est = estimate_inverse_depth(frames, cal["depth"], ctx.config("depth"), confidence=weight, progress=advance)
         seconds.update(est.seconds)
         return est.to_arrays(), est.stats
 

@@ -36,6 +36,10 @@ class Tracker:
     def log_stage(self, result) -> None:
         self._pending.append(self._pool.submit(_log_stage, self._run_id, result))
 
+    def log_files(self, paths: list[Path], artifact_path: str) -> None:
+        """Log files (the report's plots) as the run's artifacts under ``artifact_path``."""
+        self._pending.append(self._pool.submit(_log_files, self._run_id, [str(p) for p in paths], artifact_path))
+
     def finish(self, summary: dict[str, Any] | None, ok: bool) -> str | None:
         """Log the summary's metrics and files, close the run, wait for the worker; returns the run id."""
         self._pending.append(self._pool.submit(_finish, self._run_id, summary, ok))
@@ -93,6 +97,12 @@ def _log_stage(run_id_future: Future, result) -> None:
     client.log_batch(run_id, tags=tags)
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
+
+
+def _log_files(run_id_future: Future, paths: list[str], artifact_path: str) -> None:
+    client, run_id = _client(), run_id_future.result()
+    for path in paths:
+        client.log_artifact(run_id, path, artifact_path)
 
 
 def _finish(run_id_future: Future, summary: dict[str, Any] | None, ok: bool) -> None:

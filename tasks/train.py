@@ -17,6 +17,7 @@ def train(ctx: RunContext) -> StageResult:
         depth = ctx.arrays("depth", "inv_depth", "valid")
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
         per_clip = (len(tree.clips), -1)
+        psnr_curve: list[tuple[int, float]] = []  # the training batch's PSNR every log_every steps, for the report
         result = train_scene(
             points=cal["points"], colors=cal["colors"],
             frames=distinct_frames(tree, ctx.read("generate").array("frames")),
@@ -24,14 +25,17 @@ def train(ctx: RunContext) -> StageResult:
             frame_codes=distinct_frames(tree, tree.frame_codes().reshape(*per_clip, 2)),
             inv_depth=depth["inv_depth"], depth_valid=depth["valid"],
             cfg=ctx.config("train"), progress=True,
+            callback=lambda step, metrics: psnr_curve.append((int(step), float(metrics["psnr"]))),
         )
-        return result.to_arrays(), result.attrs()
+        return result.to_arrays(), {**result.attrs(), "psnr_curve": psnr_curve}
 
     result = cached_stage(ctx, "train", compute)
     artifact = ctx.read("train")
     curve = artifact.array("loss_curve")
     result.metrics["num_gaussians"] = float(artifact.zarr_array("gaussians/means").shape[0])
     result.curves["train.loss"] = [(int(s), float(v)) for s, v in curve]
+    if "psnr_curve" in artifact.attrs:  # artifacts trained before it was recorded hold none
+        result.curves["train.psnr"] = [(int(s), float(v)) for s, v in artifact.attrs["psnr_curve"]]
     np.savetxt(ctx.run_dir / "loss_curve.csv", curve, delimiter=",", header="step,loss", comments="")
     result.outputs["loss_curve"] = str(ctx.run_dir / "loss_curve.csv")
     return result

@@ -246,6 +246,11 @@ def test_flow_end_to_end_with_prefect_and_mlflow(tiny_project, capsys):
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.tags["train.hit"] == "false" and "evaluate.seconds" in mlrun.data.metrics
     assert len(MlflowClient().get_metric_history(mlrun.info.run_id, "train.loss")) > 10
+    # the run report, and its plots as artifacts of their own
+    assert summary["outputs"]["report"] == str(run / "report.html") and (run / "report.html").is_file()
+    plots = {Path(a.path).name for a in MlflowClient().list_artifacts(mlrun.info.run_id, "report")}
+    assert {"training_loss.svg", "depth.png", "heldout.png", "cameras_calibrated.png"} <= plots
+    assert "report.html" in {a.path for a in MlflowClient().list_artifacts(mlrun.info.run_id)}
 
 
 @pytest.mark.slow

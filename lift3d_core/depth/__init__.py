@@ -14,6 +14,7 @@ store key (:meth:`DepthConfig.key_params`); a backend's checkpoints, whose diges
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,13 +151,15 @@ class DepthEstimate:
 
 
 def estimate_inverse_depth(
-    frames: np.ndarray, calibrated_depth: np.ndarray, cfg: DepthConfig, *, confidence: np.ndarray | None = None
+    frames: np.ndarray, calibrated_depth: np.ndarray, cfg: DepthConfig, *, confidence: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DepthEstimate:
     """Inverse-depth targets and their validity for ``frames uint8 [F, H, W, 3]``.
 
     calibrated_depth: ``[F, h, w]`` z-depth from calibration (normalised units, 0 = unknown), at the frames' size or
         the calibration's own (resampled to the frames' size, nearest).
     confidence: ``[F, h, w]`` calibration confidence in its backend's scale, or None (every pixel with a depth).
+    progress: called as ``progress(done, F)`` by a backend that runs a network over the frames.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -173,7 +176,7 @@ def estimate_inverse_depth(
                           f"{calibrated_depth.shape}")
     size = frames.shape[1:3]
     out = BACKENDS[cfg.backend].load("depth", cfg.backend)(frames, resample_nearest(calibrated_depth, size),
-                                        resample_nearest(confidence, size), cfg)
+                                        resample_nearest(confidence, size), cfg, progress=progress)
     out.stats.setdefault("valid_fraction", float(out.valid.mean()))
     return out
 

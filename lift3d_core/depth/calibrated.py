@@ -7,7 +7,8 @@ import numpy as np
 from lift3d_core.depth import DepthConfig, DepthEstimate, inverse_depth
 
 
-def estimate(frames: np.ndarray, calibrated_depth: np.ndarray, confidence: np.ndarray, cfg: DepthConfig) -> DepthEstimate:
+def estimate(frames: np.ndarray, calibrated_depth: np.ndarray, confidence: np.ndarray, cfg: DepthConfig,
+             progress=None) -> DepthEstimate:
     """Inverse depth of ``calibrated_depth [F, H, W]`` where it exceeds ``min_depth`` and ``confidence [F, H, W]``
     reaches ``depth.calibrated.min_confidence``; ``frames`` only fix the size (the interface's other backends read
     them)."""

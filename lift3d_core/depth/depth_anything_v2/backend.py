@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -106,10 +106,11 @@ def preprocess(frames_uint8: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 
 @torch.inference_mode()
 def relative_disparity(
-    model: DepthAnythingForDepthEstimation, frames: np.ndarray, input_size: int = 518, batch_size: int = 8
+    model: DepthAnythingForDepthEstimation, frames: np.ndarray, input_size: int = 518, batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Relative disparity ``float32 [F, H, W]`` (larger = nearer, unknown scale and shift) of ``frames uint8
-    [F, H, W, 3]``, in batches of ``batch_size`` on the model's device and dtype."""
+    [F, H, W, 3]``, in batches of ``batch_size`` on the model's device and dtype; ``progress(done, F)`` after each."""
     param = next(model.parameters())
     n, height, width = frames.shape[:3]
     size = network_size(height, width, input_size, model.config.patch_size)
@@ -119,6 +120,8 @@ def relative_disparity(
         disparity = model(pixel_values=preprocess(chunk, size).to(param.dtype)).predicted_depth
         disparity = F.interpolate(disparity[:, None].float(), (height, width), mode="bilinear", align_corners=True)
         out[start : start + len(chunk)] = disparity[:, 0].cpu().numpy()
+        if progress is not None:
+            progress(start + len(chunk), n)
     return out
 
 
@@ -165,7 +168,8 @@ def align_to_calibration(
     return DepthEstimate(inv, valid, {"align_scale": scales, "align_shift": shifts}, stats)
 
 
-def estimate(frames: np.ndarray, calibrated_depth: np.ndarray, confidence: np.ndarray, cfg: DepthConfig) -> DepthEstimate:
+def estimate(frames: np.ndarray, calibrated_depth: np.ndarray, confidence: np.ndarray, cfg: DepthConfig,
+             progress: Callable[[int, int], None] | None = None) -> DepthEstimate:
     """The backend: Depth Anything V2 on every frame, aligned to the calibrated depth (all ``[F, H, W]``)."""
     sec = cfg.depth_anything_v2
     t0 = time.perf_counter()
@@ -176,7 +180,7 @@ def estimate(frames: np.ndarray, calibrated_depth: np.ndarray, confidence: np.nd
         path = checkpoint_path("depth_anything_v2", path)
     model = load_model(path, sec.variant, sec.dtype)
     t1 = time.perf_counter()
-    mono = relative_disparity(model, frames, sec.input_size, sec.batch_size)
+    mono = relative_disparity(model, frames, sec.input_size, sec.batch_size, progress)
     t2 = time.perf_counter()
     out = align_to_calibration(mono, calibrated_depth, confidence, cfg, device=next(model.parameters()).device)
     out.seconds = {"load": t1 - t0, "network": t2 - t1, "align": time.perf_counter() - t2}
