@@ -56,7 +56,8 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("calibrate", "3", CalibrateConfig, ("generate", "trajectory")),
         # 2: + validity mask; 3: min_confidence is a weight in [0, 1] for every calibration (2b07d7e)
         StageSpec("depth", "3", DepthConfig, ("calibrate", "generate", "trajectory")),
-        StageSpec("train", "1", TrainStageConfig, ("calibrate", "depth", "generate", "trajectory")),
+        # 2: the artifact records the training PSNR curve (attrs psnr_curve), for the report
+        StageSpec("train", "2", TrainStageConfig, ("calibrate", "depth", "generate", "trajectory")),
         StageSpec("export", "1", ExportConfig, ("train", "calibrate")),
         StageSpec("evaluate", "2", EvaluateConfig, ("train", "calibrate", "generate", "ingest", "trajectory")),
     )

@@ -34,7 +34,7 @@ def train(ctx: RunContext) -> StageResult:
     curve = artifact.array("loss_curve")
     result.metrics["num_gaussians"] = float(artifact.zarr_array("gaussians/means").shape[0])
     result.curves["train.loss"] = [(int(s), float(v)) for s, v in curve]
-    if "psnr_curve" in artifact.attrs:  # artifacts trained before it was recorded hold none
+    if "psnr_curve" in artifact.attrs:
         result.curves["train.psnr"] = [(int(s), float(v)) for s, v in artifact.attrs["psnr_curve"]]
     np.savetxt(ctx.run_dir / "loss_curve.csv", curve, delimiter=",", header="step,loss", comments="")
     result.outputs["loss_curve"] = str(ctx.run_dir / "loss_curve.csv")
