@@ -147,7 +147,8 @@ def to_rgb(im: Image.Image, source: str = "image") -> np.ndarray:
                           "16-bit PNG, JPEG or TIFF")
     if im.mode.startswith("I"):
         gray = np.asarray(im).astype(np.float64)
-        gray = np.clip(gray / 257.0 if gray.max(initial=0) > 255 else gray, 0, 255)
+        sixteen = im.mode.startswith("I;16") or gray.max(initial=0) > 255  # a dark 16-bit photo is still 16-bit
+        gray = np.clip(gray / 257.0 if sixteen else gray, 0, 255)
         return np.repeat(np.round(gray).astype(np.uint8)[..., None], 3, axis=-1)
     if im.mode in ("La", "RGBa"):  # premultiplied alpha: PIL unpremultiplies to RGBA
         im = im.convert("RGBA") if im.mode == "RGBa" else im.convert("LA")
