@@ -1,5 +1,6 @@
 """The artifact store: keys, exact round trips, corruption, crashes, concurrency, fsspec."""
 
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -7,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -430,3 +432,85 @@ def test_missing_artifact_and_bad_names(tmp_path):
             store.exists(stage, bad_key)
     _write(store)
     assert store.delete("train", key) is True and not store.exists("train", key)
+
+
+# ------------------------------------------------------------ crashes (processes)
+
+_LOCK_HOLDER = """
+import os, signal, sys
+from lift3d_core.store import ArtifactStore, artifact_key
+key, doc = artifact_key("train", 1, {"holder": True}, {}, {})
+store = ArtifactStore(sys.argv[1])
+with store.lock("train", key):
+    open(sys.argv[2], "w").close()
+    os.kill(os.getpid(), signal.SIGKILL)  # dies holding the lock
+"""
+
+_BIG_WRITER = """
+import sys
+import numpy as np
+from lift3d_core.store import ArtifactStore, artifact_key
+key, doc = artifact_key("train", 1, {"big": True}, {}, {})
+frames = np.random.default_rng(0).integers(0, 256, (64, 576, 1024, 3), dtype=np.uint8)  # ~113 MB, seconds to zip
+ArtifactStore(sys.argv[1]).write("train", key, doc, {"frames": frames})
+"""
+
+
+def _script_env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_lock_whose_holder_was_sigkilled_is_free_at_once(tmp_path):
+    held = tmp_path / "held"
+    result = subprocess.run([sys.executable, "-c", _LOCK_HOLDER, str(tmp_path / "store"), str(held)],
+                            env=_script_env(), capture_output=True, timeout=120)
+    assert result.returncode == -9 and held.exists(), result.stderr.decode()[-2000:]
+    key, _ = artifact_key("train", 1, {"holder": True}, {}, {})
+    with ArtifactStore(tmp_path / "store").lock("train", key, timeout=1):  # the OS released it with the process
+        pass
+
+
+@pytest.mark.slow
+def test_sigkill_while_writing_leaves_nothing_visible_and_cache_gc_cleans_up(tmp_path):
+    root = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-c", _BIG_WRITER, str(root)], env=_script_env(),
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(root.rglob(".tmp-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.1)  # the temp zip is being written
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.kill()
+    proc.wait()
+    store = ArtifactStore(root)
+    assert store.ls() == [] and list(root.rglob("*.json")) == []
+    leftovers = [p for p in root.rglob("*") if p.is_file()]
+    assert any(p.name.startswith(".tmp-") for p in leftovers)
+    gc = subprocess.run([sys.executable, "-m", "flows.cli", "cache", "gc", "--store", str(root), "--grace-hours", "0"],
+                        cwd=tmp_path, env=_script_env(), capture_output=True, text=True, timeout=120)
+    assert gc.returncode == 0 and ".tmp-" in gc.stdout.replace("\n", ""), gc.stdout + gc.stderr[-2000:]
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+
+
+def test_a_full_disk_fails_the_write_in_one_line_with_nothing_committed(tmp_path, monkeypatch):
+    store = ArtifactStore(tmp_path)
+    key, doc = _key()
+    real_writestr = zipfile.ZipFile.writestr
+    calls = []
+
+    def disk_fills_up(self, entry, data, *args, **kwargs):
+        calls.append(entry)
+        if len(calls) > 2:  # a few entries are on disk, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_writestr(self, entry, data, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", disk_fills_up)
+    with pytest.raises(Lift3DError) as err:
+        store.write("train", key, doc, _arrays())
+    message = str(err.value)
+    assert "\n" not in message and "No space left on device" in message and "nothing was committed" in message
+    assert not store.exists("train", key)
+    assert [f for f in _files(tmp_path) if not f.startswith(".locks/")] == []  # the partial temp zip is gone
+    monkeypatch.undo()
+    _write(store)  # space again: the same key writes cleanly
+    assert store.verify() == []
