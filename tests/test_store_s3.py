@@ -209,6 +209,7 @@ def test_sigkill_mid_write_leaves_no_artifact_and_cache_gc_removes_the_leftovers
     assert store.verify() == []
 
 
+@pytest.mark.slow
 def test_a_lease_outlives_a_crashed_holder_by_its_ttl_and_excludes_others_meanwhile(s3_url):
     holder = ArtifactStore(s3_url, lease_ttl_s=1.5)
     other = ArtifactStore(s3_url, lease_ttl_s=1.5, skip_instance_cache=True)
