@@ -306,6 +306,7 @@ function frustumScreenPositions() { // where each camera's frustum can be clicke
   if (!scene) return [];
   const rect = canvas.getBoundingClientRect(), k = canvas.width / rect.width, out = [];
   for (const c of scene.cameras) {
+    if (c.index === atCamera) continue;
     const p = project(frustumCorners(c).centre);
     if (p.z > NEAR && p.x >= 0 && p.y >= 0 && p.x < canvas.width && p.y < canvas.height) {
       out.push({ index: c.index, label: c.label, x: rect.left + p.x / k, y: rect.top + p.y / k });
@@ -319,6 +320,7 @@ function pickFrustum(clientX, clientY) { // the frustum whose centre or apex is 
   const x = (clientX - rect.left) * k, y = (clientY - rect.top) * k;
   let best = -1, bestD = 20 * k;
   for (const c of scene.cameras) {
+    if (c.index === atCamera) continue;
     const f = frustumCorners(c);
     for (const p of [project(f.centre), project(f.eye)]) {
       const d = Math.hypot(p.x - x, p.y - y);
