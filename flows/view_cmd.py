@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import webbrowser
 from pathlib import Path
 
@@ -37,11 +39,18 @@ def view(target: str = typer.Argument(..., help="Run name (a folder of data/runs
         console.print(f"[yellow]listening on {host}: anyone who reaches this machine can see the scene[/yellow]")
     console.print(f"{scene.title}: {scene.gaussians.num} Gaussians, {len(scene.cameras)} cameras")
     console.print(f"viewer at {server.url}  (Ctrl-C stops it)")
-    if not no_browser:
+    if not no_browser and _has_display():
         webbrowser.open(server.url)
+    elif not no_browser:  # a console browser would take over this terminal
+        console.print(f"no display here: open {server.url} in a browser (from another machine: "
+                      f"ssh -L {server.server_address[1]}:127.0.0.1:{server.server_address[1]} this-host)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+
+
+def _has_display() -> bool:
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
