@@ -526,7 +526,10 @@ async function main() {
     `${scene.num_gaussians.toLocaleString("en")} Gaussians · ${scene.cameras.length} cameras`;
   const s = scene.start;
   cam.up = scale(col([0, 1, 2].map((i) => s.c2w[i].slice(0, 3)), 1), -1); // the start camera's up: world up
-  if (scene.cameras.length) {
+  if (!scene.cameras.length) { // a PLY: no cameras to click, and the start view is not an input view
+    document.getElementById("help").textContent = "drag: orbit · shift-drag or right-drag: pan · wheel: zoom · " +
+      "W A S D Q E: move · arrows: turn · R: back to the start view";
+  } else {
     document.getElementById("frame-section").hidden = false;
     buildFrustums();
   }
