@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast bench bench-gpu bench-distortion lint clean
+.PHONY: install browser demo test test-fast bench bench-gpu bench-distortion lint clean
 
 install: $(STAMP)
 
@@ -17,6 +17,14 @@ $(STAMP):
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# Debian's Chromium, for the viewer's headless-browser test (tests/test_viewer.py drives it with Playwright; its
+# bundled swiftshader is the WebGL). apt-get needs root, as CI has; ~50 s on a fresh machine. Elsewhere install it
+# yourself or set LIFT3D_CHROMIUM to a Chromium or Chrome binary (the test skips, saying so, without one).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@command -v chromium
 
 demo: install
 	$(VENV)/bin/lift3d demo

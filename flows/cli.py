@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows import report_cmd
+from flows import report_cmd, view_cmd
 from flows.settings import (
     Project,
     boot_prefect_in_background,
@@ -329,6 +329,7 @@ def checkpoints_verify(root: Path | None = RootOpt, params: Path | None = Params
 
 app.command()(report_cmd.report)
 app.command()(report_cmd.render)
+app.command()(view_cmd.view)
 
 
 def main() -> None:
