@@ -5,6 +5,7 @@ Imports nothing heavy at module level, so that the Prefect server boots before `
 
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ import typer
 
 SetOpt = typer.Option(None, "--set", help="Override params.yaml: section.key=value (repeatable).")
 ParamsOpt = typer.Option(None, "--params", help="params.yaml to use (default: the project's).")
+_server = None  # (PREFECT_HOME, PrefectServer) that one_prefect_api started in this process
 
 
 def batch_command(
@@ -79,7 +81,7 @@ def _default_name(spec: str) -> str:
 def one_prefect_api():
     """Yield the Prefect API URL the whole batch reports to: ``PREFECT_API_URL`` (the CLI's temporary server or the
     user's), else (``prefect`` was imported before the CLI could point it at its own server, as in tests) a
-    temporary server started here for the length of the batch. Never Prefect's ephemeral mode, which each Dask
+    temporary server started here, kept for later batches of this process (one per ``PREFECT_HOME``). Never Prefect's ephemeral mode, which each Dask
     worker process would start again on the same SQLite file. Flow-run heartbeats are off on a temporary server
     (see flows/cli.py ``_run_flow``)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -94,15 +96,18 @@ def one_prefect_api():
         return
     from lift3d_core.errors import Lift3DError
 
-    server = PrefectServer(Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect") / "server.log")
-    try:
-        error = server.wait()
-        if error is not None:
-            raise Lift3DError(f"batch: Prefect's temporary server did not start ({error}); set PREFECT_API_URL")
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield server.api_url
-    finally:
-        server.stop()
+    global _server
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    if _server is None or _server[0] != home or _server[1].process.poll() is not None:
+        if _server is not None:
+            _server[1].stop()
+        _server = (home, PrefectServer(home / "server.log"))
+        atexit.register(_server[1].stop)
+    error = _server[1].wait()
+    if error is not None:
+        raise Lift3DError(f"batch: Prefect's temporary server did not start ({error}); set PREFECT_API_URL")
+    with temporary_settings(updates={PREFECT_API_URL: _server[1].api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield _server[1].api_url
 
 
 def print_report(report: dict, console) -> None:
