@@ -173,8 +173,12 @@ def batch_body(sources: list[str], params: dict, batch_name: str, store_url: str
         else:
             contexts[e.run] = ctx
     with BatchProgress(len(entries), sum(e.status == "reused" for e in entries)) as progress:
-        outcomes = (_run_chains(contexts, progress) if use_prefect else
-                    {run: _run_inline(ctx, progress) for run, ctx in contexts.items()})
+        if not contexts:  # everything reused or failed planning: no task, and no Dask cluster started
+            outcomes = {}
+        elif use_prefect:
+            outcomes = _run_chains(contexts, progress)
+        else:
+            outcomes = {run: _run_inline(ctx, progress) for run, ctx in contexts.items()}
     for e in entries:
         if e.run in outcomes:
             _settle(e, contexts[e.run], outcomes[e.run], params, track)
