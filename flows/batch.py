@@ -9,9 +9,11 @@ runner runs the chains of different images at once:
 - ``DaskTaskRunner`` (prefect-dask) on a ``dask.distributed.LocalCluster`` of ``--workers N`` processes of one
   thread each, or on an existing scheduler (``--address tcp://...``). The stages that may load a GPU model
   (:data:`GPU_STAGES`) are submitted inside ``dask.annotate(resources={"GPU": 1})`` whenever a worker of the
-  cluster declares a ``GPU`` resource (a LocalCluster's workers do, one GPU each, when CUDA is present; without
-  one nothing requires it), so a worker runs one heavy stage at a time while CPU stages of other images go on
-  beside it.
+  cluster declares a ``GPU`` resource; without one nothing requires it. A worker of several threads with one GPU
+  (``dask worker --nthreads 4 --resources GPU=1``) then runs one heavy stage at a time while CPU stages of other
+  images go on beside it. A LocalCluster's workers declare ``GPU: 1`` when CUDA is present, each on its own GPU
+  (round robin, :class:`WorkerSetup`): with ``--workers`` at most the number of GPUs, each GPU runs one heavy stage
+  at a time.
 
 Models are loaded once per worker process: every backend builds its model through
 :func:`lift3d_core.checkpoints.cached_model`, a per-process cache, and Dask worker processes live for the whole
@@ -343,6 +345,9 @@ def task_runner(workers: int | None, address: str | None, api_url: str, threads:
                       silence_logs=logging.WARNING, env=env)
         if gpus:
             kwargs.update(resources={GPU_RESOURCE: 1})
+            if workers > gpus:
+                logging.getLogger("lift3d").warning(f"{workers} workers share {gpus} GPU(s): a GPU may run up to "
+                                                    f"{-(-workers // gpus)} heavy stages at once")
         return DaskTaskRunner(cluster_kwargs=kwargs)
     from prefect.task_runners import ThreadPoolTaskRunner
 
