@@ -81,7 +81,9 @@ def overhead(args) -> dict:
     for name in ("hits", "reused"):
         rows[name]["flow_seconds_per_image"] = round(rows[name]["flow_seconds"] / args.images, 4)
         rows[name]["command_seconds_per_image"] = round(rows[name]["command_seconds"] / args.images, 4)
-    assert rows["reused"]["counts"]["reused"] == args.images, rows
+    failed = [e for e in json.loads((root / "data" / "runs" / "many" / "batch.json").read_text())["inputs"]
+              if e["status"] != "reused"]
+    assert not failed, failed[:3]
     shutil.rmtree(root)
     return {"images": args.images, "runner": f"LocalCluster x{args.workers}" if args.workers else "threads",
             "rows": rows}

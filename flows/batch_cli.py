@@ -71,10 +71,12 @@ def batch_command(
 
 
 def _default_name(spec: str) -> str:
+    """The folder's name, or the list's or glob's stem, as a safe folder name."""
+    import re
+
     path = Path(spec.rstrip("/"))
-    if path.is_dir():
-        return path.resolve().name or "batch"
-    return path.stem.replace("*", "").replace("?", "").strip("._-") or "batch"
+    name = path.resolve().name if path.is_dir() else path.stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-") or "batch"
 
 
 @contextmanager
