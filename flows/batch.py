@@ -168,8 +168,8 @@ def batch_body(sources: list[str], params: dict, batch_name: str, store_url: str
     for e in entries:
         try:
             ctx = make_context(e.source, params, f"{batch_name}/{e.run}", store_url, state_dir, runs_dir)
-        except Lift3DError as exc:  # e.g. a list entry that does not exist: its digest cannot be taken
-            e.status, e.reason = "failed", failure_reason("plan", exc)
+        except Lift3DError as exc:  # a list entry that does not exist: its digest cannot be taken
+            e.status, e.reason = "failed", failure_reason("input", exc)
             continue
         if (summary := reusable_summary(ctx, store)) is not None:
             e.status, e.summary = "reused", summary

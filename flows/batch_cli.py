@@ -45,9 +45,14 @@ def batch_command(
     prefect_ready = boot_prefect_in_background()  # boots while the inputs are listed and the stages import
     try:
         from flows.batch import find_inputs
+        from lift3d_core.pipeline import stage_configs
 
         sources = find_inputs(inputs)
         p = cli._params(project, params, set_, DEMO_OVERRIDES if demo_profile else ())
+        # every image needs the checkpoints: a missing one is one line here, not a failure per image
+        for config in stage_configs(p).values():
+            if hasattr(config, "models"):
+                config.models()
     except Lift3DError:
         stop_prefect_server()  # nothing will run
         raise
