@@ -66,6 +66,7 @@ from tasks.common import RunContext, StageResult
 GPU_STAGES = ("generate", "calibrate", "depth", "train")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 GPU_RESOURCE = "GPU"
+STAGES_ORDER = tuple(STAGE_TASKS)
 # What a stage reads from the environment (flows.settings.configure_environment sets them): checkpoint paths are the
 # project's, checkpoint digests and torch.compile's cache live with it.
 PROJECT_ENV = ("LIFT3D_PROJECT", "LIFT3D_DIGEST_CACHE", "TORCHINDUCTOR_CACHE_DIR", "GIT_PYTHON_REFRESH")
@@ -175,49 +176,55 @@ def batch_body(sources: list[str], params: dict, batch_name: str, store_url: str
             e.status, e.summary = "reused", summary
         else:
             contexts[e.run] = ctx
+    by_run = {e.run: e for e in entries}
+
+    def settle(run: str, outcome: Outcome) -> None:  # as each chain ends, so a killed batch keeps what finished
+        _settle(by_run[run], contexts[run], outcome, params, track)
+
     with BatchProgress(len(entries), sum(e.status == "reused" for e in entries)) as progress:
-        if not contexts:  # everything reused or failed planning: no task, and no Dask cluster started
-            outcomes = {}
+        if not contexts:  # nothing to run: no task, and no Dask cluster started
+            pass
         elif use_prefect:
-            outcomes = _run_chains(contexts, progress)
+            _run_chains(contexts, progress, settle)
         else:
-            outcomes = {run: _run_inline(ctx, progress) for run, ctx in contexts.items()}
-    for e in entries:
-        if e.run in outcomes:
-            _settle(e, contexts[e.run], outcomes[e.run], params, track)
+            for run, ctx in contexts.items():
+                settle(run, _run_inline(ctx, progress))
     return write_report(entries, batch_name, runs_dir, time.perf_counter() - t0)
 
 
 Outcome = dict[str, StageResult] | str  # every stage's result, or why the chain stopped
 
 
-def _run_chains(contexts: dict[str, RunContext], progress: BatchProgress) -> dict[str, Outcome]:
-    """Submit every image's stage chain to the flow's task runner, show progress, return each image's outcome."""
+def _run_chains(contexts: dict[str, RunContext], progress: BatchProgress, settle) -> None:
+    """Submit every image's stage chain to the flow's task runner, show progress, and ``settle(run, outcome)``
+    each image as its chain ends."""
     import dask
 
     gpu = _prepare_workers()
-    chains: dict[str, dict[str, Any]] = {}
+    chains: dict[str, list[Any]] = {}
     for run, ctx in contexts.items():
-        chain: dict[str, Any] = {}
-        previous = None
+        chain, previous = [], None
         for name, stage_task in STAGE_TASKS.items():
-            heavy = gpu and name in GPU_STAGES
-            with dask.annotate(resources={GPU_RESOURCE: 1}) if heavy else nullcontext():
+            with dask.annotate(resources={GPU_RESOURCE: 1}) if gpu and name in GPU_STAGES else nullcontext():
                 previous = stage_task.submit(ctx, wait_for=[previous] if previous is not None else None)
-            chain[name] = previous
+            chain.append(previous)
         chains[run] = chain
-    pending = {(run, name) for run, chain in chains.items() for name in chain}
-    while pending:
-        for run, name in sorted(pending):
-            if chains[run][name].wrapped_future.done():
-                pending.discard((run, name))
-                chains[run][name].wait()
-                state = chains[run][name].state
+    position = dict.fromkeys(chains, 0)  # each chain's first stage not yet seen to end: stages end in order
+    while position:
+        for run, i in list(position.items()):
+            chain = chains[run]
+            while i < len(chain) and chain[i].wrapped_future.done():
+                chain[i].wait()
+                state = chain[i].state
                 if state.is_final():  # not a stage left unrun after its upstream failed (NotReady)
-                    progress.stage_finished(name, state.is_completed())
-        if pending:
+                    progress.stage_finished(STAGES_ORDER[i], state.is_completed())
+                i += 1
+            position[run] = i
+            if i == len(chain):
+                del position[run]
+                settle(run, _outcome(dict(zip(STAGES_ORDER, chain))))
+        if position:
             time.sleep(0.05)
-    return {run: _outcome(chain) for run, chain in chains.items()}
 
 
 def _outcome(chain: dict[str, Any]) -> Outcome:
