@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows import report_cmd, view_cmd
+from flows.batch_cli import batch_command
 from flows.settings import (
     Project,
     boot_prefect_in_background,
@@ -187,6 +188,9 @@ def demo(run_name: str = typer.Option("demo", "--run-name"), set_: list[str] | N
         summary = lift_body(DEMO_SOURCE, p, run_name, store or project.store_url, str(project.state_dir),
                             str(project.runs_dir), not no_track, use_prefect=False)
     _report(summary)
+
+
+app.command("batch")(batch_command)
 
 
 @app.command()

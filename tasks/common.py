@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,7 +104,7 @@ def _remember_doc(ctx: RunContext, stage: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     history = json.loads(path.read_text()) if path.is_file() else {}
     history[stage] = ctx.plan[stage].doc
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")  # threads of a batch share a pid
     tmp.write_text(json.dumps(history, indent=1, sort_keys=True))
     os.replace(tmp, path)
 

@@ -6,6 +6,7 @@ matplotlib costs seconds, which a run that only changes training should not pay.
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from prefect import task
@@ -26,7 +27,7 @@ def trajectory(ctx: RunContext) -> StageResult:
     cached = Path(ctx.state_dir) / "plots" / f"trajectory-{result.key[:24]}.png"
     if not cached.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.png")
+        tmp = cached.with_suffix(f".{os.getpid()}-{threading.get_ident()}.png")  # threads of a batch share a pid
         plot_tree(CameraTree.from_dict(ctx.read("trajectory").attrs["tree"]), tmp)
         os.replace(tmp, cached)
     plot.parent.mkdir(parents=True, exist_ok=True)
