@@ -31,6 +31,8 @@ def batch_command(
     store: str | None = typer.Option(None, "--store", help="Artifact store: a path or an fsspec URL."),
     params: Path | None = ParamsOpt,
     demo_profile: bool = typer.Option(False, "--demo", help="Apply the demo profile (as `lift3d demo`)."),
+    profile: str | None = typer.Option(None, "--profile", help="Named overrides under --set: cpu (the demo's "
+                                                               "CPU-sized profile)."),
     no_track: bool = typer.Option(False, "--no-track", help="Do not record MLflow runs."),
 ):
     """Lift every image of a folder, list or glob, fanned out over threads or a Dask cluster; reruns do only what
@@ -48,7 +50,9 @@ def batch_command(
         from lift3d_core.pipeline import stage_configs
 
         sources = find_inputs(inputs)
-        p = cli._params(project, params, set_, DEMO_OVERRIDES if demo_profile else ())
+        from flows.estimate import profile_overrides
+
+        p = cli._params(project, params, set_, DEMO_OVERRIDES if demo_profile else profile_overrides(profile))
         # every image needs the checkpoints: a missing one is one line here, not a failure per image
         for config in stage_configs(p).values():
             if hasattr(config, "models"):

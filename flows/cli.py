@@ -221,14 +221,17 @@ def stage(name: str = typer.Argument(..., help="Stage to bring up to date (for d
 @app.command()
 def status(image: str | None = typer.Argument(None, help="Image (default: params.yaml's input.image)."),
            set_: list[str] | None = SetOpt, store: str | None = StoreOpt, params: Path | None = ParamsOpt,
-           demo_profile: bool = typer.Option(False, "--demo", help="Apply the demo profile (as `lift3d demo`).")):
+           demo_profile: bool = typer.Option(False, "--demo", help="Apply the demo profile (as `lift3d demo`)."),
+           profile: str | None = typer.Option(None, "--profile", help="Named overrides under --set: cpu (the demo's "
+                                                                      "CPU-sized profile).")):
     """What is cached and what would run, and for each key that moved since the last run of this image, why."""
+    from flows.estimate import profile_overrides
     from flows.settings import DEMO_OVERRIDES, DEMO_SOURCE
     from lift3d_core.pipeline import explain_miss, last_run_docs, plan
     from lift3d_core.store import ArtifactStore
 
     project = _project()
-    p = _params(project, params, set_, DEMO_OVERRIDES if demo_profile else ())
+    p = _params(project, params, set_, DEMO_OVERRIDES if demo_profile else profile_overrides(profile))
     source = image or (DEMO_SOURCE if demo_profile else p["input"]["image"])
     s = ArtifactStore(store or project.store_url)
     planned = plan(p, source)
