@@ -28,13 +28,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lift3d_core.calibrate import CalibrateConfig, ColmapConfig, FrameLayout, calibrate  # noqa: E402
-from lift3d_core.camera import rotation_angle  # noqa: E402
-from lift3d_core.generate import GenerateConfig, SyntheticGeneratorConfig, distinct_frames, generate  # noqa: E402
-from lift3d_core.image import IngestConfig, ingest_image  # noqa: E402
-from lift3d_core.metrics import pose_errors, umeyama_sim3  # noqa: E402
-from lift3d_core.synthetic import DISTORTION_LEVELS  # noqa: E402
-from lift3d_core.trajectory import TrajectoryConfig, articulated_tree  # noqa: E402
+from lift3d_core.calibrate import CalibrateConfig, ColmapConfig, FrameLayout, calibrate
+from lift3d_core.camera import rotation_angle
+from lift3d_core.generate import GenerateConfig, SyntheticGeneratorConfig, distinct_frames, generate
+from lift3d_core.image import IngestConfig, ingest_image
+from lift3d_core.metrics import pose_errors, umeyama_sim3
+from lift3d_core.synthetic import DISTORTION_LEVELS, PRESETS
+from lift3d_core.trajectory import TrajectoryConfig, articulated_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,12 @@ def tree_frames(preset: str, width: int, levels: int, distortion: float, source:
     return tree, frames, K
 
 
-def report(cal, tree, seconds: float) -> dict:
+def scene_extent(preset: str) -> float:
+    """The largest side of the preset's room in scene units (the trees' units: pivot depth = synthetic scale)."""
+    return 2.0 * max(PRESETS[preset].room.half) * SyntheticGeneratorConfig().scale
+
+
+def report(cal, tree, seconds: float, scene_extent: float) -> dict:
     """Registration, pose errors of the registered frames and the worst frames by id."""
     truth = tree.distinct_c2w()
     reg = cal.registered
@@ -93,6 +98,8 @@ def report(cal, tree, seconds: float) -> dict:
         trans = np.linalg.norm(centres - gt[:, :3, 3], axis=1)
         row["trans_rel_max"] = float(trans.max() / spread)
         row["trans_extent_max"] = float(trans.max() / extent)  # relative to the rig's largest side
+        row["trans_scene_max"] = float(trans.max() / scene_extent)  # relative to the room's largest side
+        row["trans_scene_mean"] = float(trans.mean() / scene_extent)
         # the rotation alone, aligned on the rotations (chordal mean): what the centre fit adds to rot_deg_*
         U, _, Vt = np.linalg.svd((gt[:, :3, :3] @ np.swapaxes(est[:, :3, :3], 1, 2)).sum(0))
         Rr = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
@@ -118,7 +125,9 @@ def summary(row: dict) -> str:
         lines.append(f"rot mean/max {row['rot_deg_mean']:.3f}/{row['rot_deg_max']:.3f} deg (rotation-aligned "
                      f"{row['rot_deg_mean_rotation_aligned']:.3f}/{row['rot_deg_max_rotation_aligned']:.3f}); trans "
                      f"mean/max {100 * row['trans_rel_mean']:.2f}/{100 * row['trans_rel_max']:.2f} % of the rig's "
-                     f"spread, max {100 * row['trans_extent_max']:.2f} % of its extent; worst {row['worst_rotation']}")
+                     f"spread, max {100 * row['trans_extent_max']:.2f} % of its extent, mean/max "
+                     f"{100 * row['trans_scene_mean']:.2f}/{100 * row['trans_scene_max']:.2f} % of the scene's; "
+                     f"worst {row['worst_rotation']}")
     return "\n".join(lines)
 
 
@@ -145,7 +154,7 @@ def main() -> None:
     row = {"preset": args.preset, "size": f"{frames.shape[2]}x{frames.shape[1]}", "levels": args.levels,
            "distortion": distortion, "source": args.source, "colmap": {**asdict(section), "allow_unregistered": False},
            "threads": os.environ.get("OMP_NUM_THREADS"), "load_avg": os.getloadavg()[0],
-           **report(cal, tree, time.perf_counter() - t0)}
+           **report(cal, tree, time.perf_counter() - t0, scene_extent(args.preset))}
     print(summary(row))
     if args.out:
         rows = json.loads(args.out.read_text()) if args.out.is_file() else []
