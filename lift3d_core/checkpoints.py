@@ -134,7 +134,7 @@ def digest(path: str | os.PathLike) -> str:
     cache[str(path)] = {"stamp": stamp, "digest": value}
     try:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(f".tmp{os.getpid()}")
+        tmp = cache_path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")  # unique per thread (lift3d batch)
         tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
         os.replace(tmp, cache_path)
     except OSError:
