@@ -261,15 +261,19 @@ def _settle(entry: Entry, ctx: RunContext, outcome: Outcome, params: dict, track
     entry.status = "done" if entry.computed else "reused"
     summary = write_summary(ctx, outcome, sum(r.seconds for r in outcome.values()))
     entry.summary = summary["summary_path"]
+    from flows.lift import report_run, write_summary_file
+
+    tracker = None
     if track:
-        from flows.lift import write_summary_file
         from tasks import tracking
 
         tracker = tracking.Tracker(ctx.run_name, ctx.source, params)
         for r in outcome.values():
             tracker.log_stage(r)
+    report_run(ctx, summary, tracker)  # the run's report.html, as `lift3d lift` writes it
+    if tracker is not None:
         summary["mlflow_run_id"] = tracker.finish(summary, ok=True)
-        write_summary_file(ctx, summary)
+    write_summary_file(ctx, summary)
 
 
 def write_report(entries: list[Entry], batch_name: str, runs_dir: str, wall: float) -> dict[str, Any]:
@@ -283,6 +287,11 @@ def write_report(entries: list[Entry], batch_name: str, runs_dir: str, wall: flo
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path)
     report["path"] = str(path)
+    from tasks.report import write_batch_index
+
+    # index.html beside it: one row per input that has a run folder (failed ingests have none), linking its report
+    runs = [Path(runs_dir) / batch_name / e.run for e in entries if (Path(runs_dir) / batch_name / e.run).is_dir()]
+    report["index"] = str(write_batch_index(path.parent, runs, title=f"lift3d batch {batch_name}"))
     return report
 
 

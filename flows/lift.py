@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow
 
-from lift3d_core.pipeline import STAGES, check_run_name, plan
+from lift3d_core.pipeline import STAGES, check_run_path, plan
 from tasks import tracking
 from tasks.calibrate import calibrate
 from tasks.common import RunContext, StageResult
@@ -40,7 +40,7 @@ assert tuple(STAGE_TASKS) == tuple(STAGES), "flow order must follow the stage DA
 
 def make_context(source: str, params: dict, run_name: str, store_url: str, state_dir: str,
                  runs_dir: str) -> RunContext:
-    check_run_name(run_name)  # the run folder stays under runs_dir whoever calls
+    check_run_path(run_name)  # the run folder stays under runs_dir whoever calls (a batch's runs: <batch>/<run>)
     return RunContext(run_name=run_name, source=source, store_url=store_url, state_dir=state_dir,
                       runs_dir=runs_dir, plan=plan(params, source))
 
@@ -82,7 +82,7 @@ def write_summary(ctx: RunContext, results: dict[str, StageResult], wall: float,
     return summary
 
 
-def _write_report(ctx: RunContext, summary: dict[str, Any], tracker: tracking.Tracker | None) -> None:
+def report_run(ctx: RunContext, summary: dict[str, Any], tracker: tracking.Tracker | None) -> None:
     """The run's report.html (and its plots to MLflow). A report that fails leaves the finished run as it is and
     says how to retry: the stages' results are all in the store."""
     from tasks.report import write_run_report
@@ -124,7 +124,7 @@ def lift_body(source: str, params: dict, run_name: str, store_url: str, state_di
     try:
         results = run_stages(ctx, tracker=tracker, use_prefect=use_prefect)
         summary = write_summary(ctx, results, time.perf_counter() - t0)
-        _write_report(ctx, summary, tracker)
+        report_run(ctx, summary, tracker)
     finally:
         if tracker is not None:
             run_id = tracker.finish(summary, ok=summary is not None)

@@ -253,3 +253,14 @@ def check_run_name(name: str) -> str:
         shown = name.encode("utf-8", "backslashreplace").decode()
         raise Lift3DError(f"run name {shown!r} {problem}; pass --run-name with a plain folder name")
     return name
+
+
+def check_run_path(name: str) -> str:
+    """``name`` if it is a run folder under ``data/runs``: one plain name (:func:`check_run_name`), or a batch's
+    ``<batch>/<run>`` of two."""
+    parts = name.split("/")
+    if len(parts) > 2:
+        raise Lift3DError(f"run name {name!r} is nested deeper than <batch>/<run>")
+    for part in parts:
+        check_run_name(part)
+    return name

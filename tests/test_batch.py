@@ -101,6 +101,8 @@ def test_batch_on_a_two_worker_cluster_isolates_failures_and_reruns_nothing(tiny
     keys = {json.loads(Path(status[n]["summary"]).read_text())["stages"]["generate"]["key"] for n in status
             if n != "broken.png"}
     assert len(keys) == 3  # three different images: three generations
+    index = (tiny_project / "data" / "runs" / "imgs" / "index.html").read_text()  # one row per run, its report linked
+    assert all(f'{status[n]["run"]}/report.html' in index for n in ("photo0.png", "photo1.png", "photo2.png")), index[:2000]
     artifacts = sorted((tiny_project / "data" / "artifacts").rglob("*.zip"))
     stamps = {p: p.stat().st_mtime_ns for p in artifacts}
     summaries = {n: Path(status[n]["summary"]).stat().st_mtime_ns for n in status if n != "broken.png"}
