@@ -167,6 +167,35 @@ def test_round_trip_preserves_bytes_dtypes_attrs_and_manifest(tmp_path):
     assert [c["name"] for c in shard_codec["configuration"]["index_codecs"]][-1] == "crc32c"
 
 
+def test_a_lazy_array_outlives_its_artifact_and_a_closed_one_never_reads_another_file(tmp_path):
+    """The zip's descriptor lives as long as the lazy zarr array that reads it (the viewer keeps only the array): a
+    garbage-collected Artifact must not close it, or its number is recycled by the next open file and the array
+    reads that file's bytes. After an explicit close, a read raises instead."""
+    import gc
+
+    store = ArtifactStore(tmp_path)
+    key, _ = _write(store)
+    expected = _arrays()["frames"]
+    lazy = store.read("train", key).zarr_array("frames")  # the Artifact itself is dropped at once
+    gc.collect()
+    others = [open(__file__, "rb") for _ in range(4)]  # take the lowest free descriptor numbers
+    try:
+        np.testing.assert_array_equal(lazy[1, 2], expected[1, 2])
+    finally:
+        for f in others:
+            f.close()
+    artifact = store.read("train", key)
+    closed = artifact.zarr_array("frames")
+    artifact.close()
+    others = [open(__file__, "rb") for _ in range(4)]
+    try:
+        with pytest.raises(Exception, match="closed"):
+            closed[0, 0]
+    finally:
+        for f in others:
+            f.close()
+
+
 def test_one_artifact_is_two_files_and_writing_twice_is_a_noop(tmp_path):
     store = ArtifactStore(tmp_path)
     key, info = _write(store)

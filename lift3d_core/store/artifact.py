@@ -82,6 +82,8 @@ class ZipRangeStore(Store):
     def __init__(self, reader: RangeReader, size: int):
         super().__init__(read_only=True)
         self._reader = reader
+        # the descriptor lives as long as the store: a lazy zarr array read after its Artifact is gone still holds it
+        self._release = weakref.finalize(self, reader.close)
         with zipfile.ZipFile(_TailFile(reader, size)) as zf:
             self._entries = {info.filename: info for info in zf.infolist()}
         for info in self._entries.values():
@@ -96,7 +98,7 @@ class ZipRangeStore(Store):
     __hash__ = object.__hash__
 
     def close(self) -> None:
-        self._reader.close()
+        self._release()
         super().close()
 
     def _start(self, name: str) -> int:
@@ -185,7 +187,7 @@ class Artifact:
 
     def __init__(self, stage: str, key: str, manifest: dict, store: ZipRangeStore, verify: bool):
         self.stage, self.key, self.manifest = stage, key, manifest
-        self._closer = weakref.finalize(self, store.close)
+        self._store = store  # closed by close() / with; otherwise when the last of it and its zarr arrays goes
         self._verify = verify
         self._loaded: dict[str, np.ndarray] = {}
         try:
@@ -231,7 +233,7 @@ class Artifact:
         return self._loaded[name]
 
     def close(self) -> None:
-        self._closer()
+        self._store.close()
 
     def __enter__(self) -> Self:
         return self

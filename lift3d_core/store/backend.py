@@ -158,12 +158,19 @@ class ObjectFiles(Files):
 
 
 class RangeReader:
-    """``read(start, end)`` -> bytes ``[start, end)`` of one object; ``close()`` releases it (idempotent)."""
+    """``read(start, end)`` -> bytes ``[start, end)`` of one object; ``close()`` releases it (idempotent). A read
+    after ``close`` raises: a closed file descriptor's number may already name another open file."""
 
     def __init__(self, read: Any, close: Any = None):
-        self.read, self._close = read, close
+        self._read, self._close, self.closed = read, close, False
+
+    def read(self, start: int, end: int) -> bytes:
+        if self.closed:
+            raise ValueError("read of a closed artifact (keep the Artifact, or its zarr arrays, while reading)")
+        return self._read(start, end)
 
     def close(self) -> None:
+        self.closed = True
         close, self._close = self._close, None
         if close is not None:
             close()
