@@ -39,13 +39,22 @@ def tiny_project(tmp_path, monkeypatch):
     """A project dir with a tiny params.yaml; Prefect/MLflow state and the store live inside it."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     monkeypatch.chdir(tmp_path)
-    # configure_environment() sets these with os.environ.setdefault; set-then-delete makes monkeypatch record each
-    # variable's state before the test (delenv alone records nothing for an unset one), so none leaks into the next
-    for var in ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "LIFT3D_STORE", "PREFECT_API_URL", "TORCHINDUCTOR_CACHE_DIR",
-                "LIFT3D_PROJECT", "LIFT3D_DIGEST_CACHE"):
-        monkeypatch.setenv(var, "")
-        monkeypatch.delenv(var)
+    clear_project_env(monkeypatch)
     return tmp_path
+
+
+# What configure_environment() sets for a project: cleared so that no test's project leaks into another's.
+PROJECT_ENV = ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "LIFT3D_STORE", "PREFECT_API_URL", "TORCHINDUCTOR_CACHE_DIR",
+               "LIFT3D_PROJECT", "LIFT3D_DIGEST_CACHE")
+
+
+def clear_project_env(mp: pytest.MonkeyPatch) -> None:
+    """Unset :data:`PROJECT_ENV` under ``mp``. configure_environment() sets these with os.environ.setdefault;
+    set-then-delete makes the monkeypatch record each variable's state (delenv alone records nothing for an unset
+    one), so it is restored afterwards."""
+    for var in PROJECT_ENV:
+        mp.setenv(var, "")
+        mp.delenv(var)
 
 
 @pytest.fixture(autouse=True)

@@ -20,11 +20,9 @@ from lift3d_core.flythrough import orbit_path, resample_path, tree_walk, video_s
 from lift3d_core.pipeline import stage_configs
 from lift3d_core.report import SECTIONS
 from lift3d_core.trajectory import TrajectoryConfig, articulated_tree
-from tests.conftest import tiny_params
+from tests.conftest import clear_project_env, tiny_params
 
 SOURCE = "skimage:astronaut"
-_ENV = ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "LIFT3D_STORE", "PREFECT_API_URL", "TORCHINDUCTOR_CACHE_DIR",
-        "LIFT3D_PROJECT", "LIFT3D_DIGEST_CACHE")
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +39,7 @@ def tiny_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
-        for var in _ENV:
-            mp.setenv(var, "")
-            mp.delenv(var)
+        clear_project_env(mp)
         project = find_project(root)
         configure_environment(project)
         summary = lift_body(SOURCE, tiny_params(), "tiny", project.store_url, str(project.state_dir),
@@ -144,9 +140,7 @@ def _decode(path: Path) -> tuple[dict, np.ndarray]:
 def test_render_writes_h264_videos_a_decoder_reads_and_the_report_links_them(tiny_run, capsys, monkeypatch):
     root, run_dir, _ = tiny_run
     monkeypatch.chdir(root)
-    for var in _ENV:
-        monkeypatch.setenv(var, "")
-        monkeypatch.delenv(var)
+    clear_project_env(monkeypatch)
     from flows import cli
 
     monkeypatch.setattr(sys, "argv", ["lift3d", "render", "tiny", "--fly-frames", "14", "--orbit-frames", "6",

@@ -29,10 +29,8 @@ from lift3d_core.errors import Lift3DError
 from lift3d_core.splat.gaussians import Gaussians, rgb_to_sh0
 from lift3d_core.splat.ply import save_ply
 from lift3d_core.viewer import ViewerScene, ViewerServer, pack_splats, scene_from_ply, splat_arrays, unpack_splats
-from tests.conftest import tiny_params
+from tests.conftest import clear_project_env, tiny_params
 
-_ENV = ("PREFECT_HOME", "MLFLOW_TRACKING_URI", "LIFT3D_STORE", "PREFECT_API_URL", "TORCHINDUCTOR_CACHE_DIR",
-        "LIFT3D_PROJECT", "LIFT3D_DIGEST_CACHE")
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 # swiftshader: WebGL2 on the CPU; the rest keeps Chromium from reaching for the network on its own (update checks,
 # field trials), which this test would not see as page requests
@@ -168,9 +166,7 @@ def tiny_view_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
-        for var in _ENV:
-            mp.setenv(var, "")
-            mp.delenv(var)
+        clear_project_env(mp)
         project = find_project(root)
         configure_environment(project)
         ctx = make_context("skimage:astronaut", params, "tiny", project.store_url, str(project.state_dir),
