@@ -11,6 +11,9 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Before any test module imports Prefect (whose settings are read then): a test process that has imported Prefect
+# starts Prefect's own temporary server in the CLI, and on a loaded 2-core CI machine it can take minutes to come up.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 # The smallest configuration that still runs every stage for real: 2 presets x 2 levels, 4 frames
 # per clip, 48x36 frames, a few dozen training steps.
