@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -72,3 +73,23 @@ def _one_thread():
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", default=False,
                      help="re-record tests/golden_digests.json for stages whose key moved (tests/test_golden_digests.py)")
+
+
+@contextlib.contextmanager
+def configured_project(root: Path, params: dict):
+    """A project at ``root`` with ``params`` as its params.yaml, its environment configured (and undone afterwards)
+    and torch on one thread, for module-scoped fixtures that run a tiny lift once: yields the Project."""
+    from flows.settings import configure_environment, find_project
+
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            clear_project_env(mp)
+            project = find_project(root)
+            configure_environment(project)
+            yield project
+    finally:
+        torch.set_num_threads(threads)
+

@@ -20,7 +20,7 @@ from lift3d_core.flythrough import orbit_path, resample_path, tree_walk, video_s
 from lift3d_core.pipeline import stage_configs
 from lift3d_core.report import SECTIONS
 from lift3d_core.trajectory import TrajectoryConfig, articulated_tree
-from tests.conftest import clear_project_env, tiny_params
+from tests.conftest import clear_project_env, configured_project, tiny_params
 
 SOURCE = "skimage:astronaut"
 
@@ -28,23 +28,12 @@ SOURCE = "skimage:astronaut"
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A finished tiny lift (no Prefect, no MLflow), its report written by the flow body as after `lift3d lift`."""
-    import torch
-    import yaml
-
     from flows.lift import lift_body
-    from flows.settings import configure_environment, find_project
 
     root = tmp_path_factory.mktemp("project")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        clear_project_env(mp)
-        project = find_project(root)
-        configure_environment(project)
+    with configured_project(root, tiny_params()) as project:
         summary = lift_body(SOURCE, tiny_params(), "tiny", project.store_url, str(project.state_dir),
                             str(project.runs_dir), track=False, use_prefect=False)
-    torch.set_num_threads(threads)
     return root, Path(summary["summary_path"]).parent, summary
 
 

@@ -29,7 +29,7 @@ from lift3d_core.errors import Lift3DError
 from lift3d_core.splat.gaussians import Gaussians, rgb_to_sh0
 from lift3d_core.splat.ply import save_ply
 from lift3d_core.viewer import ViewerScene, ViewerServer, pack_splats, scene_from_ply, splat_arrays, unpack_splats
-from tests.conftest import clear_project_env, tiny_params
+from tests.conftest import configured_project, tiny_params
 
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 # swiftshader: WebGL2 on the CPU; the rest keeps Chromium from reaching for the network on its own (update checks,
@@ -151,30 +151,19 @@ def browser():
 @pytest.fixture(scope="module")
 def tiny_view_run(tmp_path_factory):
     """A tiny lift's stages up to train (no Prefect, no MLflow), its summary.json written as after a lift."""
-    import yaml
-
     from flows.lift import make_context, run_stages, write_summary
-    from flows.settings import configure_environment, find_project
     from tasks.view import load_run_scene
 
     params = tiny_params()
     params["trajectory"]["levels"] = 1  # 2 clips, 7 distinct frames
     params["train"].update(coarse_iterations=10, fine_iterations=10, densify_from=5, densify_every=5,
                            densify_until=15)
-    root = tmp_path_factory.mktemp("project")
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        clear_project_env(mp)
-        project = find_project(root)
-        configure_environment(project)
+    with configured_project(tmp_path_factory.mktemp("project"), params) as project:
         ctx = make_context("skimage:astronaut", params, "tiny", project.store_url, str(project.state_dir),
                            str(project.runs_dir))
         results = run_stages(ctx, until="train", use_prefect=False)
         write_summary(ctx, results, 0.0)
         scene = load_run_scene(ctx.run_dir)
-    torch.set_num_threads(threads)
     return scene
 
 
