@@ -158,8 +158,12 @@ def main(argv=None) -> int:
                     help="field_triton.LINE_DOT_MAX_R: longest line whose gradient uses the one-hot product")
     ap.add_argument("--profile-variant", default="default", help="the variant the profiler records")
     ap.add_argument("--attribute", action="store_true", help="also count operators by caller and run cProfile")
+    ap.add_argument("--set", nargs="*", default=[], help="KEY=YAML overrides of the distortion config, every variant")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    import yaml
+
+    base = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.line_dot_max_r is not None:
         from lift3d_core.splat import field_triton
 
@@ -176,7 +180,10 @@ def main(argv=None) -> int:
         "grid_sample field": dict(field_kernels="torch"),
         "eager loss": dict(compile_loss="off"),
         "culling, eager loss": dict(field_cull_margin=0.2, compile_loss="off"),
+        "no field term": dict(field_render_size=None),
+        "field term, one level": dict(field_levels=1),
     }
+    variants = {name: {**base, **over} for name, over in variants.items()}
     rows = {}
     for name, over in variants.items():
         if args.variants and name not in args.variants:

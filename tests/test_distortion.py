@@ -16,6 +16,7 @@ from lift3d_core.splat.distortion import (
     DistortionField,
     DistortionFieldConfig,
     anchor_loss,
+    apply_offsets,
     field_regularisers,
     frame_planes_l1,
     frame_smoothness,
@@ -840,6 +841,46 @@ def test_field_term_teaches_the_field_alone():
     assert field > 0.0 and canonical > 0.0
     field, canonical = grads("field_photometric")
     assert field > 0.0 and canonical == 0.0
+
+
+def test_field_term_at_training_resolution_reuses_the_render_with_the_same_gradients():
+    """``field_render_size: 0`` takes the field's term from the training render (no second render): every
+    gradient (field, canonical Gaussians, the densification statistics' ``means2d``) equals what rendering the
+    batch again with detached canonical Gaussians gives, and the term's value is the same."""
+    from lift3d_core.splat.render import render_w2c_each
+    from lift3d_core.splat.train_distortion import DistortionTrainer, pyramid_depth, pyramid_l1
+
+    scene = tiny_scene()
+    c2w, codes, K = tiny_cameras()
+    frames = render_frames(scene, c2w, K)
+    cfg = tiny_train_cfg(field_render_size=0, field_levels=0, field_loss_weight=3.0, frame_mean_weight=5.0)
+    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
+    assert trainer._field_factor == 1
+    randomise_heads(trainer.field)
+    trainer.step = cfg.coarse_iterations + 1
+    idx = torch.tensor([1, 7])
+    out = trainer.render_frames(idx, 0)
+    trainer.strategy.step_pre_backward(out)
+    frames_b, parts, sh_degree, _ = trainer._field_batch
+    canonical = Gaussians(**{k: v.detach() for k, v in trainer.params.gaussians().tensors().items()})
+    again = render_w2c_each([apply_offsets(canonical, part) for part in parts], trainer.viewmats[frames_b],
+                            trainer.Ks[frames_b], trainer.width, trainer.height, backend="torch",
+                            background=trainer.background, sh_degree=sh_degree)
+    target = trainer.target_rgb(idx)
+    levels = 1 + pyramid_depth(trainer.height, trainer.width)
+    reference = (again.rgb - target).abs().mean() + pyramid_l1(again.rgb, target, levels - 1)
+    terms = trainer.losses(idx, out)
+    assert out.means2d.grad is None  # the term's own backward pass left no densification statistics behind
+    torch.testing.assert_close(terms["field_photometric"].detach(), reference.detach())
+    params = [*trainer.field.parameters(), *trainer.params.values()]
+    shared = torch.autograd.grad(terms["loss"], params + [out.means2d], retain_graph=True, allow_unused=True)
+    rerendered = torch.autograd.grad(terms["loss"] - 3.0 * terms["field_photometric"] + 3.0 * reference,
+                                     params + [out.means2d], allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in shared[:len(list(trainer.field.parameters()))])
+    for a, b in zip(shared, rerendered):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_field_term_recovers_a_known_per_frame_shift_and_keeps_the_canonical_scene_clean():

@@ -448,32 +448,51 @@ class DistortionTrainer(Trainer):
         for name, part in zip(extra, parts[1:]):
             self._step_offsets[name] = (part, *extra[name]) if name == "frame_mean" else part
         parts = _split_offsets(frame_off, [n] * b)
-        if low_res_term:  # the same offsets, rendered again at the field's resolution by field_loss
-            self._field_batch = (frames, parts, sh_degree)
+        if low_res_term:  # field_loss renders the same offsets at the field's resolution (or reuses this render)
+            self._field_batch = (frames, parts, sh_degree, frame_off)
         per_frame = [apply_offsets(canonical, part) for part in parts]
         return render_w2c_each(per_frame, self.viewmats[frames], self.Ks[frames], self.width, self.height,
                                backend=self.cfg.backend, background=self.background, sh_degree=sh_degree)
 
-    def field_loss(self, idx: torch.Tensor) -> torch.Tensor:
+    def field_loss(self, idx: torch.Tensor, out) -> torch.Tensor:
         """The field's own term (``field_render_size``): L1 between the batch's frames rendered at the field's
         resolution (the canonical Gaussians without gradient, moved by the field's offsets) and the frames
-        area-averaged to it, summed over ``field_levels`` pooled resolutions."""
-        from lift3d_core.splat.render import render_w2c_each
+        area-averaged to it, summed over ``field_levels`` pooled resolutions.
 
-        frames, parts, sh_degree = self._field_batch
+        At the training resolution (``field_render_size: 0``) that render equals the training render ``out``
+        (``[B, H, W, 3]``) in value, so it is not drawn again: the term's gradient with respect to the frames'
+        offsets is taken through ``out`` (a second backward pass through the rasterizer, none through the
+        canonical Gaussians), and the returned value carries it to the field only, as the surrogate
+        ``term + sum(offsets * gradient) - sum(offsets * gradient).detach()``: the same value, and the same
+        gradients as rendering again, without the second projection and forward rasterization.
+        """
+        frames, parts, sh_degree, frame_off = self._field_batch
         self._field_batch = None
         f = self._field_factor
+        levels = self.dcfg.field_levels or 1 + pyramid_depth(self.height // f, self.width // f)
+        if f == 1:
+            target = self.target_rgb(idx)
+            term = (out.rgb - target).abs().mean() + pyramid_l1(out.rgb, target, levels - 1)
+            offsets = [t for t in frame_off if t is not None and t.requires_grad]
+            if not offsets:
+                return term.detach()
+            had_grad = out.means2d.grad if out.means2d.requires_grad else None
+            grads = torch.autograd.grad(term, offsets, retain_graph=True, allow_unused=True)
+            if out.means2d.requires_grad:
+                out.means2d.grad = had_grad  # densification counts the training loss's gradient only
+            carry = sum((t * g).sum() for t, g in zip(offsets, grads) if g is not None)
+            return term.detach() + carry - carry.detach()
+        from lift3d_core.splat.render import render_w2c_each
+
         canonical = Gaussians(**{k: v.detach() for k, v in self.params.gaussians().tensors().items()})
         per_frame = [apply_offsets(canonical, part) for part in parts]
-        if f > 1:
-            per_frame = [area_preserving_opacity(g, self.viewmats[frames[i]], self._field_Ks[frames[i]])
-                         for i, g in enumerate(per_frame)]
-        out = render_w2c_each(per_frame, self.viewmats[frames], self._field_Ks[frames], self.width // f,
+        per_frame = [area_preserving_opacity(g, self.viewmats[frames[i]], self._field_Ks[frames[i]])
+                     for i, g in enumerate(per_frame)]
+        low = render_w2c_each(per_frame, self.viewmats[frames], self._field_Ks[frames], self.width // f,
                               self.height // f, backend=self.cfg.backend, background=self.background,
                               sh_degree=sh_degree)
         target = area_downscale(self.target_rgb(idx), f)
-        levels = self.dcfg.field_levels or 1 + pyramid_depth(self.height // f, self.width // f)
-        return (out.rgb - target).abs().mean() + pyramid_l1(out.rgb, target, levels - 1)
+        return (low.rgb - target).abs().mean() + pyramid_l1(low.rgb, target, levels - 1)
 
     def losses(self, idx: torch.Tensor, out) -> dict[str, torch.Tensor]:
         terms = super().losses(idx, out)
@@ -489,7 +508,7 @@ class DistortionTrainer(Trainer):
                     terms[name] = value
                     loss = loss + weight * value
         if d.field_render_size is not None:
-            terms["field_photometric"] = self.field_loss(idx)
+            terms["field_photometric"] = self.field_loss(idx, out)
             loss = loss + d.field_loss_weight * terms["field_photometric"]
         if d.pyramid_weight > 0:
             levels = d.pyramid_levels or pyramid_depth(self.height, self.width)
