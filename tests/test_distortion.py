@@ -873,9 +873,9 @@ def test_field_term_at_training_resolution_reuses_the_render_with_the_same_gradi
     assert out.means2d.grad is None  # the term's own backward pass left no densification statistics behind
     torch.testing.assert_close(terms["field_photometric"].detach(), reference.detach())
     params = [*trainer.field.parameters(), *trainer.params.values()]
-    shared = torch.autograd.grad(terms["loss"], params + [out.means2d], retain_graph=True, allow_unused=True)
+    shared = torch.autograd.grad(terms["loss"], [*params, out.means2d], retain_graph=True, allow_unused=True)
     rerendered = torch.autograd.grad(terms["loss"] - 3.0 * terms["field_photometric"] + 3.0 * reference,
-                                     params + [out.means2d], allow_unused=True)
+                                     [*params, out.means2d], allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in shared[:len(list(trainer.field.parameters()))])
     for a, b in zip(shared, rerendered):
         assert (a is None) == (b is None)
