@@ -131,8 +131,15 @@ def run_task(task: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     counts = []
     t = time.perf_counter()
+    ckpt = None
+    if task.get("checkpoints"):  # a run killed at a call's time limit resumes in the next call on the same machine
+        from lift3d_core.splat.checkpoint import TrainCheckpoint
+
+        name = "_".join(str(task[k]) for k in ("preset", "seed", "amplitude", "method", "variant"))
+        ckpt = TrainCheckpoint(Path(task["checkpoints"]) / f"{name}.pt", key=json.dumps(task["section"], sort_keys=True),
+                               every_seconds=60)
     res = train_scene(xyz, rgb, frames, c2w, K, codes, None, cfg,
-                      callback=lambda step, m: counts.append(m["num_gaussians"]))
+                      callback=lambda step, m: counts.append(m["num_gaussians"]), checkpoint=ckpt)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
@@ -141,6 +148,8 @@ def run_task(task: dict) -> dict:
     renders = render_views(g, c2w_eval, np.broadcast_to(scene.K, (len(c2w_eval), 3, 3)), w, h, backend)
     inp = render_views(g, c2w[:1], K[:1], w, h, backend)
     compile_s = res.stats.get("compile_seconds", {}) or {}
+    if ckpt is not None:
+        ckpt.remove()
     row = {
         **{k: task[k] for k in ("preset", "image", "seed", "amplitude", "amplitude_value", "method", "variant")},
         "overrides": task["overrides"], "size": f"{w}x{h}", "frames": len(frames),
@@ -150,6 +159,7 @@ def run_task(task: dict) -> dict:
         "train_seconds": round(seconds, 1), "compile_seconds": round(float(sum(compile_s.values())), 1),
         "init_gaussians": len(xyz), "num_gaussians": res.gaussians.num, "max_gaussians": max(counts, default=0),
         "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
+        "resumed_at_step": res.stats.get("resumed_at_step"),  # train_seconds then count this process's part only
     }
     if res.field_state is not None:
         probe = np.linspace(0, len(frames) - 1, 6).round().astype(int)
@@ -215,6 +225,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     ap.add_argument("--out", required=True)
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, run the rest")
+    ap.add_argument("--checkpoints", default=None,
+                    help="directory of training checkpoints (every 60 s): a killed run resumes from its own")
     args = ap.parse_args(argv)
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -238,7 +250,8 @@ def main(argv=None) -> int:
                         tasks.append(dict(preset=preset, image=images[preset], seed=seed, amplitude=amp, amplitude_value=value,
                                           method=method, variant=name, overrides={**dict(i.split("=", 1) for i in args.set), **over},
                                           section=section, width=args.width, height=args.height, points=args.points,
-                                          noise=args.noise, backend=args.backend, threads=threads))
+                                          noise=args.noise, backend=args.backend, threads=threads,
+                                          checkpoints=args.checkpoints))
     out = Path(args.out)
     rows = []
     if args.resume and out.exists():

@@ -17,6 +17,7 @@ import torch
 
 from lift3d_core.config import config_to_dict
 from lift3d_core.errors import Lift3DError
+from lift3d_core.splat.checkpoint import TrainCheckpoint
 from lift3d_core.splat.gaussians import Gaussians
 from lift3d_core.splat.init import init_gaussians
 from lift3d_core.splat.train import train_gaussians
@@ -151,12 +152,15 @@ def train_scene(
     depth_valid: np.ndarray | None = None,
     progress: bool = False,
     callback=None,
+    checkpoint: TrainCheckpoint | None = None,
 ) -> TrainedScene:
     """Train the scene from the calibrated point cloud and the distinct frames.
 
     points ``float32 [P, 3]``, colors ``uint8 [P, 3]``, frames ``uint8 [F, H, W, 3]``,
     c2w ``[F, 4, 4]`` OpenCV, K ``[F, 3, 3]``, frame_codes ``[F, 2]``, inv_depth ``[F, H, W]`` or None,
     depth_valid ``bool [F, H, W]`` (the depth stage's mask: the depth loss sees these pixels only) or None.
+    checkpoint: where a killed run of the same training left its state (resumed from) and where this one saves
+    its own as it goes (:mod:`lift3d_core.splat.checkpoint`); None: no checkpoints.
     """
     if inv_depth is not None and depth_valid is not None:
         # the trainers read a 0 target as "no depth here": zeroing what the mask rejects gates their loss
@@ -166,10 +170,10 @@ def train_scene(
     init = init_gaussians(points, colors, sh_degree=sched.train.sh_degree, init_opacity=cfg.init_opacity)
     if cfg.distortion:
         r = train_distortion_aware(init, frames, c2w, K, frame_codes, sched, inv_depth=inv_depth,
-                                   callback=callback, progress=progress, device=device)
+                                   callback=callback, progress=progress, device=device, checkpoint=checkpoint)
         return TrainedScene(r.gaussians, r.field_state, r.loss_curve, r.stats)
     r = train_gaussians(init, frames, c2w, K, sched.plain_config(), inv_depth=inv_depth, callback=callback,
-                        progress=progress, device=device)
+                        progress=progress, device=device, checkpoint=checkpoint)
     return TrainedScene(r.gaussians, None, r.loss_curve, r.stats)
 
 

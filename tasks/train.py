@@ -1,10 +1,13 @@
 """train: canonical Gaussians (plus the distortion field) from the calibrated frames."""
 
+from pathlib import Path
+
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lift3d_core.generate import distinct_frames
+from lift3d_core.splat.checkpoint import TrainCheckpoint
 from lift3d_core.train import train_scene
 from lift3d_core.trajectory import CameraTree
 from tasks.common import RunContext, StageResult, cached_stage
@@ -12,6 +15,10 @@ from tasks.common import RunContext, StageResult, cached_stage
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(ctx: RunContext) -> StageResult:
+    key = ctx.plan["train"].key
+    # a killed run of this key resumes from its last checkpoint (written every 2 minutes of training)
+    checkpoint = TrainCheckpoint(Path(ctx.state_dir) / "checkpoints" / f"train-{key}.pt", key=key)
+
     def compute():
         cal = ctx.arrays("calibrate", "points", "colors", "c2w", "K")
         depth = ctx.arrays("depth", "inv_depth", "valid")
@@ -26,10 +33,14 @@ def train(ctx: RunContext) -> StageResult:
             inv_depth=depth["inv_depth"], depth_valid=depth["valid"],
             cfg=ctx.config("train"), progress=True,
             callback=lambda step, metrics: psnr_curve.append((int(step), float(metrics["psnr"]))),
+            checkpoint=checkpoint,
         )
         return result.to_arrays(), {**result.attrs(), "psnr_curve": psnr_curve}
 
     result = cached_stage(ctx, "train", compute)
+    checkpoint.remove()  # the artifact is stored: nothing left to resume
+    if checkpoint.resumed_step is not None:
+        result.reason.append(f"resumed from a checkpoint at step {checkpoint.resumed_step}")
     artifact = ctx.read("train")
     curve = artifact.array("loss_curve")
     result.metrics["num_gaussians"] = float(artifact.zarr_array("gaussians/means").shape[0])

@@ -167,6 +167,20 @@ class DensifyStrategy:
         self.count: torch.Tensor | None = None  # [N] number of views where visible
         self._generator: torch.Generator | None = None
 
+    def state_dict(self) -> dict:
+        """The statistics and the split sampler's state, for a training checkpoint."""
+        return {"grad2d": self.grad2d, "count": self.count,
+                "generator": None if self._generator is None else self._generator.get_state(),
+                "generator_device": None if self._generator is None else str(self._generator.device)}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.grad2d = None if state["grad2d"] is None else state["grad2d"].to(device)
+        self.count = None if state["count"] is None else state["count"].to(device)
+        self._generator = None
+        if state["generator"] is not None:
+            self._generator = torch.Generator(device=state["generator_device"])
+            self._generator.set_state(state["generator"])
+
     def step_pre_backward(self, out) -> None:
         """Keep the gradient of ``out.means2d`` (``[C, N, 2]``, pixels) for the statistics."""
         if out.means2d.requires_grad:

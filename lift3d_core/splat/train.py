@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lift3d_core.errors import Lift3DError
+from lift3d_core.splat.checkpoint import TrainCheckpoint
 from lift3d_core.splat.gaussians import Gaussians, num_sh_bases
 from lift3d_core.splat.loss import SSIM_C1, SSIM_C2, _blur, _gaussian_kernel_1d, inverse_depth_loss, psnr
 from lift3d_core.splat.optim import (
@@ -474,6 +475,29 @@ class Trainer:
         length here; a trainer with stages may restart them per stage."""
         return self.step, self.cfg.iterations
 
+    # -- checkpoints (splat/checkpoint.py writes and reads them) ----------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything the next steps depend on: step, Gaussians, optimiser moments, densification statistics and
+        every random generator. Restored by :meth:`load_state_dict` into a trainer built from the same inputs and
+        config, the run continues as if it had not stopped (bit for bit on the CPU)."""
+        return {
+            "step": self.step,
+            "params": {k: v.detach() for k, v in self.params.items()},
+            "optimizer": self.optimizers["means"].state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch_order": list(self._epoch_order),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.params = GaussianParams({k: torch.nn.Parameter(v.to(self.device).clone()) for k, v in state["params"].items()})
+        self.optimizers = make_optimizers(self.params, self.lrs, self.scene_extent)
+        self.optimizers["means"].load_state_dict(state["optimizer"])
+        self.strategy.load_state_dict(state["strategy"], self.device)
+        self.generator.set_state(state["generator"])
+        self._epoch_order = list(state["epoch_order"])
+
     # -- the loop ---------------------------------------------------------------------------------------------------
     def all_optimizers(self) -> list[torch.optim.Optimizer]:
         return unique_optimizers([*self.optimizers.values(), *self.extra_optimizers])
@@ -501,14 +525,23 @@ class Trainer:
         self,
         callback: Callable[[int, dict], None] | None = None,
         progress: bool = False,
+        checkpoint: TrainCheckpoint | None = None,
     ) -> TrainResult:
-        """Train up to ``cfg.iterations``; ``callback(step, metrics)`` every ``cfg.log_every`` steps and at the end."""
+        """Train up to ``cfg.iterations``; ``callback(step, metrics)`` every ``cfg.log_every`` steps and at the end.
+
+        ``checkpoint``: where a killed run left its state (:class:`~lift3d_core.splat.checkpoint.TrainCheckpoint`):
+        the run resumes from it when it matches this trainer, and saves to it as it goes."""
         cfg = self.cfg
         losses = torch.zeros(cfg.iterations, device=self.device)  # filled without a device sync per step
         num_gaussians = [(self.step, self.params.num)]
         totals = {"cloned": 0, "split": 0, "pruned": 0}
+        start_step = self.step
+        if checkpoint is not None and (saved := checkpoint.load(self)) is not None:
+            losses[:self.step] = saved["losses"].to(self.device)
+            num_gaussians, totals, start_step = saved["num_gaussians"], saved["totals"], 0
+        resumed_at = self.step  # the rate counts the steps this call ran
         bar = _progress_bar(cfg.iterations - self.step) if progress else None
-        start_step, t0 = self.step, time.perf_counter()
+        t0 = time.perf_counter()
         metrics: dict = {}
         while self.step < cfg.iterations:
             terms, out, report = self.train_step()
@@ -524,6 +557,9 @@ class Trainer:
                     bar.update(self.step, metrics)
             elif bar is not None:
                 bar.advance()
+            if checkpoint is not None and checkpoint.due(self.step, cfg.iterations):
+                checkpoint.save(self, {"losses": losses[:self.step].cpu(), "num_gaussians": num_gaussians,
+                                       "totals": dict(totals)})
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -531,7 +567,8 @@ class Trainer:
         stats = {
             "num_gaussians": num_gaussians,
             "seconds": seconds,
-            "iterations_per_second": (self.step - start_step) / max(seconds, 1e-9),
+            "iterations_per_second": (self.step - resumed_at) / max(seconds, 1e-9),
+            "resumed_at_step": resumed_at if resumed_at != start_step else None,
             "scene_extent": self.scene_extent,
             **totals,
             "final_psnr": metrics.get("psnr"),
@@ -627,14 +664,16 @@ def train_gaussians(
     callback: Callable[[int, dict], None] | None = None,
     progress: bool = False,
     device: torch.device | str | None = None,
+    checkpoint: TrainCheckpoint | None = None,
 ) -> TrainResult:
-    """Optimise ``init`` on posed frames with the 3DGS recipe; see :class:`Trainer` for shapes.
+    """Optimise ``init`` on posed frames with the 3DGS recipe; see :class:`Trainer` for shapes (and
+    :meth:`Trainer.run` for ``checkpoint``).
 
     Deterministic for a given ``cfg.seed`` on a given device (frame order from a seeded CPU generator, split
     samples from a seeded generator on the device).
     """
     trainer = Trainer(init, frames, c2w, K, cfg, inv_depth=inv_depth, device=device)
-    return trainer.run(callback=callback, progress=progress)
+    return trainer.run(callback=callback, progress=progress, checkpoint=checkpoint)
 
 
 __all__ = [

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lift3d_core.errors import Lift3DError
+from lift3d_core.splat.checkpoint import TrainCheckpoint
 from lift3d_core.splat.distortion import (
     INPUT_VIEW_CODE,
     DistortionField,
@@ -606,6 +607,19 @@ class DistortionTrainer(Trainer):
         self.last_terms = {k: v.detach() for k, v in terms.items()}
         return terms, out, report
 
+    def state_dict(self) -> dict:
+        """The plain trainer's state plus the field, its optimiser and the distortion trainer's own sampling."""
+        return {**super().state_dict(), "field": self.field.state_dict(),
+                "field_optimizer": self.field_optimizer.state_dict(),
+                "anchor_generator": self.anchor_generator.get_state(), "pool_size": self._pool_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.field.load_state_dict(state["field"])
+        self.field_optimizer.load_state_dict(state["field_optimizer"])
+        self.anchor_generator.set_state(state["anchor_generator"])
+        self._pool_size = int(state["pool_size"])
+
     @torch.no_grad()
     def offset_magnitudes(self) -> tuple[float, float]:
         """(mean, max) of ``|d_means|`` (Euclidean, world units) over every training frame and the Gaussians it
@@ -718,6 +732,7 @@ def train_distortion_aware(
     callback: Callable[[int, dict], None] | None = None,
     progress: bool = False,
     device: torch.device | str | None = None,
+    checkpoint: TrainCheckpoint | None = None,
 ) -> DistortionTrainResult:
     """Train canonical Gaussians plus a distortion field on posed frames.
 
@@ -738,7 +753,7 @@ def train_distortion_aware(
         if callback is not None:
             callback(step, {**metrics, "stage": "fine" if trainer.fine else "coarse"})
 
-    result = trainer.run(callback=tagged, progress=progress)
+    result = trainer.run(callback=tagged, progress=progress, checkpoint=checkpoint)
     mean_off, max_off = trainer.offset_magnitudes()
     stats = {
         **result.stats,
