@@ -883,6 +883,33 @@ def test_field_term_at_training_resolution_reuses_the_render_with_the_same_gradi
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_offset_penalties_are_per_square_pixel_with_a_reference_size():
+    """``penalty_reference_size``: at a training image whose shorter side is the reference the loss is unchanged; at
+    half the reference the anchor, frame-mean and offset penalties weigh a quarter (one pixel is twice the offset)."""
+    from lift3d_core.splat.train_distortion import DistortionTrainer
+
+    scene = tiny_scene()
+    c2w, codes, K = tiny_cameras()
+    frames = render_frames(scene, c2w, K)
+    totals = {}
+    for ref in (None, H_TINY, 2 * H_TINY):
+        cfg = tiny_train_cfg(frame_mean_weight=50.0, offset_weight=3.0, anchor_weight=7.0, penalty_reference_size=ref)
+        trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
+        randomise_heads(trainer.field)
+        trainer.step = cfg.coarse_iterations + 1
+        idx = torch.tensor([0, 8])
+        terms = trainer.losses(idx, trainer.render_frames(idx, 0))
+        penalties = 3.0 * terms["offsets"] + 50.0 * terms["frame_mean"] + 7.0 * terms["anchor"]
+        assert float(penalties) > 1e-6
+        totals[ref] = (float(terms["loss"]), float(terms["loss"] - penalties), float(penalties))
+    assert totals[H_TINY][0] == pytest.approx(totals[None][0], rel=1e-6)
+    loss, _, penalties = totals[2 * H_TINY]
+    assert penalties == pytest.approx(totals[None][2], rel=1e-6)  # the same samples: only their weight differs
+    assert loss == pytest.approx(totals[None][1] + penalties / 4, rel=1e-5)
+    with pytest.raises(Lift3DError, match="penalty_reference_size"):
+        tiny_train_cfg(penalty_reference_size=4)
+
+
 def test_field_term_recovers_a_known_per_frame_shift_and_keeps_the_canonical_scene_clean():
     """Frames shifted per frame (zero at the input view): with the field's half-resolution term the field follows
     the shifts and the canonical Gaussians end nearer the unshifted scene than without it (measured on this toy:

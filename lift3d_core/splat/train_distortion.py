@@ -140,6 +140,12 @@ class DistortionTrainConfig:
     finest keeps it precise. A large ``field_render_size`` with ``field_levels: 0`` is the pyramid loss taught to the
     field alone.
 
+    ``penalty_reference_size`` (ours, None = off): the offset penalties (``anchor_weight``, ``frame_mean_weight``,
+    ``offset_weight``) are squared offsets in world units, so one pixel of movement costs ``(S / 96)^2`` times less at
+    a shorter side of ``S`` px than at 96. With a size here, those weights hold at a training image whose shorter side
+    is this many pixels and are multiplied by ``(shorter side / penalty_reference_size)^2`` at any other: a penalty
+    per square pixel, one rule for every resolution (128x96 with 96 is unchanged).
+
     ``input_view_repeats``: extra copies of the input-view frames (code == ``input_code``) in every epoch of
     the frame order (LiftImage3D: 50). ``train``: the plain 3DGS config (densification, Gaussian learning
     rates, depth loss, backend, seed, ...).
@@ -191,6 +197,7 @@ class DistortionTrainConfig:
     field_render_size: int | None = None
     field_loss_weight: float = 1.0
     field_levels: int = 1
+    penalty_reference_size: int | None = None
     train: TrainConfig = LIFTIMAGE3D_TRAIN
 
     def __post_init__(self):
@@ -224,6 +231,8 @@ class DistortionTrainConfig:
              f"field_render_size must be >= 8 pixels, 0 (the training resolution) or None, got {self.field_render_size}")
         need(self.field_loss_weight > 0, f"field_loss_weight must be > 0, got {self.field_loss_weight}")
         need(self.field_levels >= 0, f"field_levels must be >= 0 (0: auto), got {self.field_levels}")
+        need(self.penalty_reference_size is None or self.penalty_reference_size >= 8,
+             f"penalty_reference_size must be >= 8 pixels or None, got {self.penalty_reference_size}")
         if isinstance(self.compile_field, bool):  # YAML reads a bare on / off as a boolean
             object.__setattr__(self, "compile_field", "on" if self.compile_field else "off")
         need(self.compile_field in ("auto", "on", "off"),
@@ -362,6 +371,12 @@ class DistortionTrainer(Trainer):
             eps=ADAM_EPS,
             fused=fused_adam_supported(self.device) or None,
         )
+
+    @property
+    def penalty_scale(self) -> float:
+        """What the offset penalties' weights are multiplied by at this resolution (``penalty_reference_size``)."""
+        ref = self.dcfg.penalty_reference_size
+        return 1.0 if ref is None else (min(self.height, self.width) / ref) ** 2
 
     @property
     def fine(self) -> bool:
@@ -515,15 +530,16 @@ class DistortionTrainer(Trainer):
             levels = d.pyramid_levels or pyramid_depth(self.height, self.width)
             terms["pyramid"] = pyramid_l1(out.rgb, self.target_rgb(idx), levels)
             loss = loss + d.pyramid_weight * terms["pyramid"]
+        per_pixel = self.penalty_scale
         if d.offset_weight > 0:
             terms["offsets"] = offset_penalty(self._step_offsets["frames"])
-            loss = loss + d.offset_weight * terms["offsets"]
+            loss = loss + per_pixel * d.offset_weight * terms["offsets"]
         if d.frame_mean_weight > 0:
             terms["frame_mean"] = _frame_mean_of(*self._step_offsets["frame_mean"])
-            loss = loss + d.frame_mean_weight * terms["frame_mean"]
+            loss = loss + per_pixel * d.frame_mean_weight * terms["frame_mean"]
         if d.anchor_weight > 0:
             terms["anchor"] = offset_penalty(self._step_offsets["anchor"])
-            loss = loss + d.anchor_weight * terms["anchor"]
+            loss = loss + per_pixel * d.anchor_weight * terms["anchor"]
         terms["loss"] = loss
         return terms
 
