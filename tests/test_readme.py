@@ -100,6 +100,7 @@ def test_every_using_it_command_runs_on_a_fresh_clone(tmp_path):
     import signal
     import subprocess
     import sys
+    import time
     import urllib.request
 
     from PIL import Image
@@ -119,6 +120,7 @@ def test_every_using_it_command_runs_on_a_fresh_clone(tmp_path):
 
     ran = []
     for line in using_it_lines():
+        t0 = time.perf_counter()
         words = with_tiny_scene(line)
         sub = words[1]
         if sub == "view":  # a server: it must serve the page, then stop cleanly on Ctrl-C
@@ -139,6 +141,7 @@ def test_every_using_it_command_runs_on_a_fresh_clone(tmp_path):
                 if proc.poll() is None:
                     proc.kill()
             ran.append(sub)
+            print(f"{time.perf_counter() - t0:6.1f} s  {line}")
             continue
         done = run(words)
         output = done.stdout + done.stderr
@@ -146,7 +149,10 @@ def test_every_using_it_command_runs_on_a_fresh_clone(tmp_path):
             assert done.returncode == 1 and "missing" in output.lower(), output[-2000:]
         else:
             assert done.returncode == 0, f"`{line}` exited {done.returncode}:\n{output[-3000:]}"
+        if sub == "demo" and "--set" in line:  # a re-run with a train setting changed reuses the generated frames
+            assert re.search(r"generate\s+HIT", output) and re.search(r"train\s+MISS", output), output[-3000:]
         ran.append(sub)
+        print(f"{time.perf_counter() - t0:6.1f} s  {line}")  # pytest -s shows where the test's time goes
 
     runs = clone / "data" / "runs"
     assert (runs / "demo" / "summary.json").is_file() and (runs / "demo" / "report.html").is_file()
