@@ -123,9 +123,9 @@ def test_pose_errors_measures_perturbed_rotation():
     rng = np.random.default_rng(5)
     gt = _camera_rig(rng)
     est = gt.copy()
-    # rotate one camera by 7 degrees about its own axis: centres unchanged, so the alignment is identity
+    # rotate one camera by 7 degrees about its own axis: centres unchanged, so the centres' alignment is identity
     est[3, :3, :3] = est[3, :3, :3] @ Rotation.from_rotvec(np.radians(7.0) * np.array([0.0, 0.6, 0.8])).as_matrix()
-    err = metrics.pose_errors(est, gt)
+    err = metrics.pose_errors(est, gt, align="centres")
     assert err["rot_deg_max"] == pytest.approx(7.0, abs=1e-9)
     assert err["rot_deg_mean"] == pytest.approx(7.0 / len(gt), abs=1e-9)
     assert err["rot_deg_median"] == pytest.approx(0.0, abs=1e-6)

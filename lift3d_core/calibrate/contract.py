@@ -11,7 +11,8 @@ origin with its own scale. Three facts make results comparable across backends:
 * the scale of its confidence (MASt3R's lies in [1, inf), COLMAP's and the
   commanded one's in [0, 1]); :func:`confidence_weight` maps any of them to [0, 1];
 * the similarity that maps the calibrated (normalised) frame to the commanded
-  one, ``x_cmd = s R x_cal + t``, fitted by Umeyama on the camera centres
+  one, ``x_cmd = s R x_cal + t``, fitted on the whole camera poses: the rotation
+  from the camera rotations, scale and shift from the centres
   (:func:`fit_to_commanded`). Evaluation moves ground-truth cameras with its
   inverse, export states it beside the PLY.
 """
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lift3d_core.errors import Lift3DError
-from lift3d_core.metrics import umeyama_sim3
+from lift3d_core.metrics import align_poses
 
 
 @dataclass(frozen=True)
@@ -107,22 +108,16 @@ class Similarity:
 
 def fit_to_commanded(c2w_calibrated: np.ndarray, c2w_commanded: np.ndarray,
                      registered: np.ndarray | None = None) -> Similarity:
-    """The similarity mapping calibrated cameras onto commanded ones, Umeyama on the centres.
+    """The similarity mapping calibrated cameras onto commanded ones, fitted on the whole poses.
 
-    c2w_calibrated, c2w_commanded: ``[F, 4, 4]`` OpenCV; registered: ``[F]`` bool, frames to fit on.
-    Centres on (nearly) one line leave the rotation about that line free; then the rotation is the
-    chordal mean of ``R_cmd R_cal^T`` and only scale and shift come from the centres.
+    c2w_calibrated, c2w_commanded: ``[F, 4, 4]`` OpenCV; registered: ``[F]`` bool, frames to fit on. The rotation
+    is the chordal mean of ``R_cmd R_cal^T`` and scale and shift the least-squares fit of the centres
+    (:func:`lift3d_core.metrics.align_poses`): a fit on the centres alone takes its rotation from the shape the
+    centres draw, which structure from motion bends by a few percent, and evaluation applies that rotation to
+    every held-out camera.
     """
     sel = np.ones(len(c2w_calibrated), bool) if registered is None else np.asarray(registered, bool)
-    src, dst = c2w_calibrated[sel, :3, 3], c2w_commanded[sel, :3, 3]
-    if len(src) < 2:
-        raise Lift3DError(f"cannot relate the calibration to the commanded cameras: {len(src)} registered frame(s)")
-    spread = np.linalg.svd(src - src.mean(0), compute_uv=False)
-    if len(src) >= 3 and spread[1] > 1e-6 * max(spread[0], 1e-300):
-        s, R, t = umeyama_sim3(src, dst)
-        return Similarity(s, R, t)
-    U, _, Vt = np.linalg.svd((c2w_commanded[sel, :3, :3] @ np.swapaxes(c2w_calibrated[sel, :3, :3], 1, 2)).sum(0))
-    R = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
-    rs, ds = src @ R.T - (src @ R.T).mean(0), dst - dst.mean(0)
-    s = float((rs * ds).sum() / max((rs**2).sum(), 1e-300)) if (rs**2).sum() > 0 else 1.0
-    return Similarity(s, R, dst.mean(0) - s * (src @ R.T).mean(0))
+    if sel.sum() < 2:
+        raise Lift3DError(f"cannot relate the calibration to the commanded cameras: {int(sel.sum())} registered frame(s)")
+    s, R, t = align_poses(c2w_calibrated[sel], c2w_commanded[sel])
+    return Similarity(s, R, t)
