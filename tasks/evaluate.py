@@ -40,7 +40,8 @@ def evaluate(ctx: RunContext) -> StageResult:
             truth = cached_arrays(ctx, "evaluate", "heldout", {"views": cfg.views, "seed": cfg.seed}, ("generate",),
                                   lambda: ground_truth(tree))
             ev = evaluate_synthetic(gaussians, truth["c2w"], truth["targets"], Similarity.from_arrays(cal),
-                                    cal["K"][0], cfg)
+                                    cal["K"][0], cfg, c2w_calibrated=cal["c2w"], c2w_commanded=tree.distinct_c2w(),
+                                    registered=cal["registered"].astype(bool))
             metrics.update(ev.metrics)
             # the generator rendered exactly the commanded cameras: they are the true ones
             metrics.update(pose_report(cal["c2w"], tree.distinct_c2w(), cal["registered"].astype(bool)))
