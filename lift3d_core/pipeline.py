@@ -59,7 +59,7 @@ STAGES: dict[str, StageSpec] = {
         # 2: the artifact records the training PSNR curve (attrs psnr_curve), for the report
         StageSpec("train", "2", TrainStageConfig, ("calibrate", "depth", "generate", "trajectory")),
         StageSpec("export", "1", ExportConfig, ("train", "calibrate")),
-        StageSpec("evaluate", "2", EvaluateConfig, ("train", "calibrate", "generate", "ingest", "trajectory")),
+        StageSpec("evaluate", "3", EvaluateConfig, ("train", "calibrate", "generate", "ingest", "trajectory")),  # 3: held-out cameras placed by their nearest training cameras
     )
 }
 NON_STAGE_SECTIONS = ("input",)
