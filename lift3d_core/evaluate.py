@@ -10,8 +10,7 @@ its ``align_neighbors`` nearest training cameras (true -> calibrated). One
 similarity for the whole tree (``align_neighbors: 0``, the calibration's
 :mod:`~lift3d_core.calibrate.contract` similarity) also charges a held-out view
 with the calibration's slow drift across the tree, which a model trained on those
-cameras renders consistently: on COLMAP's level-1 tree at 128x96, 27.1 dB
-globally against 31.2 locally for the same Gaussians (bench/RESULTS.md). Both are
+cameras renders consistently (several dB on COLMAP's trees). Both are
 reported (``psnr`` and ``psnr_global_alignment``). The generator's true cameras are
 then known too, and :func:`pose_report` measures the calibrated ones against
 them. Otherwise only the fit to the generated frames is reported.

@@ -861,8 +861,10 @@ def test_field_term_at_training_resolution_reuses_the_render_with_the_same_gradi
     idx = torch.tensor([1, 7])
     out = trainer.render_frames(idx, 0)
     trainer.strategy.step_pre_backward(out)
-    frames_b, parts, sh_degree, _ = trainer._field_batch
+    frames_b, frame_off, sh_degree = trainer._field_batch
     canonical = Gaussians(**{k: v.detach() for k, v in trainer.params.gaussians().tensors().items()})
+    parts = [type(frame_off)(*(None if t is None else t[i * canonical.num:(i + 1) * canonical.num] for t in frame_off))
+             for i in range(len(frames_b))]
     again = render_w2c_each([apply_offsets(canonical, part) for part in parts], trainer.viewmats[frames_b],
                             trainer.Ks[frames_b], trainer.width, trainer.height, backend="torch",
                             background=trainer.background, sh_degree=sh_degree)

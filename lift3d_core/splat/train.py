@@ -536,10 +536,11 @@ class Trainer:
         num_gaussians = [(self.step, self.params.num)]
         totals = {"cloned": 0, "split": 0, "pruned": 0}
         start_step = self.step
-        if checkpoint is not None and (saved := checkpoint.load(self)) is not None:
+        saved = checkpoint.load(self) if checkpoint is not None else None
+        if saved is not None:  # the curve and counts so far come from the checkpoint; the rate counts this call's steps
             losses[:self.step] = saved["losses"].to(self.device)
             num_gaussians, totals, start_step = saved["num_gaussians"], saved["totals"], 0
-        resumed_at = self.step  # the rate counts the steps this call ran
+        resumed_at = self.step
         bar = _progress_bar(cfg.iterations - self.step) if progress else None
         t0 = time.perf_counter()
         metrics: dict = {}
@@ -568,7 +569,7 @@ class Trainer:
             "num_gaussians": num_gaussians,
             "seconds": seconds,
             "iterations_per_second": (self.step - resumed_at) / max(seconds, 1e-9),
-            "resumed_at_step": resumed_at if resumed_at != start_step else None,
+            "resumed_at_step": resumed_at if saved is not None else None,
             "scene_extent": self.scene_extent,
             **totals,
             "final_psnr": metrics.get("psnr"),

@@ -465,7 +465,7 @@ class DistortionTrainer(Trainer):
             self._step_offsets[name] = (part, *extra[name]) if name == "frame_mean" else part
         parts = _split_offsets(frame_off, [n] * b)
         if low_res_term:  # field_loss renders the same offsets at the field's resolution (or reuses this render)
-            self._field_batch = (frames, parts, sh_degree, frame_off)
+            self._field_batch = (frames, frame_off, sh_degree)
         per_frame = [apply_offsets(canonical, part) for part in parts]
         return render_w2c_each(per_frame, self.viewmats[frames], self.Ks[frames], self.width, self.height,
                                backend=self.cfg.backend, background=self.background, sh_degree=sh_degree)
@@ -482,13 +482,16 @@ class DistortionTrainer(Trainer):
         ``term + sum(offsets * gradient) - sum(offsets * gradient).detach()``: the same value, and the same
         gradients as rendering again, without the second projection and forward rasterization.
         """
-        frames, parts, sh_degree, frame_off = self._field_batch
+        frames, frame_off, sh_degree = self._field_batch
         self._field_batch = None
         f = self._field_factor
         levels = self.dcfg.field_levels or 1 + pyramid_depth(self.height // f, self.width // f)
+
+        def term_of(rgb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return (rgb - target).abs().mean() + pyramid_l1(rgb, target, levels - 1)
+
         if f == 1:
-            target = self.target_rgb(idx)
-            term = (out.rgb - target).abs().mean() + pyramid_l1(out.rgb, target, levels - 1)
+            term = term_of(out.rgb, self.target_rgb(idx))
             offsets = [t for t in frame_off if t is not None and t.requires_grad]
             if not offsets:
                 return term.detach()
@@ -501,14 +504,13 @@ class DistortionTrainer(Trainer):
         from lift3d_core.splat.render import render_w2c_each
 
         canonical = Gaussians(**{k: v.detach() for k, v in self.params.gaussians().tensors().items()})
-        per_frame = [apply_offsets(canonical, part) for part in parts]
-        per_frame = [area_preserving_opacity(g, self.viewmats[frames[i]], self._field_Ks[frames[i]])
-                     for i, g in enumerate(per_frame)]
+        parts = _split_offsets(frame_off, [canonical.num] * len(frames))
+        per_frame = [area_preserving_opacity(apply_offsets(canonical, part), self.viewmats[frames[i]],
+                                             self._field_Ks[frames[i]]) for i, part in enumerate(parts)]
         low = render_w2c_each(per_frame, self.viewmats[frames], self._field_Ks[frames], self.width // f,
                               self.height // f, backend=self.cfg.backend, background=self.background,
                               sh_degree=sh_degree)
-        target = area_downscale(self.target_rgb(idx), f)
-        return (low.rgb - target).abs().mean() + pyramid_l1(low.rgb, target, levels - 1)
+        return term_of(low.rgb, area_downscale(self.target_rgb(idx), f))
 
     def losses(self, idx: torch.Tensor, out) -> dict[str, torch.Tensor]:
         terms = super().losses(idx, out)
