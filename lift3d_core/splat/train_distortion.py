@@ -146,6 +146,13 @@ class DistortionTrainConfig:
     is this many pixels and are multiplied by ``(shorter side / penalty_reference_size)^2`` at any other: a penalty
     per square pixel, one rule for every resolution (128x96 with 96 is unchanged).
 
+    ``offset_px_weight`` (ours, 0 = off): a price per pixel on every rendered frame's position offsets: the length of
+    the image-plane displacement each offset causes at its Gaussian's centre in that frame (:func:`projected_offset_px`),
+    averaged over the Gaussians the frame renders the field for. An L1 price, unlike the squared penalties: its
+    gradient has the same size for any offset, so the field moves a Gaussian only where the frame pays more than
+    this for it. A real drift of several pixels pays; the sub-pixel per-frame residuals of an overfit do not. Pixels of
+    the training image, so no ``penalty_reference_size`` factor.
+
     ``input_view_repeats``: extra copies of the input-view frames (code == ``input_code``) in every epoch of
     the frame order (LiftImage3D: 50). ``train``: the plain 3DGS config (densification, Gaussian learning
     rates, depth loss, backend, seed, ...).
@@ -173,6 +180,7 @@ class DistortionTrainConfig:
     anchor_weight: float = 1.0
     anchor_samples: int | None = 4096
     offset_weight: float = 0.0
+    offset_px_weight: float = 0.0
     field_cull_margin: float | None = 0.2
     frame_mean_weight: float = 0.0
     frame_mean_codes: int = 8
@@ -213,7 +221,8 @@ class DistortionTrainConfig:
         need(self.coarse_iterations + self.fine_iterations > 0, "coarse_iterations + fine_iterations must be > 0")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.bounds_margin >= 0, f"bounds_margin must be >= 0, got {self.bounds_margin}")
-        for name in ("plane_tv_weight", "frame_smoothness_weight", "frame_l1_weight", "anchor_weight", "offset_weight", "frame_mean_weight"):
+        for name in ("plane_tv_weight", "frame_smoothness_weight", "frame_l1_weight", "anchor_weight", "offset_weight", "frame_mean_weight",
+                     "offset_px_weight"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr_grid", "lr_grid_final", "lr_mlp", "lr_mlp_final"):
             need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
@@ -456,11 +465,12 @@ class DistortionTrainer(Trainer):
         off = self.field.evaluate(torch.cat(points), torch.cat(codes), segments)
         parts = _split_offsets(off, [b * n] + [k * m for k, m in extra.values()])
         frame_off = parts[0]
+        keep = None
         if d.field_cull_margin is not None:
             keep = self._visible_batch(canonical.means, frames).reshape(b * n, 1).to(canonical.means.dtype)
             frame_off = type(frame_off)(*(None if t is None else t * keep.view(-1, *[1] * (t.dim() - 1))
                                           for t in frame_off))
-        self._step_offsets = {"frames": frame_off}
+        self._step_offsets = {"frames": frame_off, "frames_at": (canonical.means.detach(), frames, keep)}
         for name, part in zip(extra, parts[1:]):
             self._step_offsets[name] = (part, *extra[name]) if name == "frame_mean" else part
         parts = _split_offsets(frame_off, [n] * b)
@@ -536,6 +546,16 @@ class DistortionTrainer(Trainer):
         if d.offset_weight > 0:
             terms["offsets"] = offset_penalty(self._step_offsets["frames"])
             loss = loss + per_pixel * d.offset_weight * terms["offsets"]
+        if d.offset_px_weight > 0 and self._step_offsets["frames"].d_means is not None:
+            means, frames, keep = self._step_offsets["frames_at"]
+            px = projected_offset_px(means, self._step_offsets["frames"].d_means.reshape(len(frames), -1, 3),
+                                     self.viewmats[frames], self.Ks[frames])  # [B, N]
+            if keep is None:
+                terms["offset_px"] = px.mean()
+            else:
+                w = keep.reshape(px.shape)
+                terms["offset_px"] = (px * w).sum() / w.sum().clamp_min(1.0)
+            loss = loss + d.offset_px_weight * terms["offset_px"]
         if d.frame_mean_weight > 0:
             terms["frame_mean"] = _frame_mean_of(*self._step_offsets["frame_mean"])
             loss = loss + per_pixel * d.frame_mean_weight * terms["frame_mean"]
@@ -658,6 +678,26 @@ class DistortionTrainer(Trainer):
                 peak = max(peak, float(norms.max()))
                 n += norms.numel()
         return total / max(n, 1), peak
+
+
+def projected_offset_px(means: torch.Tensor, d_means: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor,
+                        eps: float = 1e-2) -> torch.Tensor:
+    """``[B, N]``: how many pixels of frame ``b`` the offset ``d_means[b, i]`` moves Gaussian ``i``'s centre by, to first
+    order: ``|J_b(x_i) d|`` with ``J`` the 2x3 Jacobian of the pinhole projection at the centre, smoothed as
+    ``sqrt(|.|^2 + eps^2) - eps`` (0 at no offset, differentiable there).
+
+    Args: ``means [N, 3]`` canonical centres (world), ``d_means [B, N, 3]`` world offsets, ``viewmats [B, 4, 4]``
+    world-to-camera (OpenCV: +z forward), ``Ks [B, 3, 3]`` pixels. Centres at or behind the camera count 0.
+    """
+    R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    cam = torch.einsum("bij,nj->bni", R, means) + t[:, None]  # [B, N, 3]
+    dc = torch.einsum("bij,bnj->bni", R, d_means)  # the offset in camera axes
+    z = cam[..., 2]
+    front = z > 1e-3
+    zi = torch.where(front, 1.0 / z.clamp_min(1e-3), torch.zeros_like(z))
+    du = Ks[:, None, 0, 0] * zi * (dc[..., 0] - cam[..., 0] * zi * dc[..., 2])
+    dv = Ks[:, None, 1, 1] * zi * (dc[..., 1] - cam[..., 1] * zi * dc[..., 2])
+    return (du.square() + dv.square() + eps * eps).sqrt() - eps
 
 
 def field_downscale(height: int, width: int, size: int) -> int:
@@ -805,6 +845,7 @@ __all__ = [
     "area_downscale",
     "field_bounds",
     "field_downscale",
+    "projected_offset_px",
     "render_frame_gaussians",
     "scale_intrinsics",
     "train_distortion_aware",
