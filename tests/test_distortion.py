@@ -660,7 +660,7 @@ def test_max_offset_bounds_position_offsets_smoothly():
 
 
 def test_pyramid_l1_compares_pooled_images():
-    from lift3d_core.splat.train_distortion import pyramid_l1
+    from lift3d_core.splat.field_terms import pyramid_l1
 
     g = torch.Generator().manual_seed(0)
     img = torch.rand(2, 16, 24, 3, generator=g)
@@ -793,8 +793,8 @@ def test_field_warm_up_compiles_the_graphs_training_uses():
 
 
 def test_field_downscale_rule_and_area_downscale_match_a_scaled_camera():
+    from lift3d_core.splat.field_terms import area_downscale, field_downscale, scale_intrinsics
     from lift3d_core.splat.render import render
-    from lift3d_core.splat.train_distortion import area_downscale, field_downscale, scale_intrinsics
 
     assert [field_downscale(h, w, 72) for h, w in ((96, 128), (288, 512), (576, 1024), (48, 64))] == [1, 4, 8, 1]
     # the image a camera of K / f sees is the full image averaged over f x f blocks: aligned (no shift of a pixel),
@@ -847,8 +847,9 @@ def test_field_term_at_training_resolution_reuses_the_render_with_the_same_gradi
     """``field_render_size: 0`` takes the field's term from the training render (no second render): every
     gradient (field, canonical Gaussians, the densification statistics' ``means2d``) equals what rendering the
     batch again with detached canonical Gaussians gives, and the term's value is the same."""
+    from lift3d_core.splat.field_terms import pyramid_depth, pyramid_l1
     from lift3d_core.splat.render import render_w2c_each
-    from lift3d_core.splat.train_distortion import DistortionTrainer, pyramid_depth, pyramid_l1
+    from lift3d_core.splat.train_distortion import DistortionTrainer
 
     scene = tiny_scene()
     c2w, codes, K = tiny_cameras()
@@ -949,8 +950,8 @@ def test_pooled_levels_reach_across_a_shift_that_full_resolution_cannot_see():
     """Why ``field_levels``: sparse sharp dots whose frame is shifted by 6 px. At full resolution nothing of a dot
     overlaps its shifted copy, so the L1 gradient with respect to a common shift is ~0; pooled down to a few pixels the
     images overlap and the gradient points towards the true shift."""
+    from lift3d_core.splat.field_terms import pyramid_depth, pyramid_l1
     from lift3d_core.splat.render import render
-    from lift3d_core.splat.train_distortion import pyramid_depth, pyramid_l1
 
     g = torch.Generator().manual_seed(3)
     n, W, H = 12, 64, 48
@@ -981,7 +982,7 @@ def test_pooled_levels_reach_across_a_shift_that_full_resolution_cannot_see():
 def test_projected_offset_px_is_the_first_order_image_motion():
     """``projected_offset_px``: the image-plane length of a small offset equals the distance its centre's projection
     moves (to first order), 0 for no offset or a centre behind the camera, and it scales with the focal length."""
-    from lift3d_core.splat.train_distortion import projected_offset_px
+    from lift3d_core.splat.field_terms import projected_offset_px
 
     gen = torch.Generator().manual_seed(0)
     c2w, _, K = tiny_cameras()
