@@ -2,7 +2,8 @@
 
     python bench/profile_distortion.py --n 500000 --width 1024 --height 576 --out prof.json
 
-Prints the step's wall time with and without the field's pieces switched off (regularisers, anchor, culling)
+Profiles ``params.yaml``'s ``train`` recipe (what ``lift3d lift`` runs; ``--class-defaults``: the config class's
+LiftImage3D values), fine steps only, densification off. Prints the step's wall time with and without the field's pieces switched off (regularisers, anchor, culling)
 and the profiler's top operators by CUDA and by CPU time. ``--attribute`` adds where the step's host time goes:
 the operators that launch work, counted per line of lift3d_core / gsplat that called them (backward operators
 per autograd node), and the Python functions with the most own time (cProfile).
@@ -14,7 +15,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,18 +22,32 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu import _perturbed, _tree_targets, random_scene
-from lift3d_core.splat.train import TrainConfig
 from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer
 
 
-def make_trainer(n, width, height, device, backend, **overrides):
+def recipe(class_defaults: bool = False) -> dict:
+    """The distortion-aware settings profiled: ``params.yaml``'s ``train`` section (what ``lift3d lift`` runs), or
+    with ``class_defaults`` the config class's own defaults (LiftImage3D's reference values)."""
+    if class_defaults:
+        return {}
+    import yaml
+
+    section = dict(yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"])
+    for k in ("distortion", "init_opacity", "backend"):
+        section.pop(k, None)
+    return section
+
+
+def make_trainer(n, width, height, device, backend, section: dict, **overrides):
+    """A fine-stage-only trainer on a random ``n``-Gaussian scene and 16 tree targets; densification and opacity
+    resets off, so every timed step has the same ``n``. ``section``: flat distortion settings (:func:`recipe`)."""
     g = random_scene(n, width, height, kind="heavy", seed=1, device=device)
     frames, c2w, K = _tree_targets(g, width, height, 16, device, backend)
     init = _perturbed(g, 2)
-    plain_keys = {k: overrides.pop(k) for k in list(overrides) if k == "compile_loss"}
-    plain = TrainConfig(iterations=10**6, batch_size=2, backend=backend, densify_until=0, opacity_reset_every=10**9,
-                        log_every=10**9, **plain_keys)
-    cfg = replace(DistortionTrainConfig(coarse_iterations=0, fine_iterations=10**6, batch_size=2, train=plain), **overrides)
+    values = {**section, **overrides, "coarse_iterations": 0, "fine_iterations": 10**6, "batch_size": 2,
+              "backend": backend, "densify_until": 0, "opacity_reset_every": 10**9, "log_every": 10**9,
+              "curriculum_steps": 0}
+    cfg = DistortionTrainConfig.from_dict(values)
     codes = torch.stack([torch.linspace(0.2, 0.8, 16), torch.full((16,), 0.5)], dim=1)
     return DistortionTrainer(init, frames, c2w, K, codes, cfg, device=device)
 
@@ -159,8 +173,11 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-variant", default="default", help="the variant the profiler records")
     ap.add_argument("--attribute", action="store_true", help="also count operators by caller and run cProfile")
     ap.add_argument("--set", nargs="*", default=[], help="KEY=YAML overrides of the distortion config, every variant")
+    ap.add_argument("--class-defaults", action="store_true",
+                    help="profile the config class's defaults (LiftImage3D's values) instead of params.yaml's recipe")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    section = recipe(args.class_defaults)
     import yaml
 
     base = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -175,7 +192,9 @@ def main(argv=None) -> int:
         "culling": dict(field_cull_margin=0.2),
         "no culling": dict(field_cull_margin=None),
         "position head only": dict(deform_scale=False, deform_rotation=False),
-        "one level": dict(multires=(1,)),
+        "one level": dict(multires=[1]),
+        "no pixel price": dict(offset_px_weight=0.0),
+        "pixel price 0.01": dict(offset_px_weight=0.01),
         "eager field": dict(compile_field="off"),
         "grid_sample field": dict(field_kernels="torch"),
         "eager loss": dict(compile_loss="off"),
@@ -188,13 +207,13 @@ def main(argv=None) -> int:
     for name, over in variants.items():
         if args.variants and name not in args.variants:
             continue
-        trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, **over)
+        trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, section, **over)
         rows[name] = round(time_steps(trainer, args.steps, args.device), 2)
         print(f"{name}: {rows[name]} ms/step", flush=True)
         del trainer
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend,
+    trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, section,
                            **dict(variants[args.profile_variant]))
     time_steps(trainer, 3, args.device)
     acts = [torch.profiler.ProfilerActivity.CPU]
