@@ -1036,3 +1036,57 @@ def test_pixel_price_removes_the_overfit_and_keeps_a_real_shift():
     assert np.ptp(dx) > 0.8 * np.ptp(out["shift", 0.0][0]), (np.ptp(dx), np.ptp(out["shift", 0.0][0]))
     with pytest.raises(Lift3DError, match="offset_px_weight"):
         tiny_train_cfg(offset_px_weight=-1.0)
+
+
+def test_hard_anchor_is_exactly_zero_at_the_anchor_code_for_any_parameters():
+    """``anchor_code``: offsets are ``F(x, c) - F(x, anchor)``: exactly zero at the anchor for random parameters, the
+    same through ``evaluate`` (segments) and ``forward``, and the setting survives the state round trip."""
+    cfg = tiny_cfg(anchor_code=(0.5, 0.5))
+    field = DistortionField(cfg)
+    randomise_heads(field)
+    with torch.no_grad():
+        for g in field.grid_parameters():
+            g.add_(0.3 * torch.randn(g.shape, generator=torch.Generator().manual_seed(5)))
+    means = random_gaussians(40).means
+    with torch.no_grad():
+        at_anchor = field(means, torch.tensor([0.5, 0.5]))
+        assert all(t is None or float(t.abs().max()) == 0.0 for t in at_anchor)
+        elsewhere = field(means, torch.tensor([0.9, 0.2]))
+        assert float(elsewhere.d_means.abs().max()) > 1e-4
+        free = DistortionField(tiny_cfg())
+        free.load_state_dict(field.state_dict())
+        torch.testing.assert_close(elsewhere.d_means, free(means, torch.tensor([0.9, 0.2])).d_means
+                                   - free(means, torch.tensor([0.5, 0.5])).d_means, rtol=1e-5, atol=1e-7)
+        codes = torch.tensor([[0.9, 0.2], [0.5, 0.5], [0.1, 0.7]])
+        rows = torch.tensor([3, 1, 4, 1])
+        seg = field.evaluate(means, codes, [None, rows, None])
+        parts = seg.d_means.split([40, 4, 40])
+        torch.testing.assert_close(parts[0], elsewhere.d_means, rtol=1e-5, atol=1e-7)
+        assert float(parts[1].abs().max()) == 0.0
+        torch.testing.assert_close(parts[2], field(means, torch.tensor([0.1, 0.7])).d_means, rtol=1e-5, atol=1e-7)
+        again = load_field(field.state())
+        assert again.cfg.anchor_code == (0.5, 0.5)
+        assert "anchor_code" not in DistortionField(tiny_cfg()).state()["config"]  # older states stay as they were
+
+
+def test_hard_anchor_in_training_leaves_the_input_view_on_the_canonical_gaussians():
+    """``hard_anchor``: after fine steps on frames shifted per frame, the input view's frame renders the canonical
+    Gaussians bit for bit, and no anchor penalty is computed."""
+    from lift3d_core.splat.train_distortion import DistortionTrainer
+
+    scene = tiny_scene()
+    c2w, codes, K = tiny_cameras()
+    shifts = np.zeros((len(codes), 3))
+    shifts[:, 0] = 0.5 * (codes[:, 1] - 0.5)
+    frames = render_frames(scene, c2w, K, shifts)
+    cfg = tiny_train_cfg(coarse_iterations=10, fine_iterations=80, frame_resolution=3, hard_anchor=True,
+                         field_lr_scale_by_extent=False, lr_grid=0.1, lr_grid_final=0.01, lr_mlp=0.01, lr_mlp_final=0.001)
+    trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
+    trainer.run()
+    assert "anchor" not in trainer.last_terms
+    g = trainer.params.gaussians()
+    with torch.no_grad():
+        moved = trainer.field.apply(g, torch.tensor(cfg.input_code))
+        far = trainer.field(g.means, torch.as_tensor(codes[np.argmax(np.abs(codes[:, 1] - 0.5))], dtype=torch.float32))
+    assert torch.equal(moved.means, g.means)
+    assert float(far.d_means.abs().max()) > 1e-3  # the field did learn the shift elsewhere

@@ -113,6 +113,9 @@ class DistortionFieldConfig:
         max_offset: bound of every position-offset component, world units: the head's output ``o`` becomes
             ``max_offset * tanh(o / max_offset)`` (identity near 0). None: unbounded (the reference).
         seed: seeds every random initial value.
+        anchor_code: ``(u, v)`` or None. With a code, every offset is measured from that code's: the field returns
+            ``F(x, c) - F(x, anchor_code)``, exactly zero at the anchor code (the input view) for any parameters, a
+            hard anchor in place of a penalty. One more evaluation of every queried centre per call.
     """
 
     bounds: tuple[tuple[float, float, float], tuple[float, float, float]]
@@ -132,6 +135,7 @@ class DistortionFieldConfig:
     frame_init: float = 1.0
     max_offset: float | None = None
     seed: int = 0
+    anchor_code: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -168,6 +172,10 @@ class DistortionFieldConfig:
         d["bounds"] = [list(c) for c in self.bounds]
         d["multires"] = list(self.multires)
         d["spatial_init"] = list(self.spatial_init)
+        if self.anchor_code is None:
+            del d["anchor_code"]  # states written before the setting existed stay byte-identical
+        else:
+            d["anchor_code"] = list(self.anchor_code)
         return d
 
     @classmethod
@@ -177,6 +185,8 @@ class DistortionFieldConfig:
         d["bounds"] = tuple(tuple(c) for c in d["bounds"])
         d["multires"] = tuple(d["multires"])
         d["spatial_init"] = tuple(d["spatial_init"])
+        if d.get("anchor_code") is not None:
+            d["anchor_code"] = tuple(float(c) for c in d["anchor_code"])
         return cls(**d)
 
     def plane_shape(self, level: int, plane: int) -> tuple[int, int, int, int]:
@@ -618,16 +628,28 @@ class DistortionField(nn.Module):
     def evaluate(self, means: torch.Tensor, codes: torch.Tensor, segments: list) -> Offsets:
         """Offsets of several groups of points, each at one code (see :meth:`segment_features`), rows segment
         after segment: one pass over the planes and one MLP call for all of them."""
-        return self.decode(self.segment_features(means, codes, segments))
+        anchor = self.cfg.anchor_code
+        if anchor is None:
+            return self.decode(self.segment_features(means, codes, segments))
+        codes = torch.cat([torch.as_tensor(codes, dtype=means.dtype, device=means.device).reshape(-1, 2),
+                           torch.tensor([anchor], dtype=means.dtype, device=means.device)])
+        n = means.shape[0]
+        out = self.decode(self.segment_features(means, codes, [*segments, None]))
+        rows = torch.cat([torch.arange(n, device=means.device) if seg is None else seg for seg in segments])
+        return _minus_rows(out, rows.shape[0], rows)
 
     def forward(self, means: torch.Tensor, frame_code: torch.Tensor) -> Offsets:
-        """Offsets of N Gaussians at one frame, or each at its own frame.
+        """Offsets of N Gaussians at one frame, or each at its own frame (from the anchor code's, with one).
 
         Args:
             means: ``[N, 3]`` canonical centres, world frame.
             frame_code: ``[2]`` (one frame) or ``[N, 2]`` frame codes in ``[0, 1]``.
         """
-        return self.decode(self.features(means, frame_code))
+        out = self.decode(self.features(means, frame_code))
+        if self.cfg.anchor_code is None:
+            return out
+        base = self.decode(self.features(means, torch.tensor(self.cfg.anchor_code, dtype=means.dtype, device=means.device)))
+        return Offsets(*(None if a is None else a - b for a, b in zip(out, base)))
 
     def apply(self, gaussians: Gaussians, frame_code: torch.Tensor) -> Gaussians:
         """The Gaussians seen by frame ``frame_code``: canonical plus offsets (a new object; differentiable)."""
@@ -637,6 +659,12 @@ class DistortionField(nn.Module):
     def state(self) -> dict:
         """``{"config": dict, "state_dict": {name: tensor}}``: everything :func:`load_field` needs."""
         return {"config": self.cfg.to_dict(), "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+
+
+def _minus_rows(out: Offsets, m: int, rows: torch.Tensor) -> Offsets:
+    """``out``'s first ``m`` rows minus its rows ``m + rows`` (``rows [m]``): each query's offsets measured from its
+    centre's at the anchor code (the anchor segment, one row per centre, follows the queries)."""
+    return Offsets(*(None if t is None else t[:m] - t[m:].index_select(0, rows) for t in out))
 
 
 def _decode(field: DistortionField, feats: torch.Tensor) -> Offsets:

@@ -155,6 +155,13 @@ class DistortionTrainConfig:
     is this many pixels and are multiplied by ``(shorter side / penalty_reference_size)^2`` at any other: a penalty
     per square pixel, one rule for every resolution (128x96 with 96 is unchanged).
 
+    ``hard_anchor`` (ours, False = LiftImage3D's penalty): the field's offsets are measured from its offsets at
+    ``input_code`` (``DistortionFieldConfig.anchor_code``), so the input view sees the canonical Gaussians exactly,
+    whatever the field learns; ``anchor_weight`` and ``anchor_samples`` are then unused (no penalty is computed). The
+    soft anchor prices offsets at the input code in squared world units, which at 1024x576 left the input view
+    10 dB below plain 3DGS on undistorted frames (bench/RESULTS.md, session 10). Costs one more field evaluation
+    of the rendered centres a step (the input code beside the batch's).
+
     ``offset_px_weight`` (ours, 0 = off): a price per pixel on every rendered frame's position offsets: the length of
     the image-plane displacement each offset causes at its Gaussian's centre in that frame (:func:`projected_offset_px`),
     averaged over the Gaussians the frame renders the field for. An L1 price, unlike the squared penalties: its
@@ -188,6 +195,7 @@ class DistortionTrainConfig:
     frame_l1_weight: float = 1e-4
     anchor_weight: float = 1.0
     anchor_samples: int | None = 4096
+    hard_anchor: bool = False
     offset_weight: float = 0.0
     offset_px_weight: float = 0.0
     field_cull_margin: float | None = 0.2
@@ -277,6 +285,7 @@ class DistortionTrainConfig:
             diag = sum((float(b) - float(a)) ** 2 for a, b in zip(*bounds)) ** 0.5
             max_offset = self.max_offset_fraction * diag
         return DistortionFieldConfig(bounds=bounds, seed=self.train.seed, max_offset=max_offset,
+                                     anchor_code=self.input_code if self.hard_anchor else None,
                                      **{k: getattr(self, k) for k in _FIELD_KEYS})
 
     @classmethod
@@ -465,7 +474,7 @@ class DistortionTrainer(Trainer):
             segments += [torch.arange(start, start + m, device=self.device)] * k
             start += m
             extra["frame_mean"] = (k, m)
-        if d.anchor_weight > 0:
+        if d.anchor_weight > 0 and not d.hard_anchor:
             a_points = self._anchor_queries()
             points.append(a_points)
             codes.append(self._input_code[None])
@@ -568,7 +577,7 @@ class DistortionTrainer(Trainer):
         if d.frame_mean_weight > 0:
             terms["frame_mean"] = _frame_mean_of(*self._step_offsets["frame_mean"])
             loss = loss + per_pixel * d.frame_mean_weight * terms["frame_mean"]
-        if d.anchor_weight > 0:
+        if d.anchor_weight > 0 and not d.hard_anchor:
             terms["anchor"] = offset_penalty(self._step_offsets["anchor"])
             loss = loss + per_pixel * d.anchor_weight * terms["anchor"]
         terms["loss"] = loss
@@ -586,7 +595,7 @@ class DistortionTrainer(Trainer):
         d = self.dcfg
         # as many codes as a fine step samples at (the frames, the frame-mean codes, the anchor's)
         num_codes = (self.cfg.batch_size + (min(d.frame_mean_codes, len(self.unique_codes)) if d.frame_mean_weight > 0 else 0)
-                     + (1 if d.anchor_weight > 0 else 0))
+                     + (1 if d.anchor_weight > 0 or d.hard_anchor else 0))
         codes = torch.full((num_codes, 2), 0.25, device=self.device)
 
         def warm_up():
