@@ -27,7 +27,7 @@ runner runs the chains of different images at once:
   without CUDA; the workers then run on the CPU).
 
 ``batch.json`` records, for a Dask cluster, its workers (name, resources, threads, ``CUDA_VISIBLE_DEVICES``) and a
-timeline from Dask's task stream: each stage's worker and compute start and end (seconds from the first start).
+timeline: each stage's worker and the interval it held its worker's slot and resources (seconds from the first start).
 
 Models are loaded once per worker process: every backend builds its model through
 :func:`lift3d_core.checkpoints.cached_model`, a per-process cache, and Dask worker processes live for the whole
@@ -217,23 +217,22 @@ def _run_chains(contexts: dict[str, RunContext], progress: BatchProgress, settle
     """Submit every image's stage chain to the flow's task runner, show progress, and ``settle(run, outcome)``
     each image as its chain ends. Returns the Dask cluster's workers and timeline (None on threads)."""
     import dask
-    from distributed import get_task_stream
 
     client, gpu = _prepare_workers(gpus)
-    with get_task_stream(client) if client is not None else nullcontext() as stream:
-        chains: dict[str, list[Any]] = {}
-        for run, ctx in contexts.items():
-            chain, previous = [], None
-            for name, stage_task in STAGE_TASKS.items():
-                with dask.annotate(resources={GPU_RESOURCE: 1}) if gpu and name in GPU_STAGES else nullcontext():
-                    previous = stage_task.submit(ctx, wait_for=[previous] if previous is not None else None)
-                chain.append(previous)
-            chains[run] = chain
-        _wait_for_chains(chains, progress, settle)
+    chains: dict[str, list[Any]] = {}
+    for run, ctx in contexts.items():
+        chain, previous = [], None
+        for name, stage_task in STAGE_TASKS.items():
+            with dask.annotate(resources={GPU_RESOURCE: 1}) if gpu and name in GPU_STAGES else nullcontext():
+                previous = stage_task.submit(ctx, wait_for=[previous] if previous is not None else None)
+            chain.append(previous)
+        chains[run] = chain
+    _wait_for_chains(chains, progress, settle)
     if client is None:
         return None
-    stages = {f.wrapped_future.key: (run, STAGES_ORDER[i]) for run, chain in chains.items() for i, f in enumerate(chain)}
-    return cluster_record(client, stream.data, stages)
+    stages = {str(f.wrapped_future.key): (run, STAGES_ORDER[i]) for run, chain in chains.items()
+              for i, f in enumerate(chain)}
+    return cluster_record(client, stages)
 
 
 def _wait_for_chains(chains: dict[str, list[Any]], progress: BatchProgress, settle) -> None:
@@ -304,29 +303,30 @@ def _settle(entry: Entry, ctx: RunContext, outcome: Outcome, params: dict, track
     write_summary_file(ctx, summary)
 
 
-def cluster_record(client, stream: list[dict], stages: dict[str, tuple[str, str]]) -> dict[str, Any]:
+def cluster_record(client, stages: dict[str, tuple[str, str]]) -> dict[str, Any]:
     """The cluster's workers (name -> address, resources, threads, ``CUDA_VISIBLE_DEVICES``) and the timeline of
-    ``stages`` (Dask key -> (run, stage)): one row per stage run, its worker and its compute start and end in
-    seconds from the first start, from Dask's task stream (``stream``: the workers' clocks, each task's shifted by
-    Dask's estimate of that worker's offset from the scheduler's at the time: good to a few milliseconds)."""
+    ``stages`` (Dask key -> (run, stage)): one row per stage run, its worker and the interval it was executing there
+    (:meth:`WorkerSetup.transition`, the worker's clock), in seconds from the first start."""
     info = client.scheduler_info(n_workers=-1)["workers"]
     devices = client.run(_cuda_visible_devices)
     workers = {str(w["name"]): {"address": addr, "resources": w.get("resources") or {}, "threads": w.get("nthreads"),
                                 "cuda_visible_devices": devices.get(addr)} for addr, w in info.items()}
     rows = []
-    for record in stream:
-        if record.get("key") not in stages:
-            continue
-        compute = [s for s in record.get("startstops", ()) if s.get("action") == "compute"]
-        if compute:
-            run, stage = stages[record["key"]]
-            name = info[record["worker"]]["name"] if record["worker"] in info else record["worker"]
-            rows.append({"run": run, "stage": stage, "worker": str(name), "start": compute[0]["start"],
-                         "end": compute[-1]["stop"]})
+    for addr, intervals in client.run(_executing_intervals).items():
+        for key, (start, end) in intervals.items():
+            if key in stages and end is not None:
+                run, stage = stages[key]
+                name = str(info[addr]["name"]) if addr in info else addr
+                rows.append({"run": run, "stage": stage, "worker": name, "start": start, "end": end})
     t0 = min((r["start"] for r in rows), default=0.0)
     for r in rows:
         r["start"], r["end"] = round(r["start"] - t0, 4), round(r["end"] - t0, 4)
     return {"workers": workers, "timeline": sorted(rows, key=lambda r: (r["start"], r["worker"]))}
+
+
+def _executing_intervals(dask_worker) -> dict[str, list]:  # run on each worker
+    plugin = dask_worker.plugins.get(WorkerSetup.name)
+    return dict(plugin.executing) if plugin is not None else {}
 
 
 def _cuda_visible_devices() -> str | None:  # run on each worker: its own environment
@@ -531,17 +531,37 @@ class WorkerSetup(WorkerPlugin):
     """Sets up each Dask worker before its first task: the project's settings (:data:`PROJECT_ENV`, where the worker
     has none of its own: a remote worker did not inherit this process's environment), and on a LocalCluster this
     batch started on several GPUs, worker ``i`` works on GPU ``i % gpus`` (``torch.cuda.set_device``: the backends'
-    ``auto`` device is the current CUDA device), so workers spread over the GPUs instead of sharing the first."""
+    ``auto`` device is the current CUDA device), so workers spread over the GPUs instead of sharing the first; and it
+    records when each task executes there (:meth:`transition`, for ``batch.json``'s timeline)."""
 
     name = "lift3d-worker-setup"
 
     def __init__(self, env: dict[str, str], gpus: int):
         self.env, self.gpus = env, gpus
+        self.executing: dict[str, list] = {}  # Dask key -> [start, end] of its execution on this worker
+        self.open: set[str] = set()  # keys executing, their end not yet seen
+        self.worker = None
 
     def setup(self, worker) -> None:
+        self.worker = worker
         for var, value in self.env.items():
             os.environ.setdefault(var, value)
         if self.gpus > 1 and isinstance(worker.name, int):
             import torch
 
             torch.cuda.set_device(worker.name % self.gpus)
+
+    def transition(self, key, start: str, finish: str, *args, **kwargs) -> None:
+        """Record each task's time in ``executing`` on this worker. The worker's state machine takes a task's
+        resources (``GPU``) as it starts it and gives them back when its thread has returned, and it may start the
+        next task before it marks the finished one ``memory``; so an interval ends at the first transition that
+        finds its task no longer executing, and two tasks that need the one GPU never have overlapping intervals."""
+        now = time.time()
+        if self.open:
+            executing = {str(ts.key) for ts in self.worker.state.executing}
+            for done in self.open - executing:
+                self.executing[done][1] = now
+            self.open &= executing
+        if finish == "executing":
+            self.executing[str(key)] = [now, None]
+            self.open.add(str(key))
