@@ -14,6 +14,20 @@ runner runs the chains of different images at once:
   images go on beside it. A LocalCluster's workers declare ``GPU: 1`` when CUDA is present, each on its own GPU
   (round robin, :class:`WorkerSetup`): with ``--workers`` at most the number of GPUs, each GPU runs one heavy stage
   at a time.
+- ``--gpus N`` (or ``all``): a cluster of one worker process per GPU (:func:`gpu_cluster`), worker ``i`` started with
+  ``CUDA_VISIBLE_DEVICES`` set to the ``i``-th visible GPU, so it sees that device alone (as its ``cuda:0``), and
+  declaring ``GPU: 1``. The GPU stages ask for that resource, so a GPU runs one heavy stage at a time, and the
+  scheduler puts a ready heavy stage on whichever GPU is free. Each worker has two threads (``--threads``): the
+  second runs the CPU stages (ingest, trajectory, export, evaluate) of other images beside the heavy stage, so a GPU
+  does not wait for an image's export before starting the next image's generation; more threads would have no
+  more CPU stages to run. With ``--address`` the scheduler's workers declare the resource themselves
+  (``dask worker --resources GPU=1`` with ``CUDA_VISIBLE_DEVICES`` set per worker), and the batch checks they
+  declare at least the GPUs asked for. dask-cuda is not used: one environment variable per worker is all the
+  placement needs, and it keeps one code path that the CPU test runs (``LIFT3D_FAKE_GPUS=N`` declares N GPUs
+  without CUDA; the workers then run on the CPU).
+
+``batch.json`` records, for a Dask cluster, its workers (name, resources, threads, ``CUDA_VISIBLE_DEVICES``) and a
+timeline: each stage's worker and the interval it held its worker's slot and resources (seconds from the first start).
 
 Models are loaded once per worker process: every backend builds its model through
 :func:`lift3d_core.checkpoints.cached_model`, a per-process cache, and Dask worker processes live for the whole
@@ -66,6 +80,8 @@ from tasks.common import RunContext, StageResult
 GPU_STAGES = ("generate", "calibrate", "depth", "train")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 GPU_RESOURCE = "GPU"
+FAKE_GPUS = "LIFT3D_FAKE_GPUS"  # test hook: `--gpus` sees this many GPUs, with or without CUDA
+GPU_WORKER_THREADS = 2  # a GPU worker's threads: one heavy stage plus CPU stages of other images beside it
 STAGES_ORDER = tuple(STAGE_TASKS)
 # What a stage reads from the environment (flows.settings.configure_environment sets them): checkpoint paths are the
 # project's, checkpoint digests and torch.compile's cache live with it.
@@ -153,13 +169,14 @@ def failure_reason(stage: str, error: BaseException | str) -> str:
 
 @flow(name="batch", log_prints=True, validate_parameters=False)
 def batch(sources: list[str], params: dict, batch_name: str, store_url: str, state_dir: str, runs_dir: str,
-          track: bool = True) -> dict[str, Any]:
-    """Lift every source with ``params`` over the flow's task runner; returns the batch report (``batch.json``)."""
-    return batch_body(sources, params, batch_name, store_url, state_dir, runs_dir, track)
+          track: bool = True, gpus: int = 0) -> dict[str, Any]:
+    """Lift every source with ``params`` over the flow's task runner; returns the batch report (``batch.json``).
+    ``gpus``: how many GPUs the Dask workers must declare between them (``--gpus``; 0: no check)."""
+    return batch_body(sources, params, batch_name, store_url, state_dir, runs_dir, track, gpus=gpus)
 
 
 def batch_body(sources: list[str], params: dict, batch_name: str, store_url: str, state_dir: str, runs_dir: str,
-               track: bool = True, use_prefect: bool = True) -> dict[str, Any]:
+               track: bool = True, use_prefect: bool = True, gpus: int = 0) -> dict[str, Any]:
     """The body of the ``batch`` flow: inside it with ``use_prefect``; without Prefect (each chain called in turn
     in this process: same keys, store and report) when its server cannot be had."""
     t0 = time.perf_counter()
@@ -181,26 +198,27 @@ def batch_body(sources: list[str], params: dict, batch_name: str, store_url: str
     def settle(run: str, outcome: Outcome) -> None:  # as each chain ends, so a killed batch keeps what finished
         _settle(by_run[run], contexts[run], outcome, params, track)
 
+    cluster = None
     with BatchProgress(len(entries), sum(e.status == "reused" for e in entries)) as progress:
         if not contexts:  # nothing to run: no task, and no Dask cluster started
             pass
         elif use_prefect:
-            _run_chains(contexts, progress, settle)
+            cluster = _run_chains(contexts, progress, settle, gpus)
         else:
             for run, ctx in contexts.items():
                 settle(run, _run_inline(ctx, progress))
-    return write_report(entries, batch_name, runs_dir, time.perf_counter() - t0)
+    return write_report(entries, batch_name, runs_dir, time.perf_counter() - t0, cluster)
 
 
 Outcome = dict[str, StageResult] | str  # every stage's result, or why the chain stopped
 
 
-def _run_chains(contexts: dict[str, RunContext], progress: BatchProgress, settle) -> None:
+def _run_chains(contexts: dict[str, RunContext], progress: BatchProgress, settle, gpus: int = 0) -> dict | None:
     """Submit every image's stage chain to the flow's task runner, show progress, and ``settle(run, outcome)``
-    each image as its chain ends."""
+    each image as its chain ends. Returns the Dask cluster's workers and timeline (None on threads)."""
     import dask
 
-    gpu = _prepare_workers()
+    client, gpu = _prepare_workers(gpus)
     chains: dict[str, list[Any]] = {}
     for run, ctx in contexts.items():
         chain, previous = [], None
@@ -209,6 +227,15 @@ def _run_chains(contexts: dict[str, RunContext], progress: BatchProgress, settle
                 previous = stage_task.submit(ctx, wait_for=[previous] if previous is not None else None)
             chain.append(previous)
         chains[run] = chain
+    _wait_for_chains(chains, progress, settle)
+    if client is None:
+        return None
+    stages = {str(f.wrapped_future.key): (run, STAGES_ORDER[i]) for run, chain in chains.items()
+              for i, f in enumerate(chain)}
+    return cluster_record(client, stages)
+
+
+def _wait_for_chains(chains: dict[str, list[Any]], progress: BatchProgress, settle) -> None:
     position = dict.fromkeys(chains, 0)  # each chain's first stage not yet seen to end: stages end in order
     while position:
         for run, i in list(position.items()):
@@ -276,11 +303,43 @@ def _settle(entry: Entry, ctx: RunContext, outcome: Outcome, params: dict, track
     write_summary_file(ctx, summary)
 
 
-def write_report(entries: list[Entry], batch_name: str, runs_dir: str, wall: float) -> dict[str, Any]:
-    """Write ``<runs_dir>/<batch>/batch.json`` atomically and return it."""
+def cluster_record(client, stages: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """The cluster's workers (name -> address, resources, threads, ``CUDA_VISIBLE_DEVICES``) and the timeline of
+    ``stages`` (Dask key -> (run, stage)): one row per stage run, its worker and the interval it was executing there
+    (:meth:`WorkerSetup.transition`, the worker's clock), in seconds from the first start."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    devices = client.run(_cuda_visible_devices)
+    workers = {str(w["name"]): {"address": addr, "resources": w.get("resources") or {}, "threads": w.get("nthreads"),
+                                "cuda_visible_devices": devices.get(addr)} for addr, w in info.items()}
+    rows = []
+    for addr, intervals in client.run(_executing_intervals).items():
+        for key, (start, end) in intervals.items():
+            if key in stages and end is not None:
+                run, stage = stages[key]
+                name = str(info[addr]["name"]) if addr in info else addr
+                rows.append({"run": run, "stage": stage, "worker": name, "start": start, "end": end})
+    t0 = min((r["start"] for r in rows), default=0.0)
+    for r in rows:
+        r["start"], r["end"] = round(r["start"] - t0, 4), round(r["end"] - t0, 4)
+    return {"workers": workers, "timeline": sorted(rows, key=lambda r: (r["start"], r["worker"]))}
+
+
+def _executing_intervals(dask_worker) -> dict[str, list]:  # run on each worker
+    plugin = dask_worker.plugins.get(WorkerSetup.name)
+    return dict(plugin.executing) if plugin is not None else {}
+
+
+def _cuda_visible_devices() -> str | None:  # run on each worker: its own environment
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def write_report(entries: list[Entry], batch_name: str, runs_dir: str, wall: float,
+                 cluster: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``<runs_dir>/<batch>/batch.json`` atomically and return it (with ``cluster``: the Dask workers and
+    the stages' timeline, :func:`cluster_record`)."""
     counts = {s: sum(e.status == s for e in entries) for s in ("done", "reused", "failed")}
     report = {"batch": batch_name, "wall_seconds": round(wall, 3), "counts": counts,
-              "inputs": [asdict(e) for e in entries]}
+              "inputs": [asdict(e) for e in entries], **(cluster or {})}
     path = Path(runs_dir) / batch_name / "batch.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -322,53 +381,131 @@ class BatchProgress:
         self.progress.stop()
 
 
-def _prepare_workers() -> bool:
-    """Set up the flow's Dask workers (:class:`WorkerSetup`); whether one of them declares a GPU resource (threads:
-    never, no GPU annotation)."""
+def _prepare_workers(gpus: int = 0):
+    """Set up the flow's Dask workers (:class:`WorkerSetup`) and check that they declare at least ``gpus`` GPUs.
+    Returns the Dask client and whether a worker declares a GPU resource ((None, False) on threads: no GPU
+    annotation)."""
     from prefect.context import FlowRunContext
     from prefect_dask import DaskTaskRunner
 
     runner = FlowRunContext.get().task_runner
     if not isinstance(runner, DaskTaskRunner):
-        return False
+        return None, False
     client = runner.client
-    gpus = 0
-    if GPU_RESOURCE in (runner.cluster_kwargs.get("resources") or {}):  # a LocalCluster on this machine's GPUs
+    round_robin = 0
+    if GPU_RESOURCE in (runner.cluster_kwargs.get("resources") or {}):  # a --workers LocalCluster on this machine's GPUs
         import torch
 
-        gpus = torch.cuda.device_count()
-    client.register_plugin(WorkerSetup({v: os.environ[v] for v in PROJECT_ENV if v in os.environ}, gpus))
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    return any(GPU_RESOURCE in (w.get("resources") or {}) for w in workers)
+        round_robin = torch.cuda.device_count()
+    client.register_plugin(WorkerSetup({v: os.environ[v] for v in PROJECT_ENV if v in os.environ}, round_robin))
+    declared = declared_gpus(client, wait_for=gpus)
+    if declared < gpus:
+        raise Lift3DError(f"batch --gpus: the Dask workers declare {declared} GPU(s), {gpus} asked for; start one "
+                          "worker per GPU with `CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --resources GPU=1`")
+    return client, declared > 0
 
 
-def task_runner(workers: int | None, address: str | None, api_url: str, threads: int | None = None):
-    """Prefect's task runner for a batch: an existing Dask scheduler (``address``), a LocalCluster of ``workers``
-    processes, or threads of this process (``threads``; default one with CUDA present, else up to four).
+def declared_gpus(client, wait_for: int = 0, timeout: float = 30.0) -> int:
+    """The ``GPU`` resources the cluster's workers declare between them; waits up to ``timeout`` seconds for
+    ``wait_for`` of them (workers of an existing scheduler may still be joining)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        declared = int(sum((w.get("resources") or {}).get(GPU_RESOURCE, 0) for w in workers))
+        if declared >= wait_for or time.monotonic() > deadline:
+            return declared
+        time.sleep(0.5)
 
-    The LocalCluster's workers (one thread each, no dashboard) get ``api_url`` and Prefect's ephemeral mode off in
-    their environment, and with CUDA present a ``GPU`` resource and one GPU each (round robin)."""
+
+def visible_gpus() -> list[str]:
+    """The GPUs ``--gpus`` may give its workers, as ``CUDA_VISIBLE_DEVICES`` entries: this process's own list when
+    set (``CUDA_VISIBLE_DEVICES=2,3`` gives ``["2", "3"]``), else ``0 .. count-1``; none without CUDA. With
+    ``LIFT3D_FAKE_GPUS=N`` (tests, ``bench/multi_gpu.py --fake-gpus``): ``0 .. N-1`` whatever the hardware."""
+    if fake := os.environ.get(FAKE_GPUS):
+        return [str(i) for i in range(int(fake))]
     import torch
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if address or workers:
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+def gpu_count(spec: str) -> int | None:
+    """``--gpus``'s count: a positive number, or None for ``all``."""
+    if spec == "all":
+        return None
+    if not (spec.isdigit() and int(spec) > 0):
+        raise Lift3DError(f"batch --gpus {spec}: give a number of GPUs (1, 2, ...) or all")
+    return int(spec)
+
+
+def choose_gpus(spec: str) -> list[str]:
+    """The devices of ``--gpus spec`` (``all`` or a count), one per worker; a Lift3DError a user can act on when
+    CUDA is absent or fewer GPUs are visible than asked for."""
+    count = gpu_count(spec)
+    devices = visible_gpus()
+    if not devices:
+        raise Lift3DError(f"batch --gpus {spec}: no GPU is visible (torch finds no CUDA device); run without --gpus, "
+                          "or on a machine with CUDA")
+    if count is not None and count > len(devices):
+        raise Lift3DError(f"batch --gpus {spec}: only {len(devices)} GPU(s) visible "
+                          f"(CUDA_VISIBLE_DEVICES {','.join(devices)})")
+    return devices[:count]
+
+
+def gpu_cluster(devices: list[str], threads: int, env: dict[str, str], asynchronous: bool = False,
+                silence_logs: int = logging.WARNING):
+    """A Dask cluster on this machine of one worker process per device: worker ``i`` (named ``gpu<device>``) has
+    ``CUDA_VISIBLE_DEVICES=devices[i]`` and ``env`` in its environment, ``threads`` threads and ``GPU: 1``.
+
+    No memory limit: what a GPU worker holds in host memory is models and frames it is using, which Dask can
+    neither spill nor free, and the default limit (a share of the host's memory) would pause or restart a worker
+    while it loads a large checkpoint."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
+    workers = {f"gpu{device}": {"cls": Nanny, "options": {
+        "host": "127.0.0.1", "nthreads": threads, "resources": {GPU_RESOURCE: 1}, "memory_limit": 0,
+        "env": {**env, "CUDA_VISIBLE_DEVICES": device}}} for device in devices}
+    return SpecCluster(workers=workers, scheduler=scheduler, asynchronous=asynchronous, silence_logs=silence_logs,
+                       name="lift3d-gpus")
+
+
+def task_runner(workers: int | None, address: str | None, api_url: str, threads: int | None = None,
+                gpus: list[str] | None = None):
+    """Prefect's task runner for a batch: an existing Dask scheduler (``address``), a cluster of one worker per GPU
+    of ``gpus`` (:func:`gpu_cluster`, ``threads`` each, default :data:`GPU_WORKER_THREADS`), a LocalCluster of
+    ``workers`` processes, or threads of this process (``threads``; default one with CUDA present, else up to four).
+
+    The local clusters' workers (no dashboard) get ``api_url`` and Prefect's ephemeral mode off in their
+    environment. The LocalCluster's workers have one thread each, and with CUDA present a ``GPU`` resource and one
+    GPU each (round robin)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    env = {"PREFECT_API_URL": api_url, "PREFECT_SERVER_EPHEMERAL_ENABLED": "false"}
+    if address or workers or gpus:
         from prefect_dask import DaskTaskRunner
 
         if address:
             check_api_reachable(address, api_url)
             return DaskTaskRunner(address=address)
-        env = {"PREFECT_API_URL": api_url, "PREFECT_SERVER_EPHEMERAL_ENABLED": "false"}
+        if gpus:
+            return DaskTaskRunner(cluster_class=gpu_cluster, cluster_kwargs=dict(
+                devices=list(gpus), threads=threads or GPU_WORKER_THREADS, env=env))
         kwargs = dict(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.WARNING, env=env)
-        if gpus:
+        if count:
             kwargs.update(resources={GPU_RESOURCE: 1})
-            if workers > gpus:
-                logging.getLogger("lift3d").warning(f"{workers} workers share {gpus} GPU(s): a GPU may run up to "
-                                                    f"{-(-workers // gpus)} heavy stages at once")
+            if workers > count:
+                logging.getLogger("lift3d").warning(f"{workers} workers share {count} GPU(s): a GPU may run up to "
+                                                    f"{-(-workers // count)} heavy stages at once")
         return DaskTaskRunner(cluster_kwargs=kwargs)
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=threads or (1 if gpus else min(4, os.cpu_count() or 1)))
+    return ThreadPoolTaskRunner(max_workers=threads or (1 if count else min(4, os.cpu_count() or 1)))
 
 
 def check_api_reachable(address: str, api_url: str) -> None:
@@ -394,17 +531,37 @@ class WorkerSetup(WorkerPlugin):
     """Sets up each Dask worker before its first task: the project's settings (:data:`PROJECT_ENV`, where the worker
     has none of its own: a remote worker did not inherit this process's environment), and on a LocalCluster this
     batch started on several GPUs, worker ``i`` works on GPU ``i % gpus`` (``torch.cuda.set_device``: the backends'
-    ``auto`` device is the current CUDA device), so workers spread over the GPUs instead of sharing the first."""
+    ``auto`` device is the current CUDA device), so workers spread over the GPUs instead of sharing the first; and it
+    records when each task executes there (:meth:`transition`, for ``batch.json``'s timeline)."""
 
     name = "lift3d-worker-setup"
 
     def __init__(self, env: dict[str, str], gpus: int):
         self.env, self.gpus = env, gpus
+        self.executing: dict[str, list] = {}  # Dask key -> [start, end] of its execution on this worker
+        self.open: set[str] = set()  # keys executing, their end not yet seen
+        self.worker = None
 
     def setup(self, worker) -> None:
+        self.worker = worker
         for var, value in self.env.items():
             os.environ.setdefault(var, value)
         if self.gpus > 1 and isinstance(worker.name, int):
             import torch
 
             torch.cuda.set_device(worker.name % self.gpus)
+
+    def transition(self, key, start: str, finish: str, *args, **kwargs) -> None:
+        """Record each task's time in ``executing`` on this worker. The worker's state machine takes a task's
+        resources (``GPU``) as it starts it and gives them back when its thread has returned, and it may start the
+        next task before it marks the finished one ``memory``; so an interval ends at the first transition that
+        finds its task no longer executing, and two tasks that need the one GPU never have overlapping intervals."""
+        now = time.time()
+        if self.open:
+            executing = {str(ts.key) for ts in self.worker.state.executing}
+            for done in self.open - executing:
+                self.executing[done][1] = now
+            self.open &= executing
+        if finish == "executing":
+            self.executing[str(key)] = [now, None]
+            self.open.add(str(key))

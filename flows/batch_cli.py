@@ -25,8 +25,12 @@ def batch_command(
     workers: int | None = typer.Option(None, "--workers", min=1, help="Run on a Dask LocalCluster of N worker "
                                        "processes (default: threads of this process)."),
     address: str | None = typer.Option(None, "--address", help="Run on an existing Dask scheduler, tcp://host:port."),
+    gpus: str | None = typer.Option(None, "--gpus", help="N or all: one Dask worker per GPU, each seeing only its "
+                                    "own, one heavy stage per GPU at a time; with --address, the GPUs its workers "
+                                    "must declare (--resources GPU=1)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Threads of the default runner (default: "
-                                       "one with CUDA present, else up to four)."),
+                                       "one with CUDA present, else up to four), or of each --gpus worker "
+                                       "(default: two, CPU stages beside the heavy one)."),
     set_: list[str] | None = SetOpt,
     store: str | None = typer.Option(None, "--store", help="Artifact store: a path or an fsspec URL."),
     params: Path | None = ParamsOpt,
@@ -41,14 +45,18 @@ def batch_command(
     from flows.settings import DEMO_OVERRIDES, boot_prefect_in_background, stop_prefect_server
     from lift3d_core.errors import Lift3DError
 
-    if workers and address:
-        raise Lift3DError("batch: give --workers (a LocalCluster) or --address (an existing scheduler), not both")
+    if workers and (address or gpus):
+        raise Lift3DError("batch: give --workers (a LocalCluster), --gpus (a worker per GPU) or --address (an "
+                          "existing scheduler), not --workers with another")
     project = cli._project()
     prefect_ready = boot_prefect_in_background()  # boots while the inputs are listed and the stages import
     try:
-        from flows.batch import find_inputs
+        from flows.batch import choose_gpus, find_inputs, gpu_count
         from lift3d_core.pipeline import stage_configs
 
+        # --gpus with --address: the scheduler's workers must declare that many (all: at least one); the flow checks
+        devices = choose_gpus(gpus) if gpus and not address else None
+        required = len(devices) if devices else (gpu_count(gpus) or 1) if gpus else 0
         sources = find_inputs(inputs)
         from flows.estimate import profile_overrides
 
@@ -71,7 +79,8 @@ def batch_command(
         tracking.warm_up()
     if cli._prefect_usable(prefect_ready):
         with one_prefect_api() as api_url:
-            report = batch.with_options(task_runner=task_runner(workers, address, api_url, threads))(*args)
+            runner = task_runner(workers, address, api_url, threads, devices)
+            report = batch.with_options(task_runner=runner)(*args, gpus=required)
     else:
         report = batch_body(*args, use_prefect=False)
     print_report(report, cli.console)
