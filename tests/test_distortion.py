@@ -15,16 +15,18 @@ from lift3d_core.splat.distortion import (
     SPATIAL_PLANES,
     DistortionField,
     DistortionFieldConfig,
-    anchor_loss,
     apply_offsets,
+    load_field,
+    plane_name,
+    sample_batched,
+    sample_plane,
+)
+from lift3d_core.splat.field_penalties import (
+    anchor_loss,
     field_regularisers,
     frame_planes_l1,
     frame_smoothness,
-    load_field,
-    plane_name,
     plane_tv,
-    sample_batched,
-    sample_plane,
 )
 from lift3d_core.splat.gaussians import Gaussians
 from lift3d_core.splat.optim import param_group

@@ -41,8 +41,8 @@ the canonical scene exactly.
 Reference notes (read in ``AbrahamYabo/LiftImage3D`` ``distort-3dgs/scene/{hexplane,regulation,gaussian_model}.py``
 and ``hustvl/4DGaussians``): the regularisers there pick planes by hard-coded 4-D indices (spatial [0, 1, 3],
 time [2, 4, 5]), which on 10 planes select xy, xz, xv and xu, yz, yu; here planes are chosen by their axes.
-Their "plane TV" term is a second difference over the spatial planes; here :func:`plane_tv` is k-planes' first
-difference over every plane and :func:`frame_smoothness` the second difference along u and v.
+Their "plane TV" term is a second difference over the spatial planes; here ``field_penalties.plane_tv`` is k-planes' first
+difference over every plane and ``field_penalties.frame_smoothness`` the second difference along u and v.
 
 Plane tensor layout: the plane of pair ``(a, b)`` is ``[1, C, R_b, R_a]``, axis
 ``a`` along the width (grid_sample's x) and ``b`` along the height (its y).
@@ -230,18 +230,6 @@ def apply_offsets(gaussians: Gaussians, off: Offsets) -> Gaussians:
     )
 
 
-def offset_penalty(off: Offsets) -> torch.Tensor:
-    """Mean squared position offset plus mean absolute offsets of the other heads (the anchor's form)."""
-    ref = next(t for t in off if t is not None)
-    total = ref.new_zeros(())
-    if off.d_means is not None:
-        total = total + off.d_means.square().mean()
-    for t in (off.d_log_scales, off.d_quats, off.d_opacity, off.d_sh0):
-        if t is not None:
-            total = total + t.abs().mean()
-    return total
-
-
 def sample_plane(plane: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Bilinear sample of one plane.
 
@@ -313,7 +301,7 @@ def _kernel_lines(frames: list[torch.Tensor], uvs: list[torch.Tensor], codes: to
 
 
 @functools.cache
-def _compiled(fn, dynamic: bool | None):
+def compile_once(fn, dynamic: bool | None):
     """``torch.compile(fn)`` made once per function (its graphs are then reused by every field of one shape)."""
     return torch.compile(fn, fullgraph=True, dynamic=dynamic)
 
@@ -325,7 +313,7 @@ def kernel_lines(field: DistortionField, codes: torch.Tensor, compiled: bool = F
     frames, uvs = [level.frame for level in field.levels], [level.uv for level in field.levels]
     if not compiled:
         return _kernel_lines(frames, uvs, codes)
-    return _compiled(_kernel_lines, None)(frames, uvs, codes)
+    return compile_once(_kernel_lines, None)(frames, uvs, codes)
 
 
 class _Level(nn.Module):
@@ -622,7 +610,7 @@ class DistortionField(nn.Module):
         """Offsets of features ``[M, feature_dim]`` (the MLP and heads); one compiled graph when ``compiled``
         and gradients are on (its row count dynamic: one graph for every size)."""
         if self.compiled and torch.is_grad_enabled():
-            return _compiled(_decode, True)(self, feats)
+            return compile_once(_decode, True)(self, feats)
         return _decode(self, feats)
 
     def evaluate(self, means: torch.Tensor, codes: torch.Tensor, segments: list) -> Offsets:
@@ -695,91 +683,3 @@ def load_field(field_state: dict, device: torch.device | str = "cpu") -> Distort
     field = DistortionField(cfg)
     field.load_state_dict(field_state["state_dict"])
     return field.to(device)
-
-
-# -- regularisers -------------------------------------------------------------------
-# Each is a sum over planes of a per-plane mean; the planes of a group have one shape, so a group's sum is its
-# plane count times the mean over the group tensor (a few large ops instead of one small op per plane).
-def _group_mean(group: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    return values.mean() * group.shape[0]
-
-
-# The functions below take the field's plane groups (``grid_parameters()``: per level spatial, frame, u-v), so a
-# compiled graph of them depends on the groups' shapes only, not on which field they belong to.
-def _tv(groups: list[torch.Tensor]) -> torch.Tensor:
-    total = groups[0].new_zeros(())
-    for group in groups:
-        total = total + _group_mean(group, (group[..., 1:, :] - group[..., :-1, :]).square())
-        total = total + _group_mean(group, (group[..., :, 1:] - group[..., :, :-1]).square())
-    return total
-
-
-def _second_difference_sq(group: torch.Tensor, dim: int) -> torch.Tensor:
-    n = group.shape[dim]
-    if n < 3:
-        return group.new_zeros(())
-    d2 = group.narrow(dim, 2, n - 2) - 2.0 * group.narrow(dim, 1, n - 2) + group.narrow(dim, 0, n - 2)
-    return _group_mean(group, d2.square())
-
-
-def _smoothness(groups: list[torch.Tensor]) -> torch.Tensor:
-    total = groups[0].new_zeros(())
-    for frame, uv in zip(groups[1::3], groups[2::3]):
-        total = total + _second_difference_sq(frame, 2)  # the height axis is the frame axis
-        total = total + _second_difference_sq(uv, 2) + _second_difference_sq(uv, 3)
-    return total
-
-
-def _frame_l1(groups: list[torch.Tensor]) -> torch.Tensor:
-    total = groups[0].new_zeros(())
-    for group in groups[1::3] + groups[2::3]:
-        total = total + _group_mean(group, (1.0 - group).abs())
-    return total
-
-
-def plane_tv(field: DistortionField) -> torch.Tensor:
-    """Total variation of every plane: mean squared first difference along each axis, summed
-    over planes and levels (k-planes' PlaneTV). Zero for constant planes."""
-    return _tv(field.grid_parameters())
-
-
-def frame_smoothness(field: DistortionField) -> torch.Tensor:
-    """Mean squared second difference along the frame axes (u, v) of the frame planes, summed
-    over planes and levels (4DGS's time smoothness). Zero for planes affine along u and v."""
-    return _smoothness(field.grid_parameters())
-
-
-def frame_planes_l1(field: DistortionField) -> torch.Tensor:
-    """Mean ``|1 - plane|`` of the frame planes summed over planes and levels (4DGS's L1 on the
-    time planes): pulls them to the multiplicative identity, i.e. to a frame-independent field."""
-    return _frame_l1(field.grid_parameters())
-
-
-def _all_regularisers(groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _tv(groups), _smoothness(groups), _frame_l1(groups)
-
-
-def field_regularisers(field: DistortionField, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(:func:`plane_tv`, :func:`frame_smoothness`, :func:`frame_planes_l1`) of ``field`` in one call.
-
-    ``compiled``: run the three (forward and backward) as one ``torch.compile`` graph. Eagerly they are ~300 small
-    kernels per training step (a difference, a square, a mean per plane group and axis, and their backward),
-    which on a GPU cost more in launches than in arithmetic; the planes' shapes never change, so the graph
-    compiles once per field shape (tens of seconds) and is reused, by any field of that shape. The values are
-    the same sums.
-    """
-    groups = field.grid_parameters()
-    if not compiled:
-        return _all_regularisers(groups)
-    return _compiled(_all_regularisers, False)(groups)
-
-
-def anchor_loss(field: DistortionField, means: torch.Tensor, code: tuple[float, float] = INPUT_VIEW_CODE) -> torch.Tensor:
-    """Pins the offsets to zero at the input view's code: mean squared position offset plus mean
-    absolute scale and rotation offsets (LiftImage3D's ``loss_zerocanonical``), plus mean absolute
-    opacity / SH offsets when those heads are on.
-
-    Args:
-        means: ``[N, 3]`` canonical centres where the field is evaluated.
-    """
-    return offset_penalty(field(means, torch.tensor(code, dtype=means.dtype, device=means.device)))

@@ -33,10 +33,9 @@ from lift3d_core.splat.distortion import (
     DistortionField,
     DistortionFieldConfig,
     apply_offsets,
-    field_regularisers,
     load_field,
-    offset_penalty,
 )
+from lift3d_core.splat.field_penalties import field_regularisers, offset_penalty
 from lift3d_core.splat.field_terms import (
     area_downscale,
     area_preserving_opacity,
@@ -108,7 +107,7 @@ class DistortionTrainConfig:
     ``field_mlp_dtype``: dtype of the field MLP's matrix products: ``auto`` (bfloat16 on CUDA, float32
     elsewhere), ``float32`` or ``bfloat16``. The planes, the offsets and the Gaussians stay float32.
     ``compile_field``: run the field's many small per-step operations as ``torch.compile`` graphs: the plane
-    regularisers (``distortion.field_regularisers``), the MLP (``DistortionField.decode``) and, with the fused
+    regularisers (``field_penalties.field_regularisers``), the MLP (``DistortionField.decode``) and, with the fused
     kernels, the frame lines of every level (``distortion.kernel_lines``): ``auto`` (on CUDA; eager if compiling
     fails, with a warning), ``on``, ``off``. Same values; a few kernels a step instead of ~500 small ones. ``field_kernels``: how the field samples its planes
     (``distortion.DistortionField.kernels``): ``auto`` (the fused Triton kernels on CUDA, ``grid_sample``
