@@ -46,7 +46,7 @@ def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint):
 
     del depth_hint
     section: ColmapConfig = cfg.colmap
-    n, height, width = frames.shape[:3]
+    n = len(frames)
     K0 = np.asarray(K, np.float64).reshape(-1, 3, 3)[0]
     pairs = pair_graph(layout, c2w_commanded, section)
     model = run_sfm(frames, K0, pairs, section, cfg.seed)
@@ -60,7 +60,7 @@ def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint):
     if model.registered.sum() < 3:
         raise Lift3DError(f"COLMAP registered only {int(model.registered.sum())} of {n} frames; cannot calibrate")
     t0 = time.perf_counter()
-    depth_raw, conf = dense_depth(model, height, width, section)
+    depth_raw, conf = dense_depth(model, frames, section)
     Ks = np.broadcast_to(model.K, (n, 3, 3)).copy()
     points, colors = fuse_depth(frames, depth_raw, model.c2w, Ks, cfg.max_points, cfg.seed)
     center, scale = normalization(points, cfg.normalize_extent)
