@@ -51,9 +51,9 @@ STAGES: dict[str, StageSpec] = {
     for s in (
         StageSpec("ingest", "2", IngestConfig, ()),  # 2: transparency over white, 16-bit scaled (not clipped)
         StageSpec("trajectory", "3", TrajectoryConfig, ()),  # 3: the tree keeps its axis weights
-        StageSpec("generate", "2", GenerateConfig, ("ingest", "trajectory")),
+        StageSpec("generate", "3", GenerateConfig, ("ingest", "trajectory")),  # 3: synthetic surfaces composited in a fixed order
         # 3: MASt3R runs at its network view's resolution (the reference's crop), 58ccbd1
-        StageSpec("calibrate", "4", CalibrateConfig, ("generate", "trajectory")),  # 4: the similarity to the commanded frame fitted on whole poses
+        StageSpec("calibrate", "5", CalibrateConfig, ("generate", "trajectory")),  # 4: the similarity to the commanded frame fitted on whole poses; 5: COLMAP SIFT on upsampled frames, plane-sweep depth
         # 2: + validity mask; 3: min_confidence is a weight in [0, 1] for every calibration (2b07d7e)
         StageSpec("depth", "3", DepthConfig, ("calibrate", "generate", "trajectory")),
         # 2: the artifact records the training PSNR curve (attrs psnr_curve), for the report

@@ -38,7 +38,8 @@ class BackendContract:
 
 CONTRACTS: dict[str, BackendContract] = {
     "commanded": BackendContract("the frame size (it computes nothing from pixels)", (0.0, 1.0)),
-    "colmap": BackendContract("the frame size (SIFT upsamples it twice internally, first_octave -1)", (0.0, 1.0)),
+    "colmap": BackendContract("the frame size (SIFT sees it upsampled to colmap.feature_width, then twice more "
+                              "internally, first_octave -1)", (0.0, 1.0)),
     # DUSt3R/MASt3R's conf_mode ('exp', 1, inf): conf = 1 + exp(x)
     "mast3r": BackendContract("DUSt3R's load_images: longest side mast3r.image_size (512), both sides cropped to "
                               "multiples of 16, a square cropped to 4:3",

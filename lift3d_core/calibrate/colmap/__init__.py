@@ -1,6 +1,7 @@
 """The ``colmap`` calibration backend: SIFT structure from motion through pycolmap, no weights.
 
-1. SIFT features on every distinct frame (pycolmap's CPU extractor).
+1. SIFT features on every distinct frame (pycolmap's CPU extractor), on the frames upsampled (bicubic) to
+   ``feature_width`` when narrower: at 128x96 that halves the cameras' error (bench/RESULTS.md).
 2. A pair graph from the tree (:func:`pair_graph`): neighbours within each clip, the tail of every
    parent clip against the head of each child, and, initialised from the commanded cameras, each
    frame's nearest commanded neighbours (position and viewing direction): clips of the tree that
@@ -8,13 +9,15 @@
    that a chain of clips cannot. Geometric verification discards pairs that do not overlap, so a
    loosely obeyed command costs time, not accuracy.
 3. Incremental mapping with one shared pinhole camera set from the nominal K (focal refined on request).
-4. Dense depth. pycolmap's patch-match stereo needs CUDA, so on a CPU build the depth of a frame is its
-   triangulated points densified **piecewise-planarly**: a Delaunay triangulation of the points it
-   observes, in the image, with inverse depth interpolated linearly inside each triangle (linear in
-   inverse depth across the image is exactly a plane in 3-D). Confidence per point falls with its
-   reprojection error and rises with its track length; per pixel it is the barycentric blend of its
-   triangle's corners, cut where the triangle spans a depth discontinuity (likely an occlusion edge) or
-   is large (little support). Pixels outside the points' hull have no depth.
+4. Dense depth. pycolmap's patch-match stereo needs CUDA, so the depth is plane-sweep stereo between the
+   registered frames in torch (``densify: mvs``, :mod:`~lift3d_core.calibrate.colmap.mvs`): per frame, its
+   four best-connected sources, NCC over a window, the pixel's cheapest plane, kept where a source's own depth
+   agrees. ``densify: planar`` instead interpolates each frame's triangulated points **piecewise-planarly**:
+   a Delaunay triangulation of the points it observes, in the image, with inverse depth interpolated linearly
+   inside each triangle (linear in inverse depth across the image is exactly a plane in 3-D); confidence per
+   point falls with its reprojection error and rises with its track length, per pixel it is the barycentric
+   blend of its triangle's corners, cut where the triangle spans a depth discontinuity or is large. Pixels
+   without a trusted depth have none.
 5. Fused cloud: every frame's confident dense depth, unprojected with its colours, subsampled.
 
 Frames that fail to register are named by ``(clip_id, t)`` in a :class:`Lift3DError`; with
@@ -46,7 +49,7 @@ def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint):
 
     del depth_hint
     section: ColmapConfig = cfg.colmap
-    n, height, width = frames.shape[:3]
+    n = len(frames)
     K0 = np.asarray(K, np.float64).reshape(-1, 3, 3)[0]
     pairs = pair_graph(layout, c2w_commanded, section)
     model = run_sfm(frames, K0, pairs, section, cfg.seed)
@@ -60,7 +63,7 @@ def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint):
     if model.registered.sum() < 3:
         raise Lift3DError(f"COLMAP registered only {int(model.registered.sum())} of {n} frames; cannot calibrate")
     t0 = time.perf_counter()
-    depth_raw, conf = dense_depth(model, height, width, section)
+    depth_raw, conf = dense_depth(model, frames, section)
     Ks = np.broadcast_to(model.K, (n, 3, 3)).copy()
     points, colors = fuse_depth(frames, depth_raw, model.c2w, Ks, cfg.max_points, cfg.seed)
     center, scale = normalization(points, cfg.normalize_extent)

@@ -14,24 +14,45 @@ class ColmapConfig:
     sequential_overlap: each frame is matched with the next this many frames of its clip.
     link_overlap: last frames of a parent clip matched with the first frames of each child.
     commanded_neighbors: extra pairs per frame, its nearest commanded cameras (0: off).
+    feature_width: SIFT runs on the frames upsampled (bicubic) to at least this width (0: as they are): at 128x96
+        the features of frames upsampled 3x fix the cameras to 0.14-0.19 degrees (mean) against 0.28-0.44 as they
+        are, from 2.5x the points (bench/RESULTS.md); cameras and keypoints are scaled back.
     peak_threshold: SIFT's DoG peak threshold. COLMAP's 0.0067 is for photographs; the blurred, far surfaces of
         generated frames give 23 to 60 features a frame at 128x96 with 0.004, 55 to 150 with 0.001.
     max_features: SIFT features kept per frame.
     min_inliers: 2-D/3-D inliers a frame needs to register (COLMAP's default 30 is for large photographs; with 15,
         the tree's level-2 orbits at 256x192 form a second model instead of joining the first).
     refine_focal: refine the shared focal length in bundle adjustment (False: the nominal K is trusted).
-    min_confidence: dense pixels below this confidence (in [0, 1]) get no depth and enter no cloud.
-    discontinuity: a triangle whose corners' inverse depths differ by more than this ratio is an edge.
+    densify: how the dense depth is made: "mvs" (plane-sweep stereo between the registered frames,
+        :mod:`~lift3d_core.calibrate.colmap.mvs`) or "planar" (each frame's triangulated points interpolated
+        piecewise-planarly, :func:`~lift3d_core.calibrate.colmap.densify.densify_depth`).
+    mvs_sources: source frames per reference frame.
+    mvs_planes: depth planes of the sweep (evenly spaced in inverse depth over the frame's sparse range).
+    mvs_window: side in pixels of the correlation window.
+    mvs_min_angle: least median triangulation angle (degrees) of the points a source shares with the reference.
+    mvs_min_consistent: sources whose depth must agree for a pixel to keep its depth.
+    mvs_depth_tolerance: relative depth difference within which two frames agree.
+    min_confidence: dense pixels below this confidence (in [0, 1]; "mvs": the correlation) get no depth and
+        enter no cloud.
+    discontinuity: "planar": a triangle whose corners' inverse depths differ by more than this ratio is an edge.
     allow_unregistered: keep frames that fail to register (commanded pose, no depth) instead of failing.
     """
 
     sequential_overlap: int = 3
     link_overlap: int = 3
     commanded_neighbors: int = 10
+    feature_width: int = 384
     peak_threshold: float = 0.001
     max_features: int = 8192
     min_inliers: int = 10
     refine_focal: bool = False
+    densify: str = "mvs"
+    mvs_sources: int = 4
+    mvs_planes: int = 64
+    mvs_window: int = 5
+    mvs_min_angle: float = 2.0
+    mvs_min_consistent: int = 1
+    mvs_depth_tolerance: float = 0.05
     min_confidence: float = 0.3
     discontinuity: float = 0.15
     allow_unregistered: bool = False
@@ -43,7 +64,16 @@ class ColmapConfig:
             raise Lift3DError(f"calibrate.colmap.commanded_neighbors must be >= 0, got {self.commanded_neighbors}")
         if not 0 < self.peak_threshold < 1:
             raise Lift3DError(f"calibrate.colmap.peak_threshold must be in (0, 1), got {self.peak_threshold}")
+        if self.feature_width < 0:
+            raise Lift3DError(f"calibrate.colmap.feature_width must be >= 0, got {self.feature_width}")
         if self.max_features < 64 or self.min_inliers < 6:
             raise Lift3DError("calibrate.colmap.max_features must be >= 64 and min_inliers >= 6")
+        if self.densify not in ("mvs", "planar"):
+            raise Lift3DError(f"calibrate.colmap.densify must be 'mvs' or 'planar', got {self.densify!r}")
+        if self.mvs_sources < 1 or self.mvs_planes < 2 or self.mvs_window < 1 or self.mvs_window % 2 == 0:
+            raise Lift3DError("calibrate.colmap.mvs_sources must be >= 1, mvs_planes >= 2 and mvs_window odd")
+        if not (0 <= self.mvs_min_angle < 90 and self.mvs_min_consistent >= 1 and self.mvs_depth_tolerance > 0):
+            raise Lift3DError("calibrate.colmap.mvs_min_angle must be in [0, 90), mvs_min_consistent >= 1 and "
+                              "mvs_depth_tolerance > 0")
         if not 0 <= self.min_confidence < 1 or not self.discontinuity > 0:
             raise Lift3DError("calibrate.colmap.min_confidence must be in [0, 1) and discontinuity > 0")

@@ -51,17 +51,48 @@ def densify_depth(uv: np.ndarray, z: np.ndarray, point_confidence: np.ndarray, h
     return depth, conf
 
 
-def dense_depth(model: SparseModel, height: int, width: int, cfg: ColmapConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Every registered frame's densified depth and confidence, ``float32 [F, H, W]`` each, COLMAP units."""
-    n = len(model.c2w)
-    depth = np.zeros((n, height, width), np.float32)
-    conf = np.zeros((n, height, width), np.float32)
-    for f in np.flatnonzero(model.registered):
-        uv, idx = model.observations[f]
-        if len(idx) < 3:
+def dense_depth(model: SparseModel, frames: np.ndarray, cfg: ColmapConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every registered frame's dense depth and confidence, ``float32 [F, H, W]`` each, COLMAP units.
+
+    frames: ``uint8 [F, H, W, 3]``. ``cfg.densify`` picks plane-sweep stereo ("mvs") or the piecewise-planar
+    interpolation of each frame's triangulated points ("planar"); pixels below ``cfg.min_confidence`` get none.
+    """
+    n, height, width = frames.shape[:3]
+    if cfg.densify == "mvs":
+        from lift3d_core.calibrate.colmap.mvs import mvs_depth, select_sources
+
+        sources = select_sources(model.c2w, model.points, model.observations, model.registered, cfg.mvs_sources,
+                                 cfg.mvs_min_angle)
+        depth, conf = mvs_depth(frames, model.c2w, model.K, sources, sparse_depth_ranges(model), cfg)
+    else:
+        depth = np.zeros((n, height, width), np.float32)
+        conf = np.zeros((n, height, width), np.float32)
+        for f in np.flatnonzero(model.registered):
+            uv, idx = model.observations[f]
+            if len(idx) < 3:
+                continue
+            w2c = np.linalg.inv(model.c2w[f])
+            z = model.points[idx] @ w2c[2, :3] + w2c[2, 3]
+            depth[f], conf[f] = densify_depth(uv, z, model.point_confidence[idx], height, width, cfg.discontinuity)
+    keep = conf >= cfg.min_confidence
+    return np.where(keep, depth, 0.0).astype(np.float32), np.where(keep, conf, 0.0).astype(np.float32)
+
+
+def sparse_depth_ranges(model: SparseModel, widen: float = 1.3) -> list[tuple[float, float] | None]:
+    """Per frame, the z-depth range ``(near, far)`` of the points it observes (2nd to 98th percentile, widened by
+    ``widen`` each way), or None for a frame with fewer than 8 (unregistered ones included)."""
+    out: list[tuple[float, float] | None] = []
+    for f in range(len(model.c2w)):
+        _, idx = model.observations[f]
+        if not model.registered[f] or len(idx) < 8:
+            out.append(None)
             continue
         w2c = np.linalg.inv(model.c2w[f])
         z = model.points[idx] @ w2c[2, :3] + w2c[2, 3]
-        depth[f], conf[f] = densify_depth(uv, z, model.point_confidence[idx], height, width, cfg.discontinuity)
-    keep = conf >= cfg.min_confidence
-    return np.where(keep, depth, 0.0).astype(np.float32), np.where(keep, conf, 0.0).astype(np.float32)
+        z = z[z > 0]
+        if len(z) < 8:
+            out.append(None)
+            continue
+        lo, hi = np.quantile(z, [0.02, 0.98])
+        out.append((float(lo / widen), float(hi * widen)))
+    return out

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lift3d_core.calibrate.colmap.config import ColmapConfig
 from lift3d_core.errors import Lift3DError
@@ -37,12 +38,35 @@ def _threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def upsampled(frames: np.ndarray, K: np.ndarray, min_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames resized (bicubic) to at least ``min_width`` pixels wide, with their intrinsics: ``(frames, K, factor)``,
+    ``factor [2]`` the new size over the old along x and y (1, 1: unchanged). Pixel edges map onto pixel edges, so a
+    point at ``(u, v)`` lands at ``factor * (u, v)``."""
+    h, w = frames.shape[1:3]
+    if min_width <= w:
+        return frames, np.asarray(K, np.float64), np.ones(2)
+    new_w, new_h = int(min_width), round(h * min_width / w)
+    t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    t = torch.nn.functional.interpolate(t, size=(new_h, new_w), mode="bicubic", align_corners=False)
+    out = t.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    factor = np.array([new_w / w, new_h / h])
+    K2 = np.asarray(K, np.float64).copy()
+    K2[0] *= factor[0]
+    K2[1] *= factor[1]
+    return out, K2, factor
+
+
 def run_sfm(frames: np.ndarray, K: np.ndarray, pairs: list[tuple[int, int]], cfg: ColmapConfig, seed: int) -> SparseModel:
-    """SIFT, matching of ``pairs`` and incremental mapping of ``frames uint8 [F, H, W, 3]`` with nominal ``K [3, 3]``."""
+    """SIFT, matching of ``pairs`` and incremental mapping of ``frames uint8 [F, H, W, 3]`` with nominal ``K [3, 3]``.
+
+    SIFT sees the frames upsampled to ``cfg.feature_width`` when they are narrower (:func:`upsampled`); the model
+    returned is at the frames' own size (its K and keypoints scaled back).
+    """
     import pycolmap
     from PIL import Image
 
     pycolmap.logging.minloglevel = 2  # COLMAP's INFO lines are per image and per BA iteration
+    frames, K, factor = upsampled(frames, K, cfg.feature_width)
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lift3d-colmap-") as tmp:
         work = Path(tmp)
@@ -98,6 +122,10 @@ def run_sfm(frames: np.ndarray, K: np.ndarray, pairs: list[tuple[int, int]], cfg
     rec = max(models.values(), key=lambda r: r.num_reg_images())
     model = _sparse_model(rec, names, len(frames))
     model.num_pairs, model.seconds = len(pairs), seconds
+    if (factor != 1).any():
+        model.K[0] /= factor[0]
+        model.K[1] /= factor[1]
+        model.observations = [(uv / factor, idx) for uv, idx in model.observations]
     return model
 
 
