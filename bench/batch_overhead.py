@@ -18,6 +18,8 @@ the tests' profile) on a LocalCluster of 1 worker, then of 2, each from an empty
 
     python bench/batch_overhead.py overhead --images 200 --out bench/results/batch_overhead.json
     python bench/batch_overhead.py scaling --images 20 --profile demo --out bench/results/batch_scaling.json
+    python bench/batch_overhead.py scaling --images 20 --profile demo --set train.coarse_iterations=50 \
+        train.fine_iterations=150 ...            # demo-sized images, a shorter training
 """
 
 from __future__ import annotations
@@ -94,11 +96,12 @@ def scaling(args) -> dict:
     for workers in (1, 2):
         root = project(Path(tempfile.mkdtemp(prefix="lift3d-batch-bench-")))
         photos(root / "imgs", args.images, distinct=True)
+        sets = [a for item in args.set for a in ("--set", item)]
         rows[f"workers_{workers}"] = batch(root, "imgs", "--workers", str(workers),
-                                           *(["--demo"] if args.profile == "demo" else []))
+                                           *(["--demo"] if args.profile == "demo" else []), *sets)
         shutil.rmtree(root)
     rows["speedup"] = round(rows["workers_1"]["flow_seconds"] / rows["workers_2"]["flow_seconds"], 2)
-    return {"images": args.images, "profile": args.profile, "rows": rows}
+    return {"images": args.images, "profile": args.profile, "set": args.set, "rows": rows}
 
 
 def main() -> None:
@@ -107,6 +110,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None, help="overhead: 200; scaling: 20")
     ap.add_argument("--workers", type=int, default=None, help="overhead: a LocalCluster of N (default: threads)")
     ap.add_argument("--profile", choices=("demo", "tiny"), default="demo", help="scaling: the images' profile")
+    ap.add_argument("--set", nargs="*", default=[], help="scaling: overrides over the profile (section.key=value), "
+                    "e.g. a shorter training to fit a batch of demo-sized images on a small machine")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     args.images = args.images or (200 if args.scenario == "overhead" else 20)
