@@ -75,7 +75,9 @@ def stage_configs(params: dict[str, Any]) -> dict[str, Any]:
     _check_train_types(params.get("train") or {})
     configs = {}
     for name, spec in STAGES.items():
-        if hasattr(spec.config_cls, "from_params"):  # a stage with its own flat-section parser
+        if name == "train":  # its own flat-section parser; pose_refine: auto follows the calibration backend
+            configs[name] = spec.config_cls.from_params(params.get(name), calibration=configs["calibrate"].backend)
+        elif hasattr(spec.config_cls, "from_params"):  # a stage with its own flat-section parser
             configs[name] = spec.config_cls.from_params(params.get(name))
         else:
             configs[name] = build_config(spec.config_cls, params.get(name), name)
@@ -122,10 +124,11 @@ def _check_finite(value: Any, where: str) -> None:
 
 
 # train's flat section feeds two dataclasses through their own parser; it checks names, this checks types.
-# compile_loss / compile_field: YAML reads a bare on / off as a boolean, which the trainer maps back.
+# compile_loss / compile_field: YAML reads a bare on / off as a boolean, which the trainer maps back; pose_refine may
+# also be auto (TrainStageConfig.from_params checks it).
 _TRAIN_HINTS = {k: v for k, v in {**typing.get_type_hints(TrainConfig),
                                   **typing.get_type_hints(DistortionTrainConfig)}.items()
-                if k not in ("train", "compile_loss", "compile_field")}
+                if k not in ("train", "compile_loss", "compile_field", "pose_refine")}
 
 
 def _check_train_types(section: dict[str, Any]) -> None:

@@ -31,6 +31,10 @@ class TrainStageConfig:
     Its keys are the distortion trainer's own (stage lengths, field shape, regularisers)
     and any plain :class:`TrainConfig` key (densification, learning rates, depth loss, backend).
     ``backend: auto`` renders with gsplat when CUDA and gsplat are present, else the torch reference.
+    ``pose_refine`` (true, false or ``auto`` in the section): refine the cameras during training
+    (``splat/pose_refine.py``); ``auto`` is on unless the calibration is ``commanded`` (the cameras the frames were
+    made from). It is resolved when the config is built (:meth:`from_params`' ``calibration``): the key hashes
+    ``schedule.train.pose_refine``, a boolean.
     """
 
     distortion: bool = True
@@ -38,16 +42,23 @@ class TrainStageConfig:
     init_opacity: float = 0.1
 
     @classmethod
-    def from_params(cls, section: dict[str, Any] | None) -> TrainStageConfig:
+    def from_params(cls, section: dict[str, Any] | None, calibration: str = "commanded") -> TrainStageConfig:
+        """From the ``train`` section; ``calibration``: the calibrate stage's backend, which ``pose_refine: auto``
+        follows (the default, ``commanded``, suits frames trained on their true cameras: auto is off)."""
         section = dict(section or {})
         distortion = section.pop("distortion", True)
         init_opacity = section.pop("init_opacity", 0.1)
+        pose_refine = section.pop("pose_refine", "auto")
         if not isinstance(distortion, bool):
             raise Lift3DError(f"train.distortion must be true or false, got {distortion!r}")
         if isinstance(init_opacity, bool) or not isinstance(init_opacity, (int, float)) or not 0 < init_opacity < 1:
             raise Lift3DError(f"train.init_opacity must be a number in (0, 1), got {init_opacity!r}")
+        if pose_refine not in (True, False, "auto"):
+            raise Lift3DError(f"train.pose_refine must be true, false or auto, got {pose_refine!r}")
+        if pose_refine == "auto":
+            pose_refine = calibration != "commanded"
         try:
-            schedule = DistortionTrainConfig.from_dict(section)
+            schedule = DistortionTrainConfig.from_dict({**section, "pose_refine": pose_refine})
         except (TypeError, ValueError) as exc:  # e.g. a string where a number belongs
             raise Lift3DError(f"train: {exc}") from None
         return cls(distortion=distortion, schedule=schedule, init_opacity=float(init_opacity))
@@ -104,15 +115,20 @@ def resolve_backend(name: str) -> tuple[str, str]:
 
 @dataclass
 class TrainedScene:
-    """Canonical Gaussians, the field state (None for plain 3DGS), the loss curve and stats."""
+    """Canonical Gaussians, the field state (None for plain 3DGS), the loss curve and stats; ``c2w_refined``:
+    ``[F, 4, 4]`` float64 OpenCV cameras of the training frames as pose refinement left them (None: not refined;
+    the calibration's cameras are the training ones)."""
 
     gaussians: Gaussians
     field_state: dict | None
     loss_curve: list[tuple[int, float]]
     stats: dict
+    c2w_refined: np.ndarray | None = None
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {f"gaussians/{k}": v for k, v in self.gaussians.to_numpy().items()}
+        if self.c2w_refined is not None:
+            arrays["c2w_refined"] = np.asarray(self.c2w_refined, np.float64)
         if self.field_state is not None:
             for k, v in self.field_state["state_dict"].items():
                 arrays[f"field/{k}"] = v.detach().cpu().numpy()
@@ -129,6 +145,12 @@ class TrainedScene:
 def gaussians_from_arrays(arrays: dict[str, np.ndarray]) -> Gaussians:
     """The canonical Gaussians of a train artifact."""
     return Gaussians.from_numpy({k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("gaussians/")})
+
+
+def training_cameras(train_arrays: dict[str, np.ndarray], c2w_calibrated: np.ndarray) -> np.ndarray:
+    """``[F, 4, 4]`` the cameras the Gaussians were trained with: the train artifact's refined ones
+    (``c2w_refined``) when pose refinement ran, else the calibration's ``c2w_calibrated``."""
+    return np.asarray(train_arrays.get("c2w_refined", c2w_calibrated), np.float64)
 
 
 def field_state_from_artifact(arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> dict | None:
@@ -171,10 +193,14 @@ def train_scene(
     if cfg.distortion:
         r = train_distortion_aware(init, frames, c2w, K, frame_codes, sched, inv_depth=inv_depth,
                                    callback=callback, progress=progress, device=device, checkpoint=checkpoint)
-        return TrainedScene(r.gaussians, r.field_state, r.loss_curve, r.stats)
-    r = train_gaussians(init, frames, c2w, K, sched.plain_config(), inv_depth=inv_depth, callback=callback,
-                        progress=progress, device=device, checkpoint=checkpoint)
-    return TrainedScene(r.gaussians, None, r.loss_curve, r.stats)
+        field_state = r.field_state
+    else:
+        r = train_gaussians(init, frames, c2w, K, sched.plain_config(), inv_depth=inv_depth, callback=callback,
+                            progress=progress, device=device, checkpoint=checkpoint)
+        field_state = None
+    stats = dict(r.stats)
+    c2w_refined = stats.pop("refined_c2w", None)  # the trainers pass the refined cameras on in their stats
+    return TrainedScene(r.gaussians, field_state, r.loss_curve, stats, c2w_refined)
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,7 +13,7 @@ from lift3d_core.calibrate.contract import Similarity
 from lift3d_core.evaluate import evaluate_synthetic, fit_to_frames, heldout_views, plot_calibrated_tree, pose_report
 from lift3d_core.export import image_strip
 from lift3d_core.generate import distinct_frames, synthetic_scene_config
-from lift3d_core.train import gaussians_from_arrays
+from lift3d_core.train import gaussians_from_arrays, training_cameras
 from lift3d_core.trajectory import CameraTree
 from tasks.common import RunContext, StageResult, cached_arrays, cached_stage
 
@@ -30,21 +30,28 @@ def evaluate(ctx: RunContext) -> StageResult:
         return {"c2w": c2w, "targets": targets}
 
     def compute():
-        gaussians = gaussians_from_arrays(ctx.arrays("train", "gaussians/"))
+        refined = [n for n in ("c2w_refined",) if n in ctx.read("train").names]  # when pose refinement ran
+        trained = ctx.arrays("train", "gaussians/", *refined)
+        gaussians = gaussians_from_arrays(trained)
         cal = ctx.arrays("calibrate", "c2w", "K", "registered", "to_commanded/")
+        c2w_train = training_cameras(trained, cal["c2w"])  # held-out cameras are placed among these
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
         frames = distinct_frames(tree, ctx.read("generate").array("frames"))
-        metrics = fit_to_frames(gaussians, frames, cal["c2w"], cal["K"], cfg)
+        metrics = fit_to_frames(gaussians, frames, c2w_train, cal["K"], cfg)
         arrays = {}
         if has_ground_truth:
             truth = cached_arrays(ctx, "evaluate", "heldout", {"views": cfg.views, "seed": cfg.seed}, ("generate",),
                                   lambda: ground_truth(tree))
             ev = evaluate_synthetic(gaussians, truth["c2w"], truth["targets"], Similarity.from_arrays(cal),
-                                    cal["K"][0], cfg, c2w_calibrated=cal["c2w"], c2w_commanded=tree.distinct_c2w(),
+                                    cal["K"][0], cfg, c2w_calibrated=c2w_train, c2w_commanded=tree.distinct_c2w(),
                                     registered=cal["registered"].astype(bool))
             metrics.update(ev.metrics)
             # the generator rendered exactly the commanded cameras: they are the true ones
             metrics.update(pose_report(cal["c2w"], tree.distinct_c2w(), cal["registered"].astype(bool)))
+            if "c2w_refined" in trained:  # and how far training's pose refinement took them
+                refined = pose_report(c2w_train, tree.distinct_c2w(), cal["registered"].astype(bool))
+                metrics.update({k.replace("pose.", "pose_refined.", 1): v for k, v in refined.items()
+                                if k != "pose.registered_fraction"})
             arrays = {"renders": ev.renders, "targets": ev.targets}
         return arrays or {"none": np.zeros(0, np.uint8)}, {"metrics": metrics}
 

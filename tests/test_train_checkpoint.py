@@ -1,5 +1,7 @@
 """A killed training run resumes from its checkpoint and ends exactly where an uninterrupted run ends (CPU)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -68,7 +70,8 @@ def test_a_checkpoint_of_another_run_or_a_torn_file_is_ignored(scene, tmp_path):
     assert result.stats["resumed_at_step"] is None and len(result.loss_curve) == 12
 
 
-def test_a_killed_distortion_aware_run_resumes_bit_for_bit_in_the_fine_stage(tmp_path):
+@pytest.mark.parametrize("pose_refine", [False, True])
+def test_a_killed_distortion_aware_run_resumes_bit_for_bit_in_the_fine_stage(tmp_path, pose_refine):
     from lift3d_core.splat.train_distortion import train_distortion_aware
 
     scene_g = tiny_scene()
@@ -77,6 +80,10 @@ def test_a_killed_distortion_aware_run_resumes_bit_for_bit_in_the_fine_stage(tmp
     init = noisy_init(scene_g)
     # the field's own term, the frame-mean penalty and the anchor all draw samples; the kill lands in the fine stage
     cfg = tiny_train_cfg(field_render_size=0, field_levels=0, frame_mean_weight=5.0, curriculum_steps=8)
+    if pose_refine:  # a camera worth refining; refinement starts before the kill
+        c2w = c2w.copy()
+        c2w[5, :3, 3] += (0.02, -0.01, 0.0)
+        cfg = replace(cfg, train=replace(cfg.train, pose_refine=True, pose_refine_from=4, pose_lr=2e-3))
     straight = train_distortion_aware(init, frames, c2w, K, codes, cfg, device="cpu")
     ckpt = TrainCheckpoint(tmp_path / "d.pt", key="k", every_seconds=0)
     with pytest.raises(Killed):
@@ -93,3 +100,29 @@ def test_a_killed_distortion_aware_run_resumes_bit_for_bit_in_the_fine_stage(tmp
         elif isinstance(value, np.ndarray):
             assert np.array_equal(value, other), name
     assert resumed.loss_curve == straight.loss_curve
+    if pose_refine:
+        assert np.array_equal(straight.stats["refined_c2w"], resumed.stats["refined_c2w"])
+        assert not np.array_equal(straight.stats["refined_c2w"][5], c2w[5])
+
+
+def test_a_killed_run_with_pose_refinement_resumes_bit_for_bit(scene, tmp_path):  # noqa: F811
+    init, frames, c2w, K, _ = scene
+    moved = c2w.copy()
+    moved[2, :3, 3] += (0.02, -0.01, 0.03)  # a camera worth refining
+    # refinement starts after step 6, before the kill (at the callback of step 16); its learning rate decays after
+    cfg = TrainConfig(iterations=24, batch_size=2, sh_degree=0, densify_until=0, log_every=4, pose_refine=True,
+                      pose_refine_from=6, pose_lr=2e-3, pose_lr_final=2e-4, pose_reg=0.1)
+    straight = Trainer(init, frames, moved, K, cfg, device="cpu").run()
+    ckpt = TrainCheckpoint(tmp_path / "train.pt", key="run-p", every_seconds=0)
+    with pytest.raises(Killed):
+        Trainer(init, frames, moved, K, cfg, device="cpu").run(callback=_kill_at(16), checkpoint=ckpt)
+    state = torch.load(ckpt.path, weights_only=True)["trainer"]
+    assert state["step"] == 15 and torch.count_nonzero(state["pose"]) > 0 and state["pose_optimizer"]["state"]
+    resumed = Trainer(init, frames, moved, K, cfg, device="cpu").run(
+        checkpoint=TrainCheckpoint(ckpt.path, key="run-p", every_seconds=0))
+    assert resumed.stats["resumed_at_step"] == 15
+    _assert_same(straight.gaussians, resumed.gaussians)
+    assert np.array_equal(straight.stats["refined_c2w"], resumed.stats["refined_c2w"])
+    assert not np.array_equal(straight.stats["refined_c2w"][2], moved[2])
+    assert resumed.loss_curve == straight.loss_curve
+

@@ -81,7 +81,8 @@ def project_gaussians(
     Args:
         means: ``[N, 3]`` world. quats: ``[N, 4]`` wxyz, any norm. scales: ``[N, 3]`` std devs.
         opacities: ``[N]`` in (0, 1) (they size the opacity-aware bounding box).
-        viewmat: ``[4, 4]`` world-to-camera, OpenCV axes (not differentiated).
+        viewmat: ``[4, 4]`` world-to-camera, OpenCV axes; differentiated when it requires grad (pose refinement),
+            with the same values as without.
         K: ``[3, 3]`` pixels (not differentiated).
 
     Returns:
@@ -91,8 +92,12 @@ def project_gaussians(
         pixels, 0 where culled (mean outside near/far, degenerate, opacity < 1/255,
         or box off the image).
     """
-    R = viewmat[:3, :3].tolist()
-    t = viewmat[:3, 3].tolist()
+    if viewmat.requires_grad:  # 0-dim tensors in the same products: the same values, and a gradient for the camera
+        R = [[viewmat[i, j] for j in range(3)] for i in range(3)]
+        t = [viewmat[i, 3] for i in range(3)]
+    else:  # Python numbers: no autograd nodes and no gradient reductions for a fixed camera
+        R = viewmat[:3, :3].tolist()
+        t = viewmat[:3, 3].tolist()
     fx, fy, cx, cy = (float(v) for v in (K[0, 0], K[1, 1], K[0, 2], K[1, 2]))
     mean_w = means.T.contiguous().unbind(0)
     x, y, z = (sum(R[i][j] * mean_w[j] for j in range(3)) + t[i] for i in range(3))
@@ -400,7 +405,7 @@ def rasterize_torch(
     Args:
         means ``[N, 3]``, quats ``[N, 4]``, scales ``[N, 3]``, opacities ``[N]``,
         sh ``[N, K, 3]``: activated Gaussian parameters, one dtype.
-        viewmats ``[C, 4, 4]`` world-to-camera OpenCV, Ks ``[C, 3, 3]``.
+        viewmats ``[C, 4, 4]`` world-to-camera OpenCV (differentiated when they require grad), Ks ``[C, 3, 3]``.
         background: ``[3]`` or None (black).
 
     Returns:

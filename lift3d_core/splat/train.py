@@ -12,6 +12,10 @@ Pieces meant for reuse (the distortion-aware trainer subclasses :class:`Trainer`
   is filled by backward; ``render.render_w2c_each`` renders each frame's own Gaussians into one),
   ``losses(idx, out)`` (override to add terms; return a dict with the total under ``"loss"``),
   ``extra_optimizers`` (stepped and zeroed with the Gaussians' ones), ``train_step()`` and ``run()``.
+* Camera pose refinement (``pose_refine``, :mod:`lift3d_core.splat.pose_refine`): :attr:`Trainer.viewmats` is the
+  frames' world-to-camera *as rendered now*, the calibrated cameras moved by a trained per-frame correction (frame 0,
+  the input view, frozen), so a subclass that renders ``self.viewmats[idx]`` refines them too. The refined cameras
+  leave in ``TrainResult.stats["refined_c2w"]`` (every trainer's result passes its stats on) and in checkpoints.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from lift3d_core.splat.checkpoint import TrainCheckpoint
 from lift3d_core.splat.gaussians import Gaussians, num_sh_bases
 from lift3d_core.splat.loss import SSIM_C1, SSIM_C2, _blur, _gaussian_kernel_1d, inverse_depth_loss, psnr
 from lift3d_core.splat.optim import (
+    ADAM_EPS,
     LearningRates,
     active_sh_degree,
     expon_lr,
@@ -38,6 +43,7 @@ from lift3d_core.splat.optim import (
     unique_optimizers,
     update_learning_rates,
 )
+from lift3d_core.splat.pose_refine import PoseCorrections, correction_magnitudes
 from lift3d_core.splat.strategy import DensifyConfig, DensifyStrategy
 
 
@@ -81,6 +87,12 @@ class TrainConfig:
     lr_opacity: float = 5e-2
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20.0
+    # camera pose refinement (splat/pose_refine.py): a correction per frame, frame 0 (the input view) frozen
+    pose_refine: bool = False
+    pose_refine_from: int = 0  # steps before the corrections start to train
+    pose_lr: float = 1e-3  # Adam; rotation in radians, translation in scene extents
+    pose_lr_final: float = 1e-5  # reached at the last step (log-linear from pose_refine_from)
+    pose_reg: float = 0.0  # weight of the mean squared correction (an L2 pull toward the calibration)
 
     def __post_init__(self):
         def need(ok: bool, msg: str):
@@ -104,6 +116,10 @@ class TrainConfig:
         need(self.scene_extent is None or self.scene_extent > 0, f"scene_extent must be > 0, got {self.scene_extent}")
         need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         need(isinstance(self.backend, str), f"backend must be a name, got {self.backend!r}")
+        need(isinstance(self.pose_refine, bool), f"pose_refine must be true or false, got {self.pose_refine!r}")
+        need(self.pose_refine_from >= 0, f"pose_refine_from must be >= 0, got {self.pose_refine_from}")
+        need(self.pose_lr > 0 and self.pose_lr_final > 0, "pose_lr and pose_lr_final must be > 0")
+        need(self.pose_reg >= 0, f"pose_reg must be >= 0, got {self.pose_reg}")
         # Build the nested configs once so that their checks run here, at the boundary.
         self.densify_config()
         self.learning_rates()
@@ -374,7 +390,9 @@ class Trainer:
         self.frames = frames.to(self.device)  # uint8: a quarter of the memory of float targets
         # Cameras on the device, as the rasterizer takes them: world-to-camera inverted once in float64 on the host
         # (float32 inversion of a far-from-origin pose loses millimetres), so a step copies nothing from the host.
-        self.viewmats = torch.linalg.inv(c2w.to("cpu", torch.float64)).to(self.device, torch.float32)
+        # :attr:`viewmats` reads them through the pose corrections when pose refinement is on.
+        self.c2w = c2w.to("cpu", torch.float64)
+        self.calibrated_viewmats = torch.linalg.inv(self.c2w).to(self.device, torch.float32)
         self.Ks = K.to(self.device, torch.float32)
         self.inv_depth = None if inv_depth is None else inv_depth.to(self.device, torch.float32)
         self.num_frames, self.height, self.width = frames.shape[0], frames.shape[1], frames.shape[2]
@@ -388,11 +406,28 @@ class Trainer:
         self.lrs = cfg.learning_rates()
         self.optimizers = make_optimizers(self.params, self.lrs, self.scene_extent)
         self.extra_optimizers: list[torch.optim.Optimizer] = []
+        self.pose: PoseCorrections | None = None
+        if cfg.pose_refine:  # frame 0 is the input view (the trees' distinct frames start with it): it never moves
+            self.pose = PoseCorrections(self.num_frames, frozen=(0,), translation_scale=self.scene_extent).to(self.device)
+            self.pose_optimizer = torch.optim.Adam(self.pose.parameters(), lr=cfg.pose_lr, eps=ADAM_EPS)
+            self.extra_optimizers.append(self.pose_optimizer)
         self.strategy = DensifyStrategy(cfg.densify_config(), self.scene_extent, seed=cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # CPU: the same frame order on any device
         self._epoch_order: list[int] = []
         self._last_idx: torch.Tensor | None = None  # frames of the latest step, for the logged PSNR
         self.step = 0
+
+    @property
+    def viewmats(self) -> torch.Tensor:
+        """``[F, 4, 4]`` world-to-camera of every frame as training renders it now: the calibrated cameras, moved by
+        the pose corrections (differentiably) on the steps after ``pose_refine_from`` when ``pose_refine`` is on."""
+        if self.pose is None or self.step <= self.cfg.pose_refine_from:
+            return self.calibrated_viewmats
+        return self.pose(self.calibrated_viewmats)
+
+    def refined_c2w(self) -> np.ndarray | None:
+        """``[F, 4, 4]`` float64 OpenCV camera-to-world of the frames as refined so far; None without refinement."""
+        return None if self.pose is None else self.pose.refined_c2w(self.c2w.numpy())
 
     # -- overridable pieces ---------------------------------------------------------------------------------------
     def sample_frames(self) -> torch.Tensor:
@@ -467,6 +502,9 @@ class Trainer:
                 out.depth, out.alpha, torch.nan_to_num(target), valid, scale_invariant=self.cfg.depth_scale_invariant
             )
             loss = loss + weight * terms["depth"]
+        if self.cfg.pose_reg > 0 and self.pose is not None and self.step > self.cfg.pose_refine_from:
+            terms["pose"] = self.pose.penalty()
+            loss = loss + self.cfg.pose_reg * terms["pose"]
         terms["loss"] = loss
         return terms
 
@@ -487,6 +525,8 @@ class Trainer:
             "strategy": self.strategy.state_dict(),
             "generator": self.generator.get_state(),
             "epoch_order": list(self._epoch_order),
+            **({} if self.pose is None else {"pose": self.pose.xi.detach().clone(),
+                                             "pose_optimizer": self.pose_optimizer.state_dict()}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -497,6 +537,10 @@ class Trainer:
         self.strategy.load_state_dict(state["strategy"], self.device)
         self.generator.set_state(state["generator"])
         self._epoch_order = list(state["epoch_order"])
+        if self.pose is not None:
+            with torch.no_grad():
+                self.pose.xi.copy_(state["pose"])
+            self.pose_optimizer.load_state_dict(state["pose_optimizer"])
 
     # -- the loop ---------------------------------------------------------------------------------------------------
     def all_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -508,6 +552,8 @@ class Trainer:
         step = self.step
         sched_step, sched_total = self.schedule_step()
         update_learning_rates(self.optimizers, sched_step, self.lrs, self.scene_extent, sched_total)
+        if self.pose is not None:
+            self._update_pose_lr()
         idx = self.sample_frames()
         out = self.render_frames(idx, active_sh_degree(step, self.cfg.sh_degree, self.cfg.sh_degree_every))
         self.strategy.step_pre_backward(out)
@@ -520,6 +566,14 @@ class Trainer:
         report = self.strategy.step_post_backward(self.params, self.optimizers, out, sched_step)
         self._last_idx = idx
         return terms, out, report
+
+    def _update_pose_lr(self) -> None:
+        """``pose_lr`` decayed log-linearly to ``pose_lr_final`` from the first refined step to the last step."""
+        cfg = self.cfg
+        first = cfg.pose_refine_from + 1
+        lr = expon_lr(max(self.step - first, 0), cfg.pose_lr, cfg.pose_lr_final, max(cfg.iterations - first, 1))
+        for group in self.pose_optimizer.param_groups:
+            group["lr"] = lr
 
     def run(
         self,
@@ -575,6 +629,9 @@ class Trainer:
             "final_psnr": metrics.get("psnr"),
             "compile_seconds": dict(self.compile_seconds),
         }
+        if self.pose is not None:  # the refined cameras travel in stats, which every trainer's result passes on
+            stats["pose_refine"] = correction_magnitudes(self.pose.xi * self.pose.free, self.scene_extent)
+            stats["refined_c2w"] = self.refined_c2w()
         return TrainResult(
             gaussians=self.params.detached(),
             loss_curve=[(s, curve[s - 1]) for s in range(start_step + 1, self.step + 1)],

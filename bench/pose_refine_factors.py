@@ -1,0 +1,97 @@
+"""What pose refinement recovers of COLMAP's camera error: training on COLMAP's cameras with the *true* points.
+
+The demo profile on the level-1 tree (128x96, no distortion) through library calls: generation and both
+calibrations come from (or go to) the store ``--store``; then distortion-aware training (params.yaml's recipe at the
+demo's schedule) on COLMAP's cameras, its points replaced by the commanded calibration's (the true geometry, moved
+into COLMAP's frame by the calibration's similarity), with ``train.pose_refine`` off and on; held-out PSNR as the
+evaluate stage computes it (each held-out camera placed by its 12 nearest training cameras, refined when refined).
+
+    python bench/pose_refine_factors.py --preset room --store /tmp/pr/store --out bench/results/pose_refine_factors.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from flows.lift import make_context, run_stages  # noqa: E402
+from flows.settings import DEMO_OVERRIDES  # noqa: E402
+from lift3d_core.calibrate.contract import Similarity  # noqa: E402
+from lift3d_core.config import apply_overrides  # noqa: E402
+from lift3d_core.evaluate import evaluate_synthetic, heldout_views, pose_report  # noqa: E402
+from lift3d_core.generate import distinct_frames, synthetic_scene_config  # noqa: E402
+from lift3d_core.pipeline import stage_configs  # noqa: E402
+from lift3d_core.train import TrainStageConfig, train_scene, training_cameras  # noqa: E402
+from lift3d_core.trajectory import CameraTree  # noqa: E402
+
+SOURCE = "skimage:astronaut"
+
+
+def upstream(params: dict, store: str, backend: str) -> dict:
+    """Arrays of generate, calibrate and the tree for ``calibrate.backend=backend`` (computed or store hits)."""
+    p = apply_overrides(params, [f"calibrate.backend={backend}"])
+    ctx = make_context(SOURCE, p, f"factors_{backend}", store, str(ROOT / ".lift3d"), str(ROOT / "data" / "runs"))
+    run_stages(ctx, until="depth", use_prefect=False)
+    tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
+    return {"ctx": ctx, "tree": tree, "params": p,
+            "frames": distinct_frames(tree, ctx.read("generate").array("frames")),
+            "cal": ctx.arrays("calibrate", "c2w", "K", "points", "colors", "registered", "to_commanded/")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="room")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--variants", default="off,on")
+    args = ap.parse_args()
+    params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                             [*DEMO_OVERRIDES, "trajectory.levels=1", "generate.synthetic.distortion=0",
+                              f"generate.synthetic.preset={args.preset}"])
+    colmap, commanded = upstream(params, args.store, "colmap"), upstream(params, args.store, "commanded")
+    tree, frames, cal = colmap["tree"], colmap["frames"], colmap["cal"]
+    to_cmd = Similarity.from_arrays(cal)
+    # the commanded calibration's points (its normalised frame) -> the commanded frame -> COLMAP's frame
+    in_commanded = Similarity.from_arrays(commanded["cal"]).apply_points(commanded["cal"]["points"].astype(np.float64))
+    true_points = to_cmd.inverse().apply_points(in_commanded).astype(np.float32)
+    configs = stage_configs(colmap["params"])
+    ev_cfg = configs["evaluate"]
+    image = colmap["ctx"].read("ingest").array("image")
+    c2w_held, targets = heldout_views(image, tree, synthetic_scene_config(image.shape[:2], configs["generate"]), ev_cfg)
+    codes = distinct_frames(tree, tree.frame_codes().reshape(len(tree.clips), -1, 2))
+    registered = cal["registered"].astype(bool)
+    out = Path(args.out)
+    rows = json.loads(out.read_text()) if out.exists() else []
+    for variant in args.variants.split(","):
+        cfg = TrainStageConfig.from_params({**colmap["params"]["train"], "pose_refine": variant == "on"})
+        t0 = time.time()
+        scene = train_scene(true_points, commanded["cal"]["colors"], frames, cal["c2w"], cal["K"], codes, None, cfg)
+        c2w_train = training_cameras({} if scene.c2w_refined is None else {"c2w_refined": scene.c2w_refined},
+                                     cal["c2w"])
+        ev = evaluate_synthetic(scene.gaussians, c2w_held, targets, to_cmd, cal["K"][0], ev_cfg,
+                                c2w_calibrated=c2w_train, c2w_commanded=tree.distinct_c2w(), registered=registered)
+        row = {"preset": args.preset, "cameras": "colmap", "points": "true (commanded calibration, moved by the "
+               "similarity)", "pose_refine": variant == "on", **ev.metrics,
+               "pose": pose_report(cal["c2w"], tree.distinct_c2w(), registered),
+               "pose_refined": pose_report(c2w_train, tree.distinct_c2w(), registered),
+               "train_s": round(time.time() - t0, 1), "load": round(os.getloadavg()[0], 2), "date": "2026-12-07",
+               "device": "2-core dev CPU shared with other agents, OMP_NUM_THREADS=1",
+               "command": f"python bench/pose_refine_factors.py --preset {args.preset} --store S --out F "
+                          f"--variants {variant}"}
+        rows.append(row)
+        out.write_text(json.dumps(rows, indent=1))
+        print(json.dumps({k: row[k] for k in ("preset", "pose_refine", "psnr", "train_s")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
