@@ -13,8 +13,8 @@ a real photo of several MB only adds the SHA-256 of its bytes, about 5 ms/MB, to
 3. ``reused``: the same command again: every image is reused from its run summary, no task is submitted, no
    cluster started. The target is under 0.2 s per image for N = 200.
 
-``scaling``: M distinct images (``--profile demo``: the ``lift3d demo`` profile, minutes an image on a CPU; ``tiny``:
-the tests' profile) on a LocalCluster of 1 worker, then of 2, each from an empty store.
+``scaling``: M distinct images (``--profile demo``: ``params.yaml`` with the ``lift3d demo`` profile, minutes an image
+on a CPU; ``tiny``: the tests' profile; ``--set`` on top, e.g. a shorter training) on a LocalCluster of 1 worker, then of 2, each from an empty store.
 
     python bench/batch_overhead.py overhead --images 200 --out bench/results/batch_overhead.json
     python bench/batch_overhead.py scaling --images 20 --profile demo --out bench/results/batch_scaling.json
@@ -45,9 +45,10 @@ sys.path.insert(0, str(REPO))
 from tests.conftest import tiny_params  # noqa: E402 (the tests' tiny profile is this benchmark's cached one)
 
 
-def project(root: Path) -> Path:
+def project(root: Path, params: dict | None = None) -> Path:
+    """A scratch project in ``root`` whose ``params.yaml`` is ``params`` (default: the tests' tiny profile)."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
     return root
 
 
@@ -94,7 +95,9 @@ def overhead(args) -> dict:
 def scaling(args) -> dict:
     rows = {}
     for workers in (1, 2):
-        root = project(Path(tempfile.mkdtemp(prefix="lift3d-batch-bench-")))
+        # demo: the repository's params.yaml under `--demo` (what `lift3d demo` runs, the default tree's 241 frames)
+        demo = yaml.safe_load((REPO / "params.yaml").read_text()) if args.profile == "demo" else None
+        root = project(Path(tempfile.mkdtemp(prefix="lift3d-batch-bench-")), demo)
         photos(root / "imgs", args.images, distinct=True)
         sets = [a for item in args.set for a in ("--set", item)]
         rows[f"workers_{workers}"] = batch(root, "imgs", "--workers", str(workers),
