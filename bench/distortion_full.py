@@ -132,14 +132,23 @@ def run_task(task: dict) -> dict:
     counts = []
     t = time.perf_counter()
     ckpt = None
+    name = "_".join(str(task[k]) for k in ("preset", "seed", "amplitude", "method", "variant"))
     if task.get("checkpoints"):  # a run killed at a call's time limit resumes in the next call on the same machine
         from lift3d_core.splat.checkpoint import TrainCheckpoint
 
-        name = "_".join(str(task[k]) for k in ("preset", "seed", "amplitude", "method", "variant"))
         ckpt = TrainCheckpoint(Path(task["checkpoints"]) / f"{name}.pt", key=json.dumps(task["section"], sort_keys=True),
                                every_seconds=60)
-    res = train_scene(xyz, rgb, frames, c2w, K, codes, None, cfg,
-                      callback=lambda step, m: counts.append(m["num_gaussians"]), checkpoint=ckpt)
+    total, last = cfg.schedule.iterations, [t, None]
+
+    def progress(step: int, m: dict) -> None:  # a call cut at its time limit still says how far each run got
+        counts.append(m["num_gaussians"])
+        now = time.perf_counter()
+        if now - last[0] >= 60 or step == total:
+            rate = "" if last[1] is None else f", {(step - last[1]) / (now - last[0]):.1f} steps/s"
+            print(f"  {name}: step {step}/{total}{rate}, {m['num_gaussians']} Gaussians", flush=True)
+            last[:] = [now, step]
+
+    res = train_scene(xyz, rgb, frames, c2w, K, codes, None, cfg, callback=progress, checkpoint=ckpt)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t
