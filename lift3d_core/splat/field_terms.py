@@ -4,8 +4,8 @@
   camera sees at a lower resolution (:func:`area_downscale`, :func:`scale_intrinsics`,
   :func:`area_preserving_opacity`);
 - the pooled L1 comparison of a render and a frame (:func:`pyramid_l1`);
-- how many pixels a Gaussian's offset moves it in a frame (:func:`projected_offset_px`), the unit of the
-  ``offset_px_weight`` price.
+- how many pixels a Gaussian's offset moves it in a frame (:func:`projected_offset_px`), the
+  ``offset_image_weight`` price (divided by the image's shorter side).
 
 Images are ``[B, H, W, C]`` floats; cameras are OpenCV (``viewmat`` world-to-camera, +z forward), ``K`` in pixels
 with pixel centres at half-integers.

@@ -161,12 +161,15 @@ class DistortionTrainConfig:
     10 dB below plain 3DGS on undistorted frames (bench/RESULTS.md, session 10). Costs one more field evaluation
     of the rendered centres a step (the input code beside the batch's).
 
-    ``offset_px_weight`` (ours, 0 = off): a price per pixel on every rendered frame's position offsets: the length of
+    ``offset_image_weight`` (ours, 0 = off): an L1 price on every rendered frame's position offsets: the length of
     the image-plane displacement each offset causes at its Gaussian's centre in that frame (:func:`projected_offset_px`),
-    averaged over the Gaussians the frame renders the field for. An L1 price, unlike the squared penalties: its
-    gradient has the same size for any offset, so the field moves a Gaussian only where the frame pays more than
-    this for it. A real drift of several pixels pays; the sub-pixel per-frame residuals of an overfit do not. Pixels of
-    the training image, so no ``penalty_reference_size`` factor.
+    in shorter sides of the image (pixels / ``min(height, width)``), averaged over the Gaussians the frame renders the
+    field for. An L1 price, unlike the squared penalties: its gradient has the same size for any offset, so the field
+    moves a Gaussian only where the frame pays more than this for it. A real drift pays; the small per-frame residuals
+    of an overfit do not. Measured in shares of the image, not pixels, because a frame's drift is a share of the image
+    (the same drift is 6x more pixels at 1024x576 than at 128x96): a price per pixel of 0.03 kept most of the field's
+    gain at 128x96 and silenced the field entirely at 1024x576 (bench/RESULTS.md, session 11). 2.88 here is 0.03 a
+    pixel at a shorter side of 96 px and 0.005 at 576.
 
     ``input_view_repeats``: extra copies of the input-view frames (code == ``input_code``) in every epoch of
     the frame order (LiftImage3D: 50). ``train``: the plain 3DGS config (densification, Gaussian learning
@@ -196,7 +199,7 @@ class DistortionTrainConfig:
     anchor_samples: int | None = 4096
     hard_anchor: bool = False
     offset_weight: float = 0.0
-    offset_px_weight: float = 0.0
+    offset_image_weight: float = 0.0
     field_cull_margin: float | None = 0.2
     frame_mean_weight: float = 0.0
     frame_mean_codes: int = 8
@@ -238,7 +241,7 @@ class DistortionTrainConfig:
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.bounds_margin >= 0, f"bounds_margin must be >= 0, got {self.bounds_margin}")
         for name in ("plane_tv_weight", "frame_smoothness_weight", "frame_l1_weight", "anchor_weight", "offset_weight", "frame_mean_weight",
-                     "offset_px_weight"):
+                     "offset_image_weight"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr_grid", "lr_grid_final", "lr_mlp", "lr_mlp_final"):
             need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
@@ -563,16 +566,17 @@ class DistortionTrainer(Trainer):
         if d.offset_weight > 0:
             terms["offsets"] = offset_penalty(self._step_offsets["frames"])
             loss = loss + per_pixel * d.offset_weight * terms["offsets"]
-        if d.offset_px_weight > 0 and self._step_offsets["frames"].d_means is not None:
+        if d.offset_image_weight > 0 and self._step_offsets["frames"].d_means is not None:
             means, frames, keep = self._step_offsets["frames_at"]
             px = projected_offset_px(means, self._step_offsets["frames"].d_means.reshape(len(frames), -1, 3),
                                      self.viewmats[frames], self.Ks[frames])  # [B, N]
+            share = px / min(self.height, self.width)  # shorter sides of the image
             if keep is None:
-                terms["offset_px"] = px.mean()
+                terms["offset_image"] = share.mean()
             else:
-                w = keep.reshape(px.shape)
-                terms["offset_px"] = (px * w).sum() / w.sum().clamp_min(1.0)
-            loss = loss + d.offset_px_weight * terms["offset_px"]
+                w = keep.reshape(share.shape)
+                terms["offset_image"] = (share * w).sum() / w.sum().clamp_min(1.0)
+            loss = loss + d.offset_image_weight * terms["offset_image"]
         if d.frame_mean_weight > 0:
             terms["frame_mean"] = _frame_mean_of(*self._step_offsets["frame_mean"])
             loss = loss + per_pixel * d.frame_mean_weight * terms["frame_mean"]
