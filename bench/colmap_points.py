@@ -13,7 +13,7 @@ commanded frame, COLMAP's arrays moved there by the calibration's similarity:
 
 ``--variant section.key=value[;...]`` (repeatable) re-runs only the COLMAP backend's dense depth with those settings
 of ``calibrate.colmap`` on the same sparse model (structure from motion once per preset, cached under ``--store``)
-and reports the same numbers; ``--variant base`` is the setting as it stands.
+and reports the same numbers; ``--variant base`` is the setting as it stands. ``--why`` says why the plane sweep's pixels are empty.
 
     python bench/colmap_points.py --preset room --store /tmp/cpoints/store --out bench/results/colmap_points.json
 """
@@ -92,6 +92,45 @@ def sparse_model(colmap: dict, store: str, preset: str):
     return model
 
 
+def hole_reasons(model, frames: np.ndarray, true_depth: np.ndarray, cfg) -> dict:
+    """Why plane-sweep pixels are empty, as shares of all pixels: untextured window, correlation under
+    ``min_confidence``, no source agreeing; with the median relative error of the rejected depths (against the truth,
+    COLMAP's scale taken from the kept pixels' median ratio)."""
+    import torch
+
+    from lift3d_core.calibrate.colmap.densify import sparse_depth_ranges
+    from lift3d_core.calibrate.colmap.mvs import _MIN_STD, _box, _grey, consistent_views, plane_sweep, select_sources
+
+    n, H, W = frames.shape[:3]
+    src = select_sources(model.c2w, model.points, model.observations, model.registered, cfg.mvs_sources,
+                         cfg.mvs_min_angle)
+    ranges = sparse_depth_ranges(model)
+    grey = _grey(frames, "cpu")
+    depth, ncc = torch.zeros((n, H, W)), torch.full((n, H, W), -1.0)
+    masks = {k: np.zeros((n, H, W), bool) for k in ("untextured", "low_correlation", "inconsistent", "kept")}
+    with torch.no_grad():
+        for f in range(n):
+            if src[f] and ranges[f] is not None:
+                depth[f], ncc[f] = plane_sweep(grey, f, src[f], model.c2w, model.K, ranges[f], cfg.mvs_planes,
+                                               cfg.mvs_window)
+        for f in range(n):
+            agree = consistent_views(depth, f, src[f], model.c2w, model.K, cfg.mvs_depth_tolerance).numpy()
+            mu = _box(grey[f][None], cfg.mvs_window)
+            untex = ((_box((grey[f] ** 2)[None], cfg.mvs_window) - mu**2)[0] <= _MIN_STD**2).numpy()
+            low = ~untex & (ncc[f].numpy() < cfg.min_confidence)
+            masks["untextured"][f], masks["low_correlation"][f] = untex, low
+            masks["inconsistent"][f] = ~untex & ~low & (agree < 1)
+            masks["kept"][f] = ~untex & ~low & (agree >= 1)
+    ratio = depth.numpy() / np.where(true_depth > 0, true_depth, np.inf)
+    scale = np.median(ratio[masks["kept"]])
+    out = {}
+    for k, m in masks.items():
+        out[f"share_{k}"] = round(float(m.mean()), 4)
+        if k != "untextured":
+            out[f"rel_err_median_{k}"] = round(float(np.median(np.abs(ratio[m] / scale - 1.0))), 4)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="room")
@@ -100,6 +139,7 @@ def main() -> None:
     ap.add_argument("--tolerance", type=float, default=0.025, help="completeness radius, extents")
     ap.add_argument("--outlier", type=float, default=0.05, help="relative depth error that makes an outlier")
     ap.add_argument("--variant", action="append", default=[])
+    ap.add_argument("--why", action="store_true", help="also say why plane-sweep pixels are empty")
     args = ap.parse_args()
     params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()),
                              [*DEMO_OVERRIDES, "trajectory.levels=1", "generate.synthetic.distortion=0",
@@ -131,6 +171,12 @@ def main() -> None:
     # another subsample of the true depth: the floor of the cloud measures (a uniform subsample's spacing)
     report("true, another subsample (floor)", true_depth,
            fuse_depth(frames, true_depth, c2w_t, commanded["cal"]["K"], len(true_fused), 12345)[0])
+    if args.why:
+        cfg = stage_configs(colmap["params"])["calibrate"]
+        reasons = hole_reasons(sparse_model(colmap, args.store, args.preset), frames, true_depth / to_cmd_t.scale,
+                               cfg.colmap)
+        rows.append({"preset": args.preset, "variant": "why pixels are empty (mvs, as it stands)", **reasons})
+        print(json.dumps(rows[-1]), flush=True)
     if args.variant:
         from lift3d_core.calibrate.colmap.densify import dense_depth
         from lift3d_core.calibrate.contract import fit_to_commanded

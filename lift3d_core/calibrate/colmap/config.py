@@ -37,7 +37,9 @@ class ColmapConfig:
         interpolated piecewise-planarly as ``densify: planar`` does
         (:func:`~lift3d_core.calibrate.colmap.densify.fill_depth`). Rule: a hole pixel takes the interpolated depth
         where the interpolation's confidence clears ``min_confidence`` (triangles across a depth step or over a
-        large hole do not), at half that confidence; pixels with a stereo depth keep theirs.
+        large hole do not), at half that confidence; pixels with a stereo depth keep theirs. Default "dense": at the
+        demo profile it raises the pixels with depth from 77 / 72 % to 83 / 78 % (room / tabletop) and the held-out
+        PSNR of COLMAP + pose refinement by 0.74 / 0.36 dB against "none" on the same cameras (bench/RESULTS.md).
     min_confidence: dense pixels below this confidence (in [0, 1]; "mvs": the correlation) get no depth and
         enter no cloud.
     discontinuity: "planar": a triangle whose corners' inverse depths differ by more than this ratio is an edge.
@@ -59,7 +61,7 @@ class ColmapConfig:
     mvs_min_angle: float = 2.0
     mvs_min_consistent: int = 1
     mvs_depth_tolerance: float = 0.05
-    mvs_fill: str = "none"
+    mvs_fill: str = "dense"
     min_confidence: float = 0.3
     discontinuity: float = 0.15
     allow_unregistered: bool = False
