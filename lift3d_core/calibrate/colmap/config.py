@@ -39,7 +39,8 @@ class ColmapConfig:
         where the interpolation's confidence clears ``min_confidence`` (triangles across a depth step or over a
         large hole do not), at half that confidence; pixels with a stereo depth keep theirs. Default "dense": at the
         demo profile it raises the pixels with depth from 77 / 72 % to 83 / 78 % (room / tabletop) and the held-out
-        PSNR of COLMAP + pose refinement by 0.74 / 0.36 dB against "none" on the same cameras (bench/RESULTS.md).
+        PSNR of COLMAP + pose refinement by 0.74 dB (room) and 0.36 / 1.50 dB (tabletop, two runs) against "none"
+        on the same cameras (bench/RESULTS.md).
     min_confidence: dense pixels below this confidence (in [0, 1]; "mvs": the correlation) get no depth and
         enter no cloud.
     discontinuity: "planar": a triangle whose corners' inverse depths differ by more than this ratio is an edge.
