@@ -12,7 +12,8 @@
 4. Dense depth. pycolmap's patch-match stereo needs CUDA, so the depth is plane-sweep stereo between the
    registered frames in torch (``densify: mvs``, :mod:`~lift3d_core.calibrate.colmap.mvs`): per frame, its
    four best-connected sources, NCC over a window, the pixel's cheapest plane, kept where a source's own depth
-   agrees. ``densify: planar`` instead interpolates each frame's triangulated points **piecewise-planarly**:
+   agrees; the pixels it leaves empty are filled piecewise-planarly from its own depth where that is trusted
+   (``mvs_fill``). ``densify: planar`` instead interpolates each frame's triangulated points **piecewise-planarly**:
    a Delaunay triangulation of the points it observes, in the image, with inverse depth interpolated linearly
    inside each triangle (linear in inverse depth across the image is exactly a plane in 3-D); confidence per
    point falls with its reprojection error and rises with its track length, per pixel it is the barycentric

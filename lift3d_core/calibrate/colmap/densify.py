@@ -64,18 +64,59 @@ def dense_depth(model: SparseModel, frames: np.ndarray, cfg: ColmapConfig) -> tu
         sources = select_sources(model.c2w, model.points, model.observations, model.registered, cfg.mvs_sources,
                                  cfg.mvs_min_angle)
         depth, conf = mvs_depth(frames, model.c2w, model.K, sources, sparse_depth_ranges(model), cfg)
+        if cfg.mvs_fill != "none":
+            depth, conf = np.where(conf >= cfg.min_confidence, depth, 0.0), np.where(conf >= cfg.min_confidence, conf, 0.0)
+            for f in np.flatnonzero(model.registered):
+                sparse = _frame_points(model, f) if cfg.mvs_fill == "sparse" else None
+                depth[f], conf[f] = fill_depth(depth[f], conf[f], sparse, cfg.discontinuity, cfg.min_confidence,
+                                               use_dense=cfg.mvs_fill == "dense")
     else:
         depth = np.zeros((n, height, width), np.float32)
         conf = np.zeros((n, height, width), np.float32)
         for f in np.flatnonzero(model.registered):
-            uv, idx = model.observations[f]
-            if len(idx) < 3:
-                continue
-            w2c = np.linalg.inv(model.c2w[f])
-            z = model.points[idx] @ w2c[2, :3] + w2c[2, 3]
-            depth[f], conf[f] = densify_depth(uv, z, model.point_confidence[idx], height, width, cfg.discontinuity)
+            uv, z, pc = _frame_points(model, f)
+            if len(z) >= 3:
+                depth[f], conf[f] = densify_depth(uv, z, pc, height, width, cfg.discontinuity)
     keep = conf >= cfg.min_confidence
     return np.where(keep, depth, 0.0).astype(np.float32), np.where(keep, conf, 0.0).astype(np.float32)
+
+
+FILL_WEIGHT = 0.5  # a filled pixel's confidence: its interpolation's, times this (it is a guess, not a match)
+
+
+def fill_depth(depth: np.ndarray, conf: np.ndarray, sparse: tuple | None, discontinuity: float, min_confidence: float,
+               use_dense: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One frame's stereo depth with its holes filled piecewise-planarly (:func:`densify_depth`).
+
+    depth, conf: ``float32 [H, W]`` (0: no depth); sparse: ``(uv [n, 2], z [n], confidence [n])`` the frame's
+    triangulated points, or None. The vertices of the triangulation are the pixels with a depth (``use_dense``, at
+    their pixel centres with their confidence) and the sparse points; a pixel without depth takes the interpolated
+    depth where the interpolation's confidence is at least ``min_confidence`` (triangles across a depth
+    discontinuity or spanning a large hole fall below it), with that confidence times :data:`FILL_WEIGHT`. Pixels
+    with a depth keep theirs.
+    """
+    H, W = depth.shape
+    uv, z, pc = [np.zeros((0, 2))], [np.zeros(0)], [np.zeros(0)]
+    if use_dense:
+        ys, xs = np.nonzero(depth > 0)
+        uv.append(np.c_[xs + 0.5, ys + 0.5])
+        z.append(depth[ys, xs].astype(np.float64))
+        pc.append(conf[ys, xs].astype(np.float64))
+    if sparse is not None:
+        uv.append(sparse[0])
+        z.append(sparse[1])
+        pc.append(sparse[2])
+    fill, fill_conf = densify_depth(np.concatenate(uv), np.concatenate(z), np.concatenate(pc), H, W, discontinuity)
+    hole = (depth <= 0) & (fill > 0) & (fill_conf >= min_confidence)
+    return (np.where(hole, fill, depth).astype(np.float32),
+            np.where(hole, fill_conf * FILL_WEIGHT, conf).astype(np.float32))
+
+
+def _frame_points(model: SparseModel, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame ``f``'s observations of the sparse points: ``(uv [n, 2], z-depth [n], point confidence [n])``."""
+    uv, idx = model.observations[f]
+    w2c = np.linalg.inv(model.c2w[f])
+    return uv, model.points[idx] @ w2c[2, :3] + w2c[2, 3], model.point_confidence[idx]
 
 
 def sparse_depth_ranges(model: SparseModel, widen: float = 1.3) -> list[tuple[float, float] | None]:

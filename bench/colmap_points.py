@@ -1,0 +1,214 @@
+"""How COLMAP's fused cloud differs from the true one: holes, noise or outliers.
+
+The demo profile on the level-1 tree (128x96, no distortion) through library calls, generation and both
+calibrations from (or into) the store ``--store`` (as ``bench/pose_refine_factors.py``). Everything is compared in the
+commanded frame, COLMAP's arrays moved there by the calibration's similarity:
+
+* per frame, COLMAP's dense depth against the generator's true depth at the same pixel (the commanded
+  calibration's): coverage (share of pixels with a depth), relative depth error |d - d_true| / d_true (median, 90th
+  percentile, share of outliers above ``--outlier``);
+* the fused clouds: accuracy (each COLMAP point's distance to the nearest point of the *dense* true cloud, every
+  pixel of every frame unprojected, in units of the true cloud's extent: largest |coordinate| about its mean),
+  completeness (share of the true fused points with a COLMAP point within ``--tolerance`` extents).
+
+``--variant section.key=value[;...]`` (repeatable) re-runs only the COLMAP backend's dense depth with those settings
+of ``calibrate.colmap`` on the same sparse model (structure from motion once per preset, cached under ``--store``)
+and reports the same numbers; ``--variant base`` is the setting as it stands. ``--why`` says why the plane sweep's pixels are empty.
+
+    python bench/colmap_points.py --preset room --store /tmp/cpoints/store --out bench/results/colmap_points.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from pose_refine_factors import upstream  # noqa: E402
+
+from flows.settings import DEMO_OVERRIDES  # noqa: E402
+from lift3d_core.calibrate import FrameLayout  # noqa: E402
+from lift3d_core.calibrate.contract import Similarity  # noqa: E402
+from lift3d_core.calibrate.fusion import fuse_depth  # noqa: E402
+from lift3d_core.camera import unproject_depth  # noqa: E402
+from lift3d_core.config import apply_overrides  # noqa: E402
+from lift3d_core.pipeline import stage_configs  # noqa: E402
+
+
+def depth_stats(depth: np.ndarray, true: np.ndarray, outlier: float) -> dict:
+    """Coverage and relative error of ``depth [F, H, W]`` (0: none) against ``true [F, H, W]`` (same units)."""
+    has = depth > 0
+    ratio = depth[has] / true[has]
+    rel = np.abs(ratio - 1.0)
+    per_frame = has.reshape(len(has), -1).mean(1)
+    return {"coverage": round(float(has.mean()), 4), "coverage_min_frame": round(float(per_frame.min()), 4),
+            "coverage_max_frame": round(float(per_frame.max()), 4),
+            "ratio_median": round(float(np.median(ratio)), 5),
+            "rel_err_median": round(float(np.median(rel)), 5), "rel_err_p90": round(float(np.quantile(rel, 0.9)), 5),
+            "outlier_share": round(float((rel > outlier).mean()), 4)}
+
+
+def cloud_stats(points: np.ndarray, true_dense: np.ndarray, true_fused: np.ndarray, extent: float,
+                tolerance: float) -> dict:
+    from scipy.spatial import cKDTree
+
+    acc = cKDTree(true_dense).query(points)[0] / extent
+    comp = cKDTree(points).query(true_fused)[0] / extent
+    return {"points": len(points), "accuracy_median": round(float(np.median(acc)), 5),
+            "accuracy_p90": round(float(np.quantile(acc, 0.9)), 5),
+            "accuracy_far_share": round(float((acc > 10 * tolerance).mean()), 4),
+            "completeness": round(float((comp <= tolerance).mean()), 4),
+            "completeness_gap_p90": round(float(np.quantile(comp, 0.9)), 5)}
+
+
+def sparse_model(colmap: dict, store: str, preset: str):
+    """COLMAP's sparse model of the run's frames (cached in ``store``/colmap_points_sfm_<preset>.pkl)."""
+    from lift3d_core.calibrate.colmap.pairs import pair_graph
+    from lift3d_core.calibrate.colmap.sfm import run_sfm
+    from lift3d_core.trajectory import CameraTree
+
+    path = Path(store) / f"colmap_points_sfm_{preset}.pkl"
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    cfg = stage_configs(colmap["params"])["calibrate"]
+    tree: CameraTree = colmap["tree"]
+    K = colmap["ctx"].read("generate").array("K")
+    K0 = np.asarray(K, np.float64).reshape(-1, 3, 3)[0]
+    pairs = pair_graph(FrameLayout.from_tree(tree), tree.distinct_c2w(), cfg.colmap)
+    model = run_sfm(colmap["frames"], K0, pairs, cfg.colmap, cfg.seed)
+    path.write_bytes(pickle.dumps(model))
+    return model
+
+
+def hole_reasons(model, frames: np.ndarray, true_depth: np.ndarray, cfg) -> dict:
+    """Why plane-sweep pixels are empty, as shares of all pixels: untextured window, correlation under
+    ``min_confidence``, no source agreeing; with the median relative error of the rejected depths (against the truth,
+    COLMAP's scale taken from the kept pixels' median ratio)."""
+    import torch
+
+    from lift3d_core.calibrate.colmap.densify import sparse_depth_ranges
+    from lift3d_core.calibrate.colmap.mvs import _MIN_STD, _box, _grey, consistent_views, plane_sweep, select_sources
+
+    n, H, W = frames.shape[:3]
+    src = select_sources(model.c2w, model.points, model.observations, model.registered, cfg.mvs_sources,
+                         cfg.mvs_min_angle)
+    ranges = sparse_depth_ranges(model)
+    grey = _grey(frames, "cpu")
+    depth, ncc = torch.zeros((n, H, W)), torch.full((n, H, W), -1.0)
+    masks = {k: np.zeros((n, H, W), bool) for k in ("untextured", "low_correlation", "inconsistent", "kept")}
+    with torch.no_grad():
+        for f in range(n):
+            if src[f] and ranges[f] is not None:
+                depth[f], ncc[f] = plane_sweep(grey, f, src[f], model.c2w, model.K, ranges[f], cfg.mvs_planes,
+                                               cfg.mvs_window)
+        for f in range(n):
+            agree = consistent_views(depth, f, src[f], model.c2w, model.K, cfg.mvs_depth_tolerance).numpy()
+            mu = _box(grey[f][None], cfg.mvs_window)
+            untex = ((_box((grey[f] ** 2)[None], cfg.mvs_window) - mu**2)[0] <= _MIN_STD**2).numpy()
+            low = ~untex & (ncc[f].numpy() < cfg.min_confidence)
+            masks["untextured"][f], masks["low_correlation"][f] = untex, low
+            masks["inconsistent"][f] = ~untex & ~low & (agree < 1)
+            masks["kept"][f] = ~untex & ~low & (agree >= 1)
+    ratio = depth.numpy() / np.where(true_depth > 0, true_depth, np.inf)
+    scale = np.median(ratio[masks["kept"]])
+    out = {}
+    for k, m in masks.items():
+        out[f"share_{k}"] = round(float(m.mean()), 4)
+        if k != "untextured":
+            out[f"rel_err_median_{k}"] = round(float(np.median(np.abs(ratio[m] / scale - 1.0))), 4)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="room")
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tolerance", type=float, default=0.025, help="completeness radius, extents")
+    ap.add_argument("--outlier", type=float, default=0.05, help="relative depth error that makes an outlier")
+    ap.add_argument("--variant", action="append", default=[])
+    ap.add_argument("--why", action="store_true", help="also say why plane-sweep pixels are empty")
+    args = ap.parse_args()
+    params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()),
+                             [*DEMO_OVERRIDES, "trajectory.levels=1", "generate.synthetic.distortion=0",
+                              f"generate.synthetic.preset={args.preset}"])
+    colmap, commanded = upstream(params, args.store, "colmap"), upstream(params, args.store, "commanded")
+    frames = colmap["frames"]
+    n = len(frames)
+    cal_c = colmap["ctx"].arrays("calibrate", "depth", "confidence")
+    cal_t = commanded["ctx"].arrays("calibrate", "depth")
+    to_cmd_c, to_cmd_t = Similarity.from_arrays(colmap["cal"]), Similarity.from_arrays(commanded["cal"])
+    true_depth = cal_t["depth"].astype(np.float64) * to_cmd_t.scale  # commanded units
+    # the dense true cloud: every pixel of every frame, commanded frame
+    c2w_t = to_cmd_t.apply_c2w(commanded["cal"]["c2w"])
+    true_dense = np.concatenate([unproject_depth(true_depth[f], c2w_t[f], commanded["cal"]["K"][f])[true_depth[f] > 0]
+                                 for f in range(n)])
+    true_fused = to_cmd_t.apply_points(commanded["cal"]["points"].astype(np.float64))
+    extent = float(np.abs(true_fused - true_fused.mean(0)).max())
+    rows = []
+
+    def report(name: str, depth_cmd_units: np.ndarray, points_cmd: np.ndarray) -> None:
+        row = {"preset": args.preset, "variant": name, **depth_stats(depth_cmd_units, true_depth, args.outlier),
+               **cloud_stats(points_cmd, true_dense, true_fused, extent, args.tolerance)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    # the stored calibration (what training saw)
+    report("stored", cal_c["depth"].astype(np.float64) * to_cmd_c.scale,
+           to_cmd_c.apply_points(colmap["cal"]["points"].astype(np.float64)))
+    # another subsample of the true depth: the floor of the cloud measures (a uniform subsample's spacing)
+    report("true, another subsample (floor)", true_depth,
+           fuse_depth(frames, true_depth, c2w_t, commanded["cal"]["K"], len(true_fused), 12345)[0])
+    if args.why:
+        cfg = stage_configs(colmap["params"])["calibrate"]
+        reasons = hole_reasons(sparse_model(colmap, args.store, args.preset), frames, true_depth / to_cmd_t.scale,
+                               cfg.colmap)
+        rows.append({"preset": args.preset, "variant": "why pixels are empty (mvs, as it stands)", **reasons})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.variant:
+        from lift3d_core.calibrate.colmap.densify import dense_depth
+        from lift3d_core.calibrate.contract import fit_to_commanded
+        from lift3d_core.calibrate.fusion import apply_similarity, normalization
+
+        cfg = stage_configs(colmap["params"])["calibrate"]
+        t0 = time.time()
+        model = sparse_model(colmap, args.store, args.preset)
+        print(f"sparse model: {time.time() - t0:.0f} s", flush=True)
+        c2w_cmd = colmap["tree"].distinct_c2w()
+        for variant in args.variant:
+            sets = [] if variant == "base" else variant.split(";")
+            section = replace(cfg.colmap, **{k.split(".")[-1]: yaml.safe_load(v)
+                                             for k, v in (s.split("=", 1) for s in sets)})
+            t0 = time.time()
+            depth, _ = dense_depth(model, frames, section)
+            seconds = time.time() - t0
+            Ks = np.broadcast_to(model.K, (n, 3, 3)).copy()
+            points, _ = fuse_depth(frames, depth, model.c2w, Ks, cfg.max_points, cfg.seed)
+            center, scale = normalization(points, cfg.normalize_extent)
+            to_cmd = fit_to_commanded(apply_similarity(model.c2w, center, scale), c2w_cmd, model.registered)
+            report(variant, depth.astype(np.float64) * scale * to_cmd.scale,
+                   to_cmd.apply_points((points - center) * scale))
+            rows[-1]["dense_s"] = round(seconds, 1)
+    out = Path(args.out)
+    old = json.loads(out.read_text()) if out.exists() else []
+    stamp = {"date": "2026-12-07", "device": "2-core dev CPU shared with other agents, OMP_NUM_THREADS=1",
+             "load": round(os.getloadavg()[0], 2), "tolerance": args.tolerance, "outlier": args.outlier,
+             "extent": extent, "command": "python bench/colmap_points.py --preset {} --store S --out F {}".format(
+                 args.preset, " ".join(f"--variant '{v}'" for v in args.variant))}
+    out.write_text(json.dumps(old + [{**r, **stamp} for r in rows], indent=1))
+
+
+if __name__ == "__main__":
+    main()
