@@ -64,12 +64,6 @@ def dense_depth(model: SparseModel, frames: np.ndarray, cfg: ColmapConfig) -> tu
         sources = select_sources(model.c2w, model.points, model.observations, model.registered, cfg.mvs_sources,
                                  cfg.mvs_min_angle)
         depth, conf = mvs_depth(frames, model.c2w, model.K, sources, sparse_depth_ranges(model), cfg)
-        if cfg.mvs_fill != "none":
-            depth, conf = np.where(conf >= cfg.min_confidence, depth, 0.0), np.where(conf >= cfg.min_confidence, conf, 0.0)
-            for f in np.flatnonzero(model.registered):
-                sparse = _frame_points(model, f) if cfg.mvs_fill == "sparse" else None
-                depth[f], conf[f] = fill_depth(depth[f], conf[f], sparse, cfg.discontinuity, cfg.min_confidence,
-                                               use_dense=cfg.mvs_fill == "dense")
     else:
         depth = np.zeros((n, height, width), np.float32)
         conf = np.zeros((n, height, width), np.float32)
@@ -77,7 +71,20 @@ def dense_depth(model: SparseModel, frames: np.ndarray, cfg: ColmapConfig) -> tu
             uv, z, pc = _frame_points(model, f)
             if len(z) >= 3:
                 depth[f], conf[f] = densify_depth(uv, z, pc, height, width, cfg.discontinuity)
-    keep = conf >= cfg.min_confidence
+    depth, conf = _confident(depth, conf, cfg.min_confidence)
+    if cfg.densify == "mvs" and cfg.mvs_fill != "none":
+        for f in np.flatnonzero(model.registered):
+            sparse = _frame_points(model, f) if cfg.mvs_fill == "sparse" else None
+            depth[f], conf[f] = fill_depth(depth[f], conf[f], sparse, cfg.discontinuity, cfg.min_confidence,
+                                           use_dense=cfg.mvs_fill == "dense")
+        # a filled pixel's confidence is FILL_WEIGHT x its interpolation's: it stays where that clears the bar too
+        depth, conf = _confident(depth, conf, cfg.min_confidence)
+    return depth, conf
+
+
+def _confident(depth: np.ndarray, conf: np.ndarray, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """``depth`` and ``conf`` (``[..., H, W]``) zeroed where the confidence is below ``min_confidence``, float32."""
+    keep = conf >= min_confidence
     return np.where(keep, depth, 0.0).astype(np.float32), np.where(keep, conf, 0.0).astype(np.float32)
 
 
