@@ -11,7 +11,7 @@ train stage runs), each run in its own process, ``--jobs`` at once. One JSON row
 - ``input_psnr``: the canonical Gaussians at the input view against frame 0 (undistorted by construction);
   ``train_psnr_field``: training frames rendered through the field at their own codes, against those frames
   (the measurement check: the field explains the frames it was trained on);
-- ``train_seconds``, ``compile_seconds``, ``num_gaussians`` (final) and ``max_gaussians``;
+- ``train_seconds``, ``compile_seconds`` (per compiled family in ``compile_breakdown``), ``num_gaussians`` (final) and ``max_gaussians``;
 - the field's recovery of the true per-frame displacement (distortion-aware rows): ``offset_cos`` / ``offset_gain``
   of its position offsets against the truth, over the Gaussians each frame sees, and the same for the
   frame-varying parts (each Gaussian's mean over the frames removed): ``offset_cos_var`` / ``offset_gain_var``.
@@ -166,6 +166,7 @@ def run_task(task: dict) -> dict:
         "heldout_psnr": round(metrics.psnr(renders, targets), 3), "heldout_ssim": round(metrics.ssim(renders, targets), 4),
         "input_psnr": round(metrics.psnr(inp, frames[:1]), 3),
         "train_seconds": round(seconds, 1), "compile_seconds": round(float(sum(compile_s.values())), 1),
+        "compile_breakdown": {k: round(float(v), 1) for k, v in compile_s.items()},
         "init_gaussians": len(xyz), "num_gaussians": res.gaussians.num, "max_gaussians": max(counts, default=0),
         "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
         "resumed_at_step": res.stats.get("resumed_at_step"),  # train_seconds then count this process's part only

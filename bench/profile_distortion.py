@@ -35,6 +35,8 @@ def recipe(class_defaults: bool = False) -> dict:
     section = dict(yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["train"])
     for k in ("distortion", "init_opacity", "backend"):
         section.pop(k, None)
+    if section.get("pose_refine") == "auto":  # the pipeline resolves it by the calibration: commanded cameras here
+        section["pose_refine"] = False
     return section
 
 
