@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Source on a lent GPU machine (no internet), from the repository root, with .whl carried:
 #   . bench/device_setup.sh
-# Installs the carried gsplat wheel (and any of .whl/extra whose module the image lacks) into /tmp/site,
+# Installs the carried gsplat wheel (and any carried wheel under .whl/*/ whose module the image lacks) into /tmp/site,
 # puts it and the repository on PYTHONPATH and builds gsplat's CUDA extension once (about 60 s on H100).
 # Fetch the wheels beforehand on a machine with the package registries (see bench/RESULTS.md, "Device setup").
 set -e
@@ -11,7 +11,9 @@ for pair in skimage:scikit_image zarr:zarr numcodecs:numcodecs donfig:donfig ric
             mdurl:mdurl pygments:pygments filelock:filelock fsspec:fsspec lazy_loader:lazy_loader tifffile:tifffile \
             imageio:imageio networkx:networkx yaml:pyyaml crc32c:crc32c PIL:pillow; do
   mod=${pair%%:*}; whl=${pair##*:}
-  python3 -c "import $mod" 2>/dev/null || missing+=(.whl/extra/${whl}-*.whl)
+  python3 -c "import $mod" 2>/dev/null && continue
+  found=$(ls .whl/*/${whl}-*.whl 2>/dev/null | head -1)  # any carried folder: extra, or a smaller set of it
+  [ -n "$found" ] && missing+=("$found") || echo "device_setup: no carried wheel for $mod ($whl)"
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "device_setup: installing ${missing[*]}"
