@@ -53,10 +53,13 @@ RATES: dict[str, dict[str, Rate]] = {
     },
     "cuda": {
         **_CPU_BOUND,
-        # steps (not pixels: the H100 step is host-bound at 1024x576): coarse ~6 s and fine ~21 s a 1,000 steps,
-        # plus ~100 s of torch.compile on a machine whose compile cache is empty
-        "train.distortion.coarse": Rate(100.0, 0.006, "Full GPU schedule, H100, session 6"),
-        "train.distortion.fine": Rate(0.0, 0.021, "Full GPU schedule, H100, session 6"),
+        # steps (not pixels: the H100 step is host-bound at 1024x576): coarse ~7 s and fine ~29 s a 1,000 steps
+        # (params.yaml's recipe since session 13, alone on the GPU), plus ~50 s of torch.compile on a machine whose
+        # compile cache is empty
+        "train.distortion.coarse": Rate(50.0, 0.007, "Full GPU schedule, H100, session 13 (plain's step rate)"),
+        "train.distortion.fine": Rate(0.0, 0.029, "Full GPU schedule, H100, session 13"),
+        # frames: the ViT-L at 518 rows, float32 (the default dtype), batch 8: 241 frames in 13.9 s
+        "depth.depth_anything_v2": Rate(1.0, 0.058, "Depth Anything V2 table, H100, session 13"),
         "train.plain": Rate(10.0, 0.007, "Training iterations per second on a GPU, H100"),
         # pixel-views: gsplat's forward, ~2-3 ms a view at 1024x576
         "render": Rate(1.0, 0.003 / 589_824, "rasterizer table, gsplat on an H100"),
