@@ -39,3 +39,9 @@ def _minus_rows(out: Offsets, m: int, rows: torch.Tensor) -> Offsets:
     """``out``'s first ``m`` rows minus its rows ``m + rows`` (``rows [m]``): each query's offsets measured from its
     centre's at the anchor code (the anchor segment, one row per centre, follows the queries)."""
     return Offsets(*(None if t is None else t[:m] - t[m:].index_select(0, rows) for t in out))
+
+
+def _split_offsets(off, sizes: list[int]) -> list:
+    """``off`` (an :class:`Offsets` of ``sum(sizes)`` rows) cut into consecutive :class:`Offsets` of ``sizes`` rows."""
+    pieces = [[None] * len(sizes) if t is None else t.split(sizes) for t in off]
+    return [type(off)(*(p[q] for p in pieces)) for q in range(len(sizes))]
