@@ -5,8 +5,8 @@
 The field is the reference's (3 levels, 16 features, 64-sample planes, 128-wide MLP); the points cluster on a few
 surfaces as a trained scene's Gaussians do (a ground, a wall, a blob), and two frames see 85% of them each, as in
 one batch-2 fine step. The grid_sample variants cap the replicas at ``--copies`` values (1: plain grid_sample);
-the memory cap (``distortion._COPY_BYTES``) still applies, so large planes get fewer replicas than the cap (the
-reference's 256x256 level: 2), and caps above the memory cap time the same there. The Triton variants (where
+the memory cap (``distortion.sampling._COPY_BYTES``) still applies, so large planes get fewer replicas than the cap
+(the reference's 256x256 level: 2), and caps above the memory cap time the same there. The Triton variants (where
 ``field_triton.available``) run the fused kernels with the one-hot line gradient up to ``--line-dot`` cells.
 
     python bench/field_sampling.py --n 350000 500000 --copies 1 64 --line-dot 0 128 256 --out field_sampling.json
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lift3d_core.splat import distortion as D
 from lift3d_core.splat import field_triton
+from lift3d_core.splat.distortion import sampling as plane_sampling
 
 
 def surface_points(n: int, device, seed: int = 0) -> torch.Tensor:
@@ -79,10 +80,10 @@ def main(argv=None) -> int:
         if field_triton.available(device):
             variants += [("triton", r) for r in args.line_dot]
         for kind, value in variants:
-            old_copies, old_dot = D._COPY_MAX, field_triton.LINE_DOT_MAX_R
+            old_copies, old_dot = plane_sampling._COPY_MAX, field_triton.LINE_DOT_MAX_R
             field.kernels = "torch" if kind == "grid_sample" else "triton"
             if kind == "grid_sample":
-                D._COPY_MAX = value
+                plane_sampling._COPY_MAX = value
             else:
                 field_triton.LINE_DOT_MAX_R = value
             try:
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
                        "forward_backward_ms": timed(backward, device, args.reps),
                        "with_mlp_ms": timed(with_mlp, device, args.reps)}
             finally:
-                D._COPY_MAX, field_triton.LINE_DOT_MAX_R = old_copies, old_dot
+                plane_sampling._COPY_MAX, field_triton.LINE_DOT_MAX_R = old_copies, old_dot
             field.zero_grad(set_to_none=True)
             means.grad = None
             rows.append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})

@@ -24,6 +24,12 @@ def offset_penalty(off: Offsets) -> torch.Tensor:
     return total
 
 
+def _frame_mean_of(off, k: int, m: int) -> torch.Tensor:
+    """The frame-mean penalty (see ``frame_mean_weight``): :func:`offset_penalty` of code-major offsets of ``m``
+    centres at ``k`` codes, averaged over the codes."""
+    return offset_penalty(type(off)(*(None if t is None else t.reshape(k, m, *t.shape[1:]).mean(dim=0) for t in off)))
+
+
 # Each is a sum over planes of a per-plane mean; the planes of a group have one shape, so a group's sum is its
 # plane count times the mean over the group tensor (a few large ops instead of one small op per plane).
 def _group_mean(group: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
