@@ -125,6 +125,24 @@ def test_plane_sweep_depth_is_the_scene_depth():
         assert ((conf > 0) == kept).all() and conf.max() <= 1.0
 
 
+def test_averaging_the_consistent_views_brings_the_depth_closer_to_the_surface():
+    """``mvs_average``: each kept pixel's depth averaged with the agreeing sources' depths carried back is closer to
+    the analytic surface than its own single-view depth (median error down by a tenth or more on both clips); the
+    same pixels are kept.
+
+    Measured: median error 1.32 -> 1.14 % (orbit), 1.58 -> 1.13 % (up clip); the tail beyond 5 % (occlusion edges)
+    barely moves (18.5 -> 17.5 %, 22.7 -> 21.5 %).
+    """
+    single = dict(_plane_sweep_cases(ColmapConfig()))
+    for clip, (depth, _, truth) in _plane_sweep_cases(ColmapConfig(mvs_average=True)):
+        depth1 = single[clip][0]
+        kept = depth > 0
+        assert np.array_equal(kept, depth1 > 0), clip
+        err, err1 = np.abs(depth[kept] / truth[kept] - 1.0), np.abs(depth1[kept] / truth[kept] - 1.0)
+        assert np.median(err) < 0.9 * np.median(err1), (clip, np.median(err), np.median(err1))
+        assert (err > 0.05).mean() <= (err1 > 0.05).mean(), clip
+
+
 def test_fill_depth_closes_a_hole_in_a_plane_but_not_across_a_step():
     """``mvs_fill``: a hole in a plane's depth is filled with the plane's own depth at half its interpolation's
     confidence; in a hole

@@ -32,6 +32,8 @@ class ColmapConfig:
     mvs_min_angle: least median triangulation angle (degrees) of the points a source shares with the reference.
     mvs_min_consistent: sources whose depth must agree for a pixel to keep its depth.
     mvs_depth_tolerance: relative depth difference within which two frames agree.
+    mvs_average: a kept pixel's depth is the mean of its own and the agreeing sources' depths carried back into the
+        frame (``mvs`` step 6) instead of its own.
     mvs_fill: what fills the pixels plane-sweep stereo leaves without depth ("mvs" only): "none"; "sparse" (the
         frame's triangulated points) or "dense" (its stereo depth itself, every pixel with a depth a vertex)
         interpolated piecewise-planarly as ``densify: planar`` does
@@ -62,6 +64,7 @@ class ColmapConfig:
     mvs_min_angle: float = 2.0
     mvs_min_consistent: int = 1
     mvs_depth_tolerance: float = 0.05
+    mvs_average: bool = False
     mvs_fill: str = "dense"
     min_confidence: float = 0.3
     discontinuity: float = 0.15

@@ -14,7 +14,9 @@ For every registered frame (the reference):
 4. each pixel takes its cheapest plane, refined between planes by a parabola through the costs;
 5. geometric consistency: a depth is kept where at least ``mvs_min_consistent`` sources' own depth maps, carried
    back into the reference, agree with it (within 1 px and ``mvs_depth_tolerance`` of the depth), and the window
-   has texture (grey-level standard deviation at least 1/255).
+   has texture (grey-level standard deviation at least 1/255);
+6. with ``mvs_average``, a kept pixel's depth is the mean of its own and the agreeing sources' carried-back depths
+   (the fusion step of multi-view stereo: independent errors of the views partly cancel).
 
 Confidence: the kept pixel's correlation, in [0, 1] (``min_confidence`` is then the least correlation kept).
 Pixels that fail get no depth: a fused cloud holds only what frames agree on.
@@ -157,11 +159,13 @@ def plane_sweep(
 
 def consistent_views(
     depth: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth_tolerance: float
-) -> torch.Tensor:
-    """How many sources' depth maps agree with the reference's depth, per pixel ``int [H, W]``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many sources' depth maps agree with the reference's depth, and their mean, per pixel.
 
-    A reference pixel with depth is carried into the source, the source's depth there (nearest pixel) carried
-    back: it agrees when it lands within 1 px of the pixel and within ``depth_tolerance`` of its depth.
+    depth: ``float32 [F, H, W]`` (0: none). A reference pixel with depth is carried into the source, the source's
+    depth there (nearest pixel) carried back: it agrees when it lands within 1 px of the pixel and within
+    ``depth_tolerance`` of its depth. Returns ``count int32 [H, W]`` and ``mean float32 [H, W]``: the mean z-depth of
+    the reference's own and every agreeing source's depth carried back (the reference's depth where none agrees).
     """
     dev = depth.device
     H, W = depth.shape[1:]
@@ -171,6 +175,7 @@ def consistent_views(
                                      indexing="xy"), -1)
     d_ref = depth[ref]
     count = torch.zeros((H, W), dtype=torch.int32, device=dev)
+    total = d_ref.clone()
     for s in sources:
         R, t = _relative(c2w[ref], c2w[s])
         cam_s = rays * d_ref[..., None] @ torch.as_tensor(R, dtype=torch.float32, device=dev).T + torch.as_tensor(
@@ -186,7 +191,8 @@ def consistent_views(
         ok &= torch.linalg.norm(uv_r - pix, dim=-1) < 1.0
         ok &= (z_r - d_ref).abs() < depth_tolerance * d_ref
         count += ok.to(torch.int32)
-    return count
+        total += torch.where(ok, z_r, torch.zeros_like(z_r))
+    return count, total / (1 + count).to(total.dtype)
 
 
 def mvs_depth(
@@ -208,11 +214,14 @@ def mvs_depth(
                 depth[f], ncc[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes,
                                                cfg.mvs_window)
         conf = torch.zeros_like(depth)
+        fused = depth.clone()  # every check reads the single-view depths; the averages are written apart
         for f in range(n):
             if not sources[f]:
                 continue
-            agree = consistent_views(depth, f, sources[f], c2w, K, cfg.mvs_depth_tolerance)
+            agree, mean = consistent_views(depth, f, sources[f], c2w, K, cfg.mvs_depth_tolerance)
             ok = (agree >= min(cfg.mvs_min_consistent, len(sources[f]))) & (depth[f] > 0)
             conf[f] = torch.where(ok, ncc[f].clamp(0.0, 1.0), torch.zeros_like(conf[f]))
-        depth = torch.where(conf > 0, depth, torch.zeros_like(depth))
+            if cfg.mvs_average:
+                fused[f] = mean
+        depth = torch.where(conf > 0, fused if cfg.mvs_average else depth, torch.zeros_like(depth))
     return depth.cpu().numpy().astype(np.float32), conf.cpu().numpy().astype(np.float32)
