@@ -6,7 +6,7 @@ commanded frame, COLMAP's arrays moved there by the calibration's similarity:
 
 * per frame, COLMAP's dense depth against the generator's true depth at the same pixel (the commanded
   calibration's): coverage (share of pixels with a depth), relative depth error |d - d_true| / d_true (median, 90th
-  percentile, share of outliers above ``--outlier``);
+  percentile, share of outliers above ``--outlier``, share more than twice that nearer than the truth: floaters);
 * the fused clouds: accuracy (each COLMAP point's distance to the nearest point of the *dense* true cloud, every
   pixel of every frame unprojected, in units of the true cloud's extent: largest |coordinate| about its mean),
   completeness (share of the true fused points with a COLMAP point within ``--tolerance`` extents).
@@ -57,7 +57,9 @@ def depth_stats(depth: np.ndarray, true: np.ndarray, outlier: float) -> dict:
             "coverage_max_frame": round(float(per_frame.max()), 4),
             "ratio_median": round(float(np.median(ratio)), 5),
             "rel_err_median": round(float(np.median(rel)), 5), "rel_err_p90": round(float(np.quantile(rel, 0.9)), 5),
-            "outlier_share": round(float((rel > outlier).mean()), 4)}
+            "outlier_share": round(float((rel > outlier).mean()), 4),
+            # floaters: more than twice the outlier bound nearer than the surface (a foreground depth on the background)
+            "too_near_share": round(float((ratio < 1.0 - 2 * outlier).mean()), 4)}
 
 
 def cloud_stats(points: np.ndarray, true_dense: np.ndarray, true_fused: np.ndarray, extent: float,

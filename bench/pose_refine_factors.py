@@ -14,7 +14,9 @@ backend is), and ``--points`` picks the cloud, so that the points' cost is measu
   noise), fused as the calibrations fuse;
 * ``colmap_depth``: COLMAP's dense depth per pixel (its holes and its noise, in commanded units by the similarity's
   scale) unprojected through the *true* cameras, so the cameras' errors do not move the points;
-* ``colmap``: COLMAP's fused cloud moved by the similarity (what the COLMAP backend hands training).
+* ``colmap``: COLMAP's fused cloud moved by the similarity (what the COLMAP backend hands training);
+* ``colmap_tail`` / ``colmap_body``: as ``colmap_depth`` where COLMAP's depth is more / less than ``TAIL`` off the
+  truth, the true depth at its other pixels: what the wrong tail and the rest of its depths each cost.
 
     python bench/pose_refine_factors.py --preset room --store /tmp/pr/store --out bench/results/pose_refine_factors.json
     python bench/pose_refine_factors.py --preset tabletop --cameras commanded --points colmap --variants off ...
@@ -47,6 +49,7 @@ from lift3d_core.train import TrainStageConfig, train_scene, training_cameras  #
 from lift3d_core.trajectory import CameraTree  # noqa: E402
 
 SOURCE = "skimage:astronaut"
+TAIL = 0.05  # relative depth error beyond which a COLMAP depth counts as the tail (bench/colmap_points.py's outlier)
 
 
 def upstream(params: dict, store: str, backend: str) -> dict:
@@ -70,10 +73,12 @@ def cloud(kind: str, colmap: dict, commanded: dict, to_cmd_c: Similarity, to_cmd
     cfg = stage_configs(colmap["params"])["calibrate"]
     depth_c = colmap["ctx"].arrays("calibrate", "depth")["depth"].astype(np.float64)
     true_depth = commanded["ctx"].arrays("calibrate", "depth")["depth"].astype(np.float64)  # commanded normalised
+    depth = depth_c * (to_cmd_c.scale / to_cmd_t.scale)  # COLMAP's, in the commanded calibration's units
     if kind == "true_at_colmap":
         depth = np.where(depth_c > 0, true_depth, 0.0)
-    else:  # colmap_depth: COLMAP's depth in the commanded calibration's normalised units
-        depth = depth_c * (to_cmd_c.scale / to_cmd_t.scale)
+    elif kind in ("colmap_tail", "colmap_body"):
+        tail = np.abs(depth / np.where(true_depth > 0, true_depth, np.inf) - 1.0) > TAIL
+        depth = np.where(depth_c > 0, np.where(tail == (kind == "colmap_tail"), depth, true_depth), 0.0)
     points, colors = fuse_depth(colmap["frames"], depth, cal_t["c2w"], cal_t["K"], cfg.max_points, cfg.seed)
     return to_cmd_t.apply_points(points), colors
 
@@ -85,7 +90,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--variants", default="off,on")
     ap.add_argument("--cameras", default="colmap", choices=("colmap", "commanded"))
-    ap.add_argument("--points", default="true", choices=("true", "true_at_colmap", "colmap_depth", "colmap"))
+    ap.add_argument("--points", default="true", choices=("true", "true_at_colmap", "colmap_depth", "colmap", "colmap_tail", "colmap_body"))
     ap.add_argument("--renders", default="", help="save the held-out renders and targets here (.npz per variant)")
     args = ap.parse_args()
     params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()),

@@ -143,6 +143,39 @@ def test_averaging_the_consistent_views_brings_the_depth_closer_to_the_surface()
         assert (err > 0.05).mean() <= (err1 > 0.05).mean(), clip
 
 
+def test_near_side_of_a_depth_step_is_the_foreground_band():
+    """``near_side_of_step``: a foreground square (depth 1) on a background (depth 3) flags the square's outer band of
+    ``margin`` pixels and nothing else; a slanted plane (depth ratio under the step between neighbours) flags nothing."""
+    import torch
+
+    from lift3d_core.calibrate.colmap.mvs import near_side_of_step
+
+    depth = torch.full((20, 30), 3.0)
+    depth[5:15, 8:20] = 1.0
+    got = near_side_of_step(depth, 2, 0.15).numpy()
+    want = np.zeros((20, 30), bool)
+    want[5:15, 8:20] = True
+    want[7:13, 10:18] = False
+    assert np.array_equal(got, want)
+    slope = torch.linspace(1.0, 2.0, 30).expand(20, 30).contiguous()  # 2.4 % deeper per pixel
+    assert not near_side_of_step(slope, 2, 0.15).any()
+
+
+def test_edge_margin_removes_most_floaters_of_plane_sweep():
+    """``mvs_edge_margin``: on the plane-sweep case (true cameras), the pixels whose depth is more than 10 % nearer
+    than the surface (the correlation window fattening objects into the background; floaters once fused) fall to
+    less than half with a margin of 2 px, at a bounded loss of coverage.
+
+    Measured: floaters 10.8 -> 4.1 % / 9.6 -> 2.1 % of the pixels, coverage 82 -> 71 % / 87 -> 70 %.
+    """
+    plain = dict(_plane_sweep_cases(ColmapConfig()))
+    for clip, (depth, _, truth) in _plane_sweep_cases(ColmapConfig(mvs_edge_margin=2)):
+        depth0 = plain[clip][0]
+        floaters, floaters0 = (depth > 0) & (depth < 0.9 * truth), (depth0 > 0) & (depth0 < 0.9 * truth)
+        assert floaters.mean() < 0.5 * floaters0.mean(), (clip, floaters.mean(), floaters0.mean())
+        assert (depth > 0).mean() > 0.65 and ((depth > 0) <= (depth0 > 0)).all(), clip
+
+
 def test_fill_depth_closes_a_hole_in_a_plane_but_not_across_a_step():
     """``mvs_fill``: a hole in a plane's depth is filled with the plane's own depth at half its interpolation's
     confidence; in a hole

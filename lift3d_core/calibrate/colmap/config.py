@@ -34,6 +34,9 @@ class ColmapConfig:
     mvs_depth_tolerance: relative depth difference within which two frames agree.
     mvs_average: a kept pixel's depth is the mean of its own and the agreeing sources' depths carried back into the
         frame (``mvs`` step 6) instead of its own.
+    mvs_edge_margin: stereo pixels within this many pixels of a depth step (a neighbour more than ``1 +
+        discontinuity`` times as far), on its near side, get no depth (0: off): a window straddling an object's
+        silhouette gives the background beside it the object's depth (``mvs`` step 6).
     mvs_fill: what fills the pixels plane-sweep stereo leaves without depth ("mvs" only): "none"; "sparse" (the
         frame's triangulated points) or "dense" (its stereo depth itself, every pixel with a depth a vertex)
         interpolated piecewise-planarly as ``densify: planar`` does
@@ -45,7 +48,8 @@ class ColmapConfig:
         on the same cameras (bench/RESULTS.md).
     min_confidence: dense pixels below this confidence (in [0, 1]; "mvs": the correlation) get no depth and
         enter no cloud.
-    discontinuity: "planar": a triangle whose corners' inverse depths differ by more than this ratio is an edge.
+    discontinuity: a triangle whose corners' inverse depths differ by more than this ratio is an edge ("planar" and
+        ``mvs_fill``); a larger depth ratio between neighbours is a depth step for ``mvs_edge_margin``.
     allow_unregistered: keep frames that fail to register (commanded pose, no depth) instead of failing.
     """
 
@@ -65,6 +69,7 @@ class ColmapConfig:
     mvs_min_consistent: int = 1
     mvs_depth_tolerance: float = 0.05
     mvs_average: bool = False
+    mvs_edge_margin: int = 0
     mvs_fill: str = "dense"
     min_confidence: float = 0.3
     discontinuity: float = 0.15
@@ -85,6 +90,8 @@ class ColmapConfig:
             raise Lift3DError(f"calibrate.colmap.densify must be 'mvs' or 'planar', got {self.densify!r}")
         if self.mvs_fill not in ("none", "sparse", "dense"):
             raise Lift3DError(f"calibrate.colmap.mvs_fill must be 'none', 'sparse' or 'dense', got {self.mvs_fill!r}")
+        if self.mvs_edge_margin < 0:
+            raise Lift3DError(f"calibrate.colmap.mvs_edge_margin must be >= 0, got {self.mvs_edge_margin}")
         if self.mvs_sources < 1 or self.mvs_planes < 2 or self.mvs_window < 1 or self.mvs_window % 2 == 0:
             raise Lift3DError("calibrate.colmap.mvs_sources must be >= 1, mvs_planes >= 2 and mvs_window odd")
         if not (0 <= self.mvs_min_angle < 90 and self.mvs_min_consistent >= 1 and self.mvs_depth_tolerance > 0):

@@ -15,7 +15,10 @@ For every registered frame (the reference):
 5. geometric consistency: a depth is kept where at least ``mvs_min_consistent`` sources' own depth maps, carried
    back into the reference, agree with it (within 1 px and ``mvs_depth_tolerance`` of the depth), and the window
    has texture (grey-level standard deviation at least 1/255);
-6. with ``mvs_average``, a kept pixel's depth is the mean of its own and the agreeing sources' carried-back depths
+6. with ``mvs_edge_margin``, pixels within that many pixels of a depth step, on its near side, are dropped: the
+   correlation window fattens a foreground object into the background by up to half its width, and the fattened
+   pixels pass the consistency check (every view fattens alike);
+7. with ``mvs_average``, a kept pixel's depth is the mean of its own and the agreeing sources' carried-back depths
    (the fusion step of multi-view stereo: independent errors of the views partly cancel).
 
 Confidence: the kept pixel's correlation, in [0, 1] (``min_confidence`` is then the least correlation kept).
@@ -195,6 +198,14 @@ def consistent_views(
     return count, total / (1 + count).to(total.dtype)
 
 
+def near_side_of_step(depth: torch.Tensor, margin: int, step: float) -> torch.Tensor:
+    """Pixels of ``depth [H, W]`` (0: none) within ``margin`` px (square) of a pixel more than ``1 + step`` times as
+    far, ``bool [H, W]``: the near side of a depth step, where a correlation window that straddles the step gives the
+    background pixels the foreground's depth ("foreground fattening", up to half the window wide)."""
+    farthest = F.max_pool2d(depth[None, None], 2 * margin + 1, stride=1, padding=margin)[0, 0]
+    return (depth > 0) & (farthest > (1.0 + step) * depth)
+
+
 def mvs_depth(
     frames: np.ndarray, c2w: np.ndarray, K: np.ndarray, sources: list[list[int]], depth_ranges: list, cfg,
     device: str = "cpu",
@@ -220,6 +231,8 @@ def mvs_depth(
                 continue
             agree, mean = consistent_views(depth, f, sources[f], c2w, K, cfg.mvs_depth_tolerance)
             ok = (agree >= min(cfg.mvs_min_consistent, len(sources[f]))) & (depth[f] > 0)
+            if cfg.mvs_edge_margin > 0:
+                ok &= ~near_side_of_step(depth[f], cfg.mvs_edge_margin, cfg.discontinuity)
             conf[f] = torch.where(ok, ncc[f].clamp(0.0, 1.0), torch.zeros_like(conf[f]))
             if cfg.mvs_average:
                 fused[f] = mean
