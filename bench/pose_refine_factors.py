@@ -16,7 +16,10 @@ backend is), and ``--points`` picks the cloud, so that the points' cost is measu
   scale) unprojected through the *true* cameras, so the cameras' errors do not move the points;
 * ``colmap``: COLMAP's fused cloud moved by the similarity (what the COLMAP backend hands training);
 * ``colmap_tail`` / ``colmap_body``: as ``colmap_depth`` where COLMAP's depth is more / less than ``TAIL`` off the
-  truth, the true depth at its other pixels: what the wrong tail and the rest of its depths each cost.
+  truth, the true depth at its other pixels: what the wrong tail and the rest of its depths each cost;
+* ``colmap_no_floaters``: as ``colmap_depth`` without the pixels more than ``2 TAIL`` nearer than the truth (told
+  by the truth): what the floaters cost when they are dropped rather than corrected; ``colmap_fixed_floaters``: the
+  same pixels given the true depth instead.
 
     python bench/pose_refine_factors.py --preset room --store /tmp/pr/store --out bench/results/pose_refine_factors.json
     python bench/pose_refine_factors.py --preset tabletop --cameras commanded --points colmap --variants off ...
@@ -76,6 +79,9 @@ def cloud(kind: str, colmap: dict, commanded: dict, to_cmd_c: Similarity, to_cmd
     depth = depth_c * (to_cmd_c.scale / to_cmd_t.scale)  # COLMAP's, in the commanded calibration's units
     if kind == "true_at_colmap":
         depth = np.where(depth_c > 0, true_depth, 0.0)
+    elif kind in ("colmap_no_floaters", "colmap_fixed_floaters"):
+        floater = depth < (1.0 - 2 * TAIL) * true_depth
+        depth = np.where(floater, 0.0 if kind == "colmap_no_floaters" else true_depth, depth)
     elif kind in ("colmap_tail", "colmap_body"):
         tail = np.abs(depth / np.where(true_depth > 0, true_depth, np.inf) - 1.0) > TAIL
         depth = np.where(depth_c > 0, np.where(tail == (kind == "colmap_tail"), depth, true_depth), 0.0)
@@ -90,7 +96,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--variants", default="off,on")
     ap.add_argument("--cameras", default="colmap", choices=("colmap", "commanded"))
-    ap.add_argument("--points", default="true", choices=("true", "true_at_colmap", "colmap_depth", "colmap", "colmap_tail", "colmap_body"))
+    ap.add_argument("--points", default="true", choices=("true", "true_at_colmap", "colmap_depth", "colmap", "colmap_tail", "colmap_body",
+                                                     "colmap_no_floaters", "colmap_fixed_floaters"))
     ap.add_argument("--renders", default="", help="save the held-out renders and targets here (.npz per variant)")
     args = ap.parse_args()
     params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()),

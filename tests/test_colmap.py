@@ -176,6 +176,20 @@ def test_edge_margin_removes_most_floaters_of_plane_sweep():
         assert (depth > 0).mean() > 0.65 and ((depth > 0) <= (depth0 > 0)).all(), clip
 
 
+def test_shiftable_windows_keep_more_pixels_with_fewer_floaters():
+    """``mvs_shift``: on the plane-sweep case (true cameras), shiftable windows keep more pixels and fewer of them
+    more than 10 % nearer than the surface (a window moved off an object's silhouette no longer fattens it).
+
+    Measured (shift 2): coverage 81.6 -> 85.6 % / 86.5 -> 87.8 %, floaters 10.8 -> 9.1 % / 9.6 -> 8.0 % of the pixels.
+    """
+    centred = dict(_plane_sweep_cases(ColmapConfig()))
+    for clip, (depth, _, truth) in _plane_sweep_cases(ColmapConfig(mvs_shift=2)):
+        depth0 = centred[clip][0]
+        assert (depth > 0).mean() > (depth0 > 0).mean() + 0.01, clip
+        floaters, floaters0 = (depth > 0) & (depth < 0.9 * truth), (depth0 > 0) & (depth0 < 0.9 * truth)
+        assert floaters.mean() < 0.9 * floaters0.mean(), (clip, floaters.mean(), floaters0.mean())
+
+
 def test_fill_depth_closes_a_hole_in_a_plane_but_not_across_a_step():
     """``mvs_fill``: a hole in a plane's depth is filled with the plane's own depth at half its interpolation's
     confidence; in a hole

@@ -32,6 +32,8 @@ class ColmapConfig:
     mvs_min_angle: least median triangulation angle (degrees) of the points a source shares with the reference.
     mvs_min_consistent: sources whose depth must agree for a pixel to keep its depth.
     mvs_depth_tolerance: relative depth difference within which two frames agree.
+    mvs_shift: 0 for correlation windows centred on their pixel; else shiftable windows, each pixel's cost the least
+        of its window's and those moved by this many pixels along x, y or both: less fattening of objects.
     mvs_average: a kept pixel's depth is the mean of its own and the agreeing sources' depths carried back into the
         frame (``mvs`` step 6) instead of its own.
     mvs_edge_margin: stereo pixels within this many pixels of a depth step (a neighbour more than ``1 +
@@ -68,6 +70,7 @@ class ColmapConfig:
     mvs_min_angle: float = 2.0
     mvs_min_consistent: int = 1
     mvs_depth_tolerance: float = 0.05
+    mvs_shift: int = 0
     mvs_average: bool = False
     mvs_edge_margin: int = 0
     mvs_fill: str = "dense"
@@ -90,6 +93,8 @@ class ColmapConfig:
             raise Lift3DError(f"calibrate.colmap.densify must be 'mvs' or 'planar', got {self.densify!r}")
         if self.mvs_fill not in ("none", "sparse", "dense"):
             raise Lift3DError(f"calibrate.colmap.mvs_fill must be 'none', 'sparse' or 'dense', got {self.mvs_fill!r}")
+        if self.mvs_shift < 0:
+            raise Lift3DError(f"calibrate.colmap.mvs_shift must be >= 0, got {self.mvs_shift}")
         if self.mvs_edge_margin < 0:
             raise Lift3DError(f"calibrate.colmap.mvs_edge_margin must be >= 0, got {self.mvs_edge_margin}")
         if self.mvs_sources < 1 or self.mvs_planes < 2 or self.mvs_window < 1 or self.mvs_window % 2 == 0:

@@ -79,6 +79,21 @@ def _box(x: torch.Tensor, window: int) -> torch.Tensor:
     return F.avg_pool2d(x[:, None], window, stride=1, padding=window // 2, count_include_pad=False)[:, 0]
 
 
+def _shiftable(cost: torch.Tensor, shift: int) -> torch.Tensor:
+    """Shiftable windows: a pixel's cost ``[D, H, W]`` of each plane is the least of the windows centred on it and
+    moved by ``shift`` px along x, y or both (nine windows that all still hold the pixel). Beside an object's
+    silhouette one of them lies wholly on the pixel's own side, so the object's texture no longer pulls the
+    background pixels to its depth (the fattening of a centred window)."""
+    H, W = cost.shape[1:]
+    padded = F.pad(cost[None], (shift, shift, shift, shift), mode="replicate")[0]
+    out = cost
+    for dy in (-shift, 0, shift):
+        for dx in (-shift, 0, shift):
+            if dx or dy:
+                out = torch.minimum(out, padded[:, shift + dy:shift + dy + H, shift + dx:shift + dx + W])
+    return out
+
+
 def _pixel_rays(K: np.ndarray, height: int, width: int, device) -> torch.Tensor:
     u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
     rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T  # z = 1
@@ -111,11 +126,12 @@ def _sample(img: torch.Tensor, uv: torch.Tensor, mode: str = "bilinear") -> torc
 
 def plane_sweep(
     grey: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth_range: tuple[float, float],
-    planes: int, window: int,
+    planes: int, window: int, shift: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One reference frame's winner-take-all depth ``[H, W]`` and its correlation ``[H, W]`` in [-1, 1].
 
-    grey: ``[F, H, W]`` grey levels in [0, 1]; c2w: ``[F, 4, 4]``; K: ``[3, 3]``; depth_range: ``(near, far)``.
+    grey: ``[F, H, W]`` grey levels in [0, 1]; c2w: ``[F, 4, 4]``; K: ``[3, 3]``; depth_range: ``(near, far)``;
+    shift: 0 for windows centred on their pixel, else shiftable windows (:func:`_shiftable`).
     """
     dev = grey.device
     H, W = grey.shape[1:]
@@ -145,6 +161,8 @@ def plane_sweep(
     cost = torch.stack(costs)  # [S, D, H, W]
     keep = max(1, math.ceil(len(sources) / 2))
     cost = cost.topk(keep, dim=0, largest=False).values.mean(0)  # [D, H, W]
+    if shift > 0:
+        cost = _shiftable(cost, shift)
     best = cost.argmin(0)
     c0 = cost.gather(0, best[None])[0]
     lo = cost.gather(0, (best - 1).clamp_min(0)[None])[0]
@@ -223,7 +241,7 @@ def mvs_depth(
         for f in range(n):
             if sources[f] and depth_ranges[f] is not None:
                 depth[f], ncc[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes,
-                                               cfg.mvs_window)
+                                               cfg.mvs_window, cfg.mvs_shift)
         conf = torch.zeros_like(depth)
         fused = depth.clone()  # every check reads the single-view depths; the averages are written apart
         for f in range(n):
