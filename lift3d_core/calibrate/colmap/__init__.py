@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from lift3d_core.calibrate.colmap.config import ColmapConfig
-from lift3d_core.calibrate.colmap.densify import dense_depth, densify_depth
+from lift3d_core.calibrate.colmap.densify import behind_steps, dense_depth, densify_depth
 from lift3d_core.calibrate.colmap.pairs import pair_graph
 from lift3d_core.calibrate.colmap.sfm import SparseModel, run_sfm
 from lift3d_core.errors import Lift3DError
@@ -77,7 +77,13 @@ def calibrate_from_model(model: SparseModel, frames, c2w_commanded, cfg, missing
     t0 = time.perf_counter()
     depth_raw, conf = dense_depth(model, frames, cfg.colmap)
     Ks = np.broadcast_to(model.K, (n, 3, 3)).copy()
-    points, colors = fuse_depth(frames, depth_raw, model.c2w, Ks, cfg.max_points, cfg.seed)
+    if cfg.colmap.mvs_behind > 0:  # the cloud also gets the background continued behind the depth steps
+        behind = behind_steps(depth_raw, cfg.colmap.mvs_behind, cfg.colmap.discontinuity)
+        points, colors = fuse_depth(np.concatenate([frames, frames]), np.concatenate([depth_raw, behind]),
+                                    np.concatenate([model.c2w, model.c2w]), np.concatenate([Ks, Ks]),
+                                    cfg.max_points, cfg.seed)
+    else:
+        points, colors = fuse_depth(frames, depth_raw, model.c2w, Ks, cfg.max_points, cfg.seed)
     center, scale = normalization(points, cfg.normalize_extent)
     c2w = apply_similarity(model.c2w, center, scale)
     to_commanded = fit_to_commanded(c2w, c2w_commanded, model.registered)

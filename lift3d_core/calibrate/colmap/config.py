@@ -39,6 +39,9 @@ class ColmapConfig:
     mvs_edge_margin: stereo pixels within this many pixels of a depth step (a neighbour more than ``1 +
         discontinuity`` times as far), on its near side, get no depth (0: off): a window straddling an object's
         silhouette gives the background beside it the object's depth (``mvs`` step 6).
+    mvs_behind: the fused cloud also gets, at the pixels within this many px of a depth step on its near side, the
+        step's far depth (:func:`~lift3d_core.calibrate.colmap.densify.behind_steps`; 0: off): the background beside
+        an object, which the correlation window gives the object's depth.
     mvs_fill: what fills the pixels plane-sweep stereo leaves without depth ("mvs" only): "none"; "sparse" (the
         frame's triangulated points) or "dense" (its stereo depth itself, every pixel with a depth a vertex)
         interpolated piecewise-planarly as ``densify: planar`` does
@@ -72,6 +75,7 @@ class ColmapConfig:
     mvs_depth_tolerance: float = 0.05
     mvs_shift: int = 0
     mvs_average: bool = False
+    mvs_behind: int = 0
     mvs_edge_margin: int = 0
     mvs_fill: str = "dense"
     min_confidence: float = 0.3
@@ -93,6 +97,8 @@ class ColmapConfig:
             raise Lift3DError(f"calibrate.colmap.densify must be 'mvs' or 'planar', got {self.densify!r}")
         if self.mvs_fill not in ("none", "sparse", "dense"):
             raise Lift3DError(f"calibrate.colmap.mvs_fill must be 'none', 'sparse' or 'dense', got {self.mvs_fill!r}")
+        if self.mvs_behind < 0:
+            raise Lift3DError(f"calibrate.colmap.mvs_behind must be >= 0, got {self.mvs_behind}")
         if self.mvs_shift < 0:
             raise Lift3DError(f"calibrate.colmap.mvs_shift must be >= 0, got {self.mvs_shift}")
         if self.mvs_edge_margin < 0:
