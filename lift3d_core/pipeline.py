@@ -53,7 +53,7 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("trajectory", "3", TrajectoryConfig, ()),  # 3: the tree keeps its axis weights
         StageSpec("generate", "3", GenerateConfig, ("ingest", "trajectory")),  # 3: synthetic surfaces composited in a fixed order
         # 3: MASt3R runs at its network view's resolution (the reference's crop), 58ccbd1
-        StageSpec("calibrate", "7", CalibrateConfig, ("generate", "trajectory")),  # 4: the similarity to the commanded frame fitted on whole poses; 5: COLMAP SIFT on upsampled frames, plane-sweep depth; 6: plane-sweep holes filled (colmap.mvs_fill); 7: COLMAP's cloud also holds the background behind depth steps (colmap.mvs_behind)
+        StageSpec("calibrate", "6", CalibrateConfig, ("generate", "trajectory")),  # 4: the similarity to the commanded frame fitted on whole poses; 5: COLMAP SIFT on upsampled frames, plane-sweep depth; 6: plane-sweep holes filled (colmap.mvs_fill)
         # 2: + validity mask; 3: min_confidence is a weight in [0, 1] for every calibration (2b07d7e)
         StageSpec("depth", "3", DepthConfig, ("calibrate", "generate", "trajectory")),
         # 2: the artifact records the training PSNR curve (attrs psnr_curve), for the report

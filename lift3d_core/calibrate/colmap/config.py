@@ -41,9 +41,7 @@ class ColmapConfig:
         silhouette gives the background beside it the object's depth (``mvs`` step 6).
     mvs_behind: the fused cloud also gets, at the pixels within this many px of a depth step on its near side, the
         step's far depth (:func:`~lift3d_core.calibrate.colmap.densify.behind_steps`; 0: off): the background beside
-        an object, which the correlation window gives the object's depth. Default 2 (half the correlation window): at
-        the demo profile, on one sparse model each, COLMAP + pose refinement's held-out PSNR +0.42 dB on tabletop,
-        +0.03 on room (bench/RESULTS.md).
+        an object, which the correlation window gives the object's depth.
     mvs_fill: what fills the pixels plane-sweep stereo leaves without depth ("mvs" only): "none"; "sparse" (the
         frame's triangulated points) or "dense" (its stereo depth itself, every pixel with a depth a vertex)
         interpolated piecewise-planarly as ``densify: planar`` does
@@ -77,7 +75,7 @@ class ColmapConfig:
     mvs_depth_tolerance: float = 0.05
     mvs_shift: int = 0
     mvs_average: bool = False
-    mvs_behind: int = 2
+    mvs_behind: int = 0
     mvs_edge_margin: int = 0
     mvs_fill: str = "dense"
     min_confidence: float = 0.3
