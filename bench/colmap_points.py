@@ -14,6 +14,9 @@ commanded frame, COLMAP's arrays moved there by the calibration's similarity:
 ``--variant section.key=value[;...]`` (repeatable) re-runs only the COLMAP backend's dense depth with those settings
 of ``calibrate.colmap`` on the same sparse model (structure from motion once per preset, cached under ``--store``)
 and reports the same numbers; ``--variant base`` is the setting as it stands. ``--why`` says why the plane sweep's pixels are empty.
+``--train`` also trains each variant's calibration as the train stage does (COLMAP's cameras, pose refinement on) and
+reports the evaluate stage's held-out PSNR: variants compared on one sparse model, without the SfM's run-to-run
+spread. ``--skip-stored`` leaves out the stored COLMAP calibration (whose key a code change would move, re-running SfM).
 
     python bench/colmap_points.py --preset room --store /tmp/cpoints/store --out bench/results/colmap_points.json
 """

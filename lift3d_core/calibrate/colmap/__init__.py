@@ -19,7 +19,8 @@
    point falls with its reprojection error and rises with its track length, per pixel it is the barycentric
    blend of its triangle's corners, cut where the triangle spans a depth discontinuity or is large. Pixels
    without a trusted depth have none.
-5. Fused cloud: every frame's confident dense depth, unprojected with its colours, subsampled.
+5. Fused cloud: every frame's confident dense depth, unprojected with its colours, and with ``mvs_behind`` the far
+   side of each depth step continued a few pixels behind its near side, subsampled.
 
 Frames that fail to register are named by ``(clip_id, t)`` in a :class:`Lift3DError`; with
 ``allow_unregistered`` they are listed in :attr:`Calibration.info`, marked in ``registered`` and given
