@@ -6,7 +6,7 @@ commanded frame, COLMAP's arrays moved there by the calibration's similarity:
 
 * per frame, COLMAP's dense depth against the generator's true depth at the same pixel (the commanded
   calibration's): coverage (share of pixels with a depth), relative depth error |d - d_true| / d_true (median, 90th
-  percentile, share of outliers above ``--outlier``);
+  percentile, share of outliers above ``--outlier``, share more than twice that nearer than the truth: floaters);
 * the fused clouds: accuracy (each COLMAP point's distance to the nearest point of the *dense* true cloud, every
   pixel of every frame unprojected, in units of the true cloud's extent: largest |coordinate| about its mean),
   completeness (share of the true fused points with a COLMAP point within ``--tolerance`` extents).
@@ -14,6 +14,9 @@ commanded frame, COLMAP's arrays moved there by the calibration's similarity:
 ``--variant section.key=value[;...]`` (repeatable) re-runs only the COLMAP backend's dense depth with those settings
 of ``calibrate.colmap`` on the same sparse model (structure from motion once per preset, cached under ``--store``)
 and reports the same numbers; ``--variant base`` is the setting as it stands. ``--why`` says why the plane sweep's pixels are empty.
+``--train`` also trains each variant's calibration as the train stage does (COLMAP's cameras, pose refinement on) and
+reports the evaluate stage's held-out PSNR: variants compared on one sparse model, without the SfM's run-to-run
+spread. ``--skip-stored`` leaves out the stored COLMAP calibration (whose key a code change would move, re-running SfM).
 
     python bench/colmap_points.py --preset room --store /tmp/cpoints/store --out bench/results/colmap_points.json
 """
@@ -57,7 +60,9 @@ def depth_stats(depth: np.ndarray, true: np.ndarray, outlier: float) -> dict:
             "coverage_max_frame": round(float(per_frame.max()), 4),
             "ratio_median": round(float(np.median(ratio)), 5),
             "rel_err_median": round(float(np.median(rel)), 5), "rel_err_p90": round(float(np.quantile(rel, 0.9)), 5),
-            "outlier_share": round(float((rel > outlier).mean()), 4)}
+            "outlier_share": round(float((rel > outlier).mean()), 4),
+            # floaters: more than twice the outlier bound nearer than the surface (a foreground depth on the background)
+            "too_near_share": round(float((ratio < 1.0 - 2 * outlier).mean()), 4)}
 
 
 def cloud_stats(points: np.ndarray, true_dense: np.ndarray, true_fused: np.ndarray, extent: float,
@@ -74,7 +79,8 @@ def cloud_stats(points: np.ndarray, true_dense: np.ndarray, true_fused: np.ndarr
 
 
 def sparse_model(colmap: dict, store: str, preset: str):
-    """COLMAP's sparse model of the run's frames (cached in ``store``/colmap_points_sfm_<preset>.pkl)."""
+    """COLMAP's sparse model of the run's frames (cached in ``store``/colmap_points_sfm_<preset>.pkl); ``colmap``:
+    an :func:`upstream` dict (its generation and tree) whose ``params`` say ``calibrate.backend: colmap``."""
     from lift3d_core.calibrate.colmap.pairs import pair_graph
     from lift3d_core.calibrate.colmap.sfm import run_sfm
     from lift3d_core.trajectory import CameraTree
@@ -114,7 +120,7 @@ def hole_reasons(model, frames: np.ndarray, true_depth: np.ndarray, cfg) -> dict
                 depth[f], ncc[f] = plane_sweep(grey, f, src[f], model.c2w, model.K, ranges[f], cfg.mvs_planes,
                                                cfg.mvs_window)
         for f in range(n):
-            agree = consistent_views(depth, f, src[f], model.c2w, model.K, cfg.mvs_depth_tolerance).numpy()
+            agree = consistent_views(depth, f, src[f], model.c2w, model.K, cfg.mvs_depth_tolerance)[0].numpy()
             mu = _box(grey[f][None], cfg.mvs_window)
             untex = ((_box((grey[f] ** 2)[None], cfg.mvs_window) - mu**2)[0] <= _MIN_STD**2).numpy()
             low = ~untex & (ncc[f].numpy() < cfg.min_confidence)
@@ -131,6 +137,32 @@ def hole_reasons(model, frames: np.ndarray, true_depth: np.ndarray, cfg) -> dict
     return out
 
 
+def train_and_evaluate(cal, colmap: dict, frames: np.ndarray, seed: int | None) -> dict:
+    """Train on the calibration ``cal`` as the train stage does (params.yaml's recipe, ``pose_refine`` resolved for
+    the colmap backend) and evaluate as the evaluate stage does: held-out PSNR and pose errors."""
+    from lift3d_core.evaluate import evaluate_synthetic, heldout_views, pose_report
+    from lift3d_core.generate import distinct_frames, synthetic_scene_config
+    from lift3d_core.train import train_scene, training_cameras
+
+    configs = stage_configs(colmap["params"] if seed is None else
+                            apply_overrides(colmap["params"], [f"train.seed={seed}"]))
+    tree = colmap["tree"]
+    image = colmap["ctx"].read("ingest").array("image")
+    c2w_held, targets = heldout_views(image, tree, synthetic_scene_config(image.shape[:2], configs["generate"]),
+                                      configs["evaluate"])
+    codes = distinct_frames(tree, tree.frame_codes().reshape(len(tree.clips), -1, 2))
+    t0 = time.time()
+    scene = train_scene(cal.points, cal.colors, frames, cal.c2w, cal.K, codes, None, configs["train"])
+    c2w_train = training_cameras({} if scene.c2w_refined is None else {"c2w_refined": scene.c2w_refined}, cal.c2w)
+    ev = evaluate_synthetic(scene.gaussians, c2w_held, targets, cal.to_commanded, cal.K[0], configs["evaluate"],
+                            c2w_calibrated=c2w_train, c2w_commanded=tree.distinct_c2w(), registered=cal.registered)
+    return {**ev.metrics, "pose_refine": scene.c2w_refined is not None, "train_seed": seed,
+            **pose_report(cal.c2w, tree.distinct_c2w(), cal.registered),
+            **{k.replace("pose.", "pose_refined."): v
+               for k, v in pose_report(c2w_train, tree.distinct_c2w(), cal.registered).items()},
+            "train_s": round(time.time() - t0, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="room")
@@ -140,16 +172,24 @@ def main() -> None:
     ap.add_argument("--outlier", type=float, default=0.05, help="relative depth error that makes an outlier")
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--why", action="store_true", help="also say why plane-sweep pixels are empty")
+    ap.add_argument("--skip-stored", action="store_true",
+                    help="only the variants (the sparse model's cache), not the stored COLMAP calibration")
+    ap.add_argument("--train", action="store_true",
+                    help="also train each variant's calibration (COLMAP's cameras, pose refinement as params.yaml) "
+                         "and report its held-out PSNR")
+    ap.add_argument("--train-seed", type=int, default=None)
     args = ap.parse_args()
     params = apply_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()),
                              [*DEMO_OVERRIDES, "trajectory.levels=1", "generate.synthetic.distortion=0",
                               f"generate.synthetic.preset={args.preset}"])
-    colmap, commanded = upstream(params, args.store, "colmap"), upstream(params, args.store, "commanded")
-    frames = colmap["frames"]
+    commanded = upstream(params, args.store, "commanded")
+    # --skip-stored: no COLMAP calibration through the store (a code change to its key would re-run SfM)
+    colmap = ({**commanded, "params": apply_overrides(params, ["calibrate.backend=colmap"])} if args.skip_stored
+              else upstream(params, args.store, "colmap"))
+    frames = commanded["frames"]
     n = len(frames)
-    cal_c = colmap["ctx"].arrays("calibrate", "depth", "confidence")
     cal_t = commanded["ctx"].arrays("calibrate", "depth")
-    to_cmd_c, to_cmd_t = Similarity.from_arrays(colmap["cal"]), Similarity.from_arrays(commanded["cal"])
+    to_cmd_t = Similarity.from_arrays(commanded["cal"])
     true_depth = cal_t["depth"].astype(np.float64) * to_cmd_t.scale  # commanded units
     # the dense true cloud: every pixel of every frame, commanded frame
     c2w_t = to_cmd_t.apply_c2w(commanded["cal"]["c2w"])
@@ -165,9 +205,11 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    # the stored calibration (what training saw)
-    report("stored", cal_c["depth"].astype(np.float64) * to_cmd_c.scale,
-           to_cmd_c.apply_points(colmap["cal"]["points"].astype(np.float64)))
+    if not args.skip_stored:  # the stored calibration (what training saw)
+        cal_c = colmap["ctx"].arrays("calibrate", "depth", "confidence")
+        to_cmd_c = Similarity.from_arrays(colmap["cal"])
+        report("stored", cal_c["depth"].astype(np.float64) * to_cmd_c.scale,
+               to_cmd_c.apply_points(colmap["cal"]["points"].astype(np.float64)))
     # another subsample of the true depth: the floor of the cloud measures (a uniform subsample's spacing)
     report("true, another subsample (floor)", true_depth,
            fuse_depth(frames, true_depth, c2w_t, commanded["cal"]["K"], len(true_fused), 12345)[0])
@@ -178,9 +220,7 @@ def main() -> None:
         rows.append({"preset": args.preset, "variant": "why pixels are empty (mvs, as it stands)", **reasons})
         print(json.dumps(rows[-1]), flush=True)
     if args.variant:
-        from lift3d_core.calibrate.colmap.densify import dense_depth
-        from lift3d_core.calibrate.contract import fit_to_commanded
-        from lift3d_core.calibrate.fusion import apply_similarity, normalization
+        from lift3d_core.calibrate.colmap import calibrate_from_model
 
         cfg = stage_configs(colmap["params"])["calibrate"]
         t0 = time.time()
@@ -192,21 +232,22 @@ def main() -> None:
             section = replace(cfg.colmap, **{k.split(".")[-1]: yaml.safe_load(v)
                                              for k, v in (s.split("=", 1) for s in sets)})
             t0 = time.time()
-            depth, _ = dense_depth(model, frames, section)
+            cal = calibrate_from_model(model, frames, c2w_cmd, replace(cfg, colmap=section))
             seconds = time.time() - t0
-            Ks = np.broadcast_to(model.K, (n, 3, 3)).copy()
-            points, _ = fuse_depth(frames, depth, model.c2w, Ks, cfg.max_points, cfg.seed)
-            center, scale = normalization(points, cfg.normalize_extent)
-            to_cmd = fit_to_commanded(apply_similarity(model.c2w, center, scale), c2w_cmd, model.registered)
-            report(variant, depth.astype(np.float64) * scale * to_cmd.scale,
-                   to_cmd.apply_points((points - center) * scale))
+            report(variant, cal.depth.astype(np.float64) * cal.to_commanded.scale,
+                   cal.to_commanded.apply_points(cal.points.astype(np.float64)))
             rows[-1]["dense_s"] = round(seconds, 1)
+            if args.train:
+                rows[-1].update(train_and_evaluate(cal, colmap, frames, args.train_seed))
+                print(json.dumps({k: rows[-1][k] for k in ("variant", "psnr", "train_s")}), flush=True)
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.exists() else []
     stamp = {"date": "2026-12-07", "device": "2-core dev CPU shared with other agents, OMP_NUM_THREADS=1",
              "load": round(os.getloadavg()[0], 2), "tolerance": args.tolerance, "outlier": args.outlier,
-             "extent": extent, "command": "python bench/colmap_points.py --preset {} --store S --out F {}".format(
-                 args.preset, " ".join(f"--variant '{v}'" for v in args.variant))}
+             "extent": extent, "command": "python bench/colmap_points.py --preset {} --store S --out F {}{}".format(
+                 args.preset, " ".join(f"--variant '{v}'" for v in args.variant),
+                 "".join(f" --{k.replace('_', '-')}" for k in ("skip_stored", "train") if getattr(args, k)) +
+                 (f" --train-seed {args.train_seed}" if args.train_seed is not None else ""))}
     out.write_text(json.dumps(old + [{**r, **stamp} for r in rows], indent=1))
 
 

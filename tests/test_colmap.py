@@ -125,6 +125,102 @@ def test_plane_sweep_depth_is_the_scene_depth():
         assert ((conf > 0) == kept).all() and conf.max() <= 1.0
 
 
+def test_averaging_the_consistent_views_brings_the_depth_closer_to_the_surface():
+    """``mvs_average``: each kept pixel's depth averaged with the agreeing sources' depths carried back is closer to
+    the analytic surface than its own single-view depth (median error down by a tenth or more on both clips); the
+    same pixels are kept.
+
+    Measured: median error 1.32 -> 1.14 % (orbit), 1.58 -> 1.13 % (up clip); the tail beyond 5 % (occlusion edges)
+    barely moves (18.5 -> 17.5 %, 22.7 -> 21.5 %).
+    """
+    single = dict(_plane_sweep_cases(ColmapConfig()))
+    for clip, (depth, _, truth) in _plane_sweep_cases(ColmapConfig(mvs_average=True)):
+        depth1 = single[clip][0]
+        kept = depth > 0
+        assert np.array_equal(kept, depth1 > 0), clip
+        err, err1 = np.abs(depth[kept] / truth[kept] - 1.0), np.abs(depth1[kept] / truth[kept] - 1.0)
+        assert np.median(err) < 0.9 * np.median(err1), (clip, np.median(err), np.median(err1))
+        assert (err > 0.05).mean() <= (err1 > 0.05).mean(), clip
+
+
+def test_near_side_of_a_depth_step_is_the_foreground_band():
+    """``near_side_of_step``: a foreground square (depth 1) on a background (depth 3) flags the square's outer band of
+    ``margin`` pixels and nothing else; a slanted plane (depth ratio under the step between neighbours) flags nothing."""
+    import torch
+
+    from lift3d_core.calibrate.colmap.mvs import near_side_of_step
+
+    depth = torch.full((20, 30), 3.0)
+    depth[5:15, 8:20] = 1.0
+    got = near_side_of_step(depth, 2, 0.15).numpy()
+    want = np.zeros((20, 30), bool)
+    want[5:15, 8:20] = True
+    want[7:13, 10:18] = False
+    assert np.array_equal(got, want)
+    slope = torch.linspace(1.0, 2.0, 30).expand(20, 30).contiguous()  # 2.4 % deeper per pixel
+    assert not near_side_of_step(slope, 2, 0.15).any()
+
+
+def test_edge_margin_removes_most_floaters_of_plane_sweep():
+    """``mvs_edge_margin``: on the plane-sweep case (true cameras), the pixels whose depth is more than 10 % nearer
+    than the surface (the correlation window fattening objects into the background; floaters once fused) fall to
+    less than half with a margin of 2 px, at a bounded loss of coverage.
+
+    Measured: floaters 10.8 -> 4.1 % / 9.6 -> 2.1 % of the pixels, coverage 82 -> 71 % / 87 -> 70 %.
+    """
+    plain = dict(_plane_sweep_cases(ColmapConfig()))
+    for clip, (depth, _, truth) in _plane_sweep_cases(ColmapConfig(mvs_edge_margin=2)):
+        depth0 = plain[clip][0]
+        floaters, floaters0 = (depth > 0) & (depth < 0.9 * truth), (depth0 > 0) & (depth0 < 0.9 * truth)
+        assert floaters.mean() < 0.5 * floaters0.mean(), (clip, floaters.mean(), floaters0.mean())
+        assert (depth > 0).mean() > 0.65 and ((depth > 0) <= (depth0 > 0)).all(), clip
+
+
+def test_shiftable_windows_keep_more_pixels_with_fewer_floaters():
+    """``mvs_shift``: on the plane-sweep case (true cameras), shiftable windows keep more pixels and fewer of them
+    more than 10 % nearer than the surface (a window moved off an object's silhouette no longer fattens it).
+
+    Measured (shift 2): coverage 81.6 -> 85.6 % / 86.5 -> 87.8 %, floaters 10.8 -> 9.1 % / 9.6 -> 8.0 % of the pixels.
+    """
+    centred = dict(_plane_sweep_cases(ColmapConfig()))
+    for clip, (depth, _, truth) in _plane_sweep_cases(ColmapConfig(mvs_shift=2)):
+        depth0 = centred[clip][0]
+        assert (depth > 0).mean() > (depth0 > 0).mean() + 0.01, clip
+        floaters, floaters0 = (depth > 0) & (depth < 0.9 * truth), (depth0 > 0) & (depth0 < 0.9 * truth)
+        assert floaters.mean() < 0.9 * floaters0.mean(), (clip, floaters.mean(), floaters0.mean())
+
+
+def test_behind_steps_continues_the_background_behind_a_foreground():
+    """``behind_steps``: a foreground square (depth 1) on a background (depth 3) gives its outer band of ``margin``
+    pixels the background's depth, and no other pixel a depth."""
+    from lift3d_core.calibrate.colmap.densify import behind_steps
+
+    depth = np.full((1, 20, 30), 3.0, np.float32)
+    depth[0, 5:15, 8:20] = 1.0
+    behind = behind_steps(depth, 2, 0.15)[0]
+    band = np.zeros((20, 30), bool)
+    band[5:15, 8:20] = True
+    band[7:13, 10:18] = False
+    assert np.array_equal(behind > 0, band) and (behind[band] == 3.0).all()
+
+
+def test_behind_steps_puts_the_background_at_the_floaters_of_plane_sweep():
+    """``mvs_behind``: on the plane-sweep case (true cameras) the floaters (more than 10 % nearer than the surface:
+    the object's depth on the background beside it) get, from the background continued behind the step, a depth
+    within 10 % of the surface for at least a quarter of them (their own: none).
+
+    Measured (margin 2): 31 / 45 % of the floaters; the behind depths are 6 / 12 % of the pixels, 79 / 55 % of them at
+    floaters.
+    """
+    from lift3d_core.calibrate.colmap.densify import behind_steps
+
+    for clip, (depth, _, truth) in _plane_sweep_cases(ColmapConfig()):
+        behind = behind_steps(depth, 2, 0.15)
+        floaters = (depth > 0) & (depth < 0.9 * truth)
+        fixed = floaters & (np.abs(behind / truth - 1.0) < 0.1)
+        assert fixed.sum() > 0.25 * floaters.sum(), (clip, fixed.sum() / floaters.sum())
+
+
 def test_fill_depth_closes_a_hole_in_a_plane_but_not_across_a_step():
     """``mvs_fill``: a hole in a plane's depth is filled with the plane's own depth at half its interpolation's
     confidence; in a hole

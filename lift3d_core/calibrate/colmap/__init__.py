@@ -19,7 +19,8 @@
    point falls with its reprojection error and rises with its track length, per pixel it is the barycentric
    blend of its triangle's corners, cut where the triangle spans a depth discontinuity or is large. Pixels
    without a trusted depth have none.
-5. Fused cloud: every frame's confident dense depth, unprojected with its colours, subsampled.
+5. Fused cloud: every frame's confident dense depth, unprojected with its colours, and with ``mvs_behind`` the far
+   side of each depth step continued a few pixels behind its near side, subsampled.
 
 Frames that fail to register are named by ``(clip_id, t)`` in a :class:`Lift3DError`; with
 ``allow_unregistered`` they are listed in :attr:`Calibration.info`, marked in ``registered`` and given
@@ -33,21 +34,18 @@ import time
 import numpy as np
 
 from lift3d_core.calibrate.colmap.config import ColmapConfig
-from lift3d_core.calibrate.colmap.densify import dense_depth, densify_depth
+from lift3d_core.calibrate.colmap.densify import behind_steps, dense_depth, densify_depth
 from lift3d_core.calibrate.colmap.pairs import pair_graph
 from lift3d_core.calibrate.colmap.sfm import SparseModel, run_sfm
 from lift3d_core.errors import Lift3DError
 
-__all__ = ["ColmapConfig", "SparseModel", "calibrate_colmap", "dense_depth", "densify_depth", "pair_graph", "run_sfm"]
+__all__ = ["ColmapConfig", "SparseModel", "calibrate_colmap", "calibrate_from_model", "dense_depth", "densify_depth",
+           "pair_graph", "run_sfm"]
 
 
 def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint):
     """See :func:`lift3d_core.calibrate.calibrate`; ``cfg.colmap`` holds this backend's settings. ``depth_hint``
     is ignored: the geometry comes from the images alone."""
-    from lift3d_core.calibrate import Calibration
-    from lift3d_core.calibrate.contract import fit_to_commanded
-    from lift3d_core.calibrate.fusion import apply_similarity, fuse_depth, normalization
-
     del depth_hint
     section: ColmapConfig = cfg.colmap
     n = len(frames)
@@ -63,10 +61,30 @@ def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint):
         )
     if model.registered.sum() < 3:
         raise Lift3DError(f"COLMAP registered only {int(model.registered.sum())} of {n} frames; cannot calibrate")
+    return calibrate_from_model(model, frames, c2w_commanded, cfg, missing, {"num_pairs": len(pairs)})
+
+
+def calibrate_from_model(model: SparseModel, frames, c2w_commanded, cfg, missing=(), info=None):
+    """Steps 4-5 on a sparse model: dense depth, fused cloud, normalisation, the similarity to the commanded frame.
+
+    model: :func:`run_sfm`'s; frames: ``uint8 [F, H, W, 3]``; c2w_commanded: ``[F, 4, 4]``; cfg: the calibrate
+    section (``cfg.colmap`` this backend's); missing: ``(clip_id, t)`` of the unregistered frames.
+    """
+    from lift3d_core.calibrate import Calibration
+    from lift3d_core.calibrate.contract import fit_to_commanded
+    from lift3d_core.calibrate.fusion import apply_similarity, fuse_depth, normalization
+
+    n = len(frames)
     t0 = time.perf_counter()
-    depth_raw, conf = dense_depth(model, frames, section)
+    depth_raw, conf = dense_depth(model, frames, cfg.colmap)
     Ks = np.broadcast_to(model.K, (n, 3, 3)).copy()
-    points, colors = fuse_depth(frames, depth_raw, model.c2w, Ks, cfg.max_points, cfg.seed)
+    if cfg.colmap.mvs_behind > 0:  # the cloud also gets the background continued behind the depth steps
+        behind = behind_steps(depth_raw, cfg.colmap.mvs_behind, cfg.colmap.discontinuity)
+        points, colors = fuse_depth(np.concatenate([frames, frames]), np.concatenate([depth_raw, behind]),
+                                    np.concatenate([model.c2w, model.c2w]), np.concatenate([Ks, Ks]),
+                                    cfg.max_points, cfg.seed)
+    else:
+        points, colors = fuse_depth(frames, depth_raw, model.c2w, Ks, cfg.max_points, cfg.seed)
     center, scale = normalization(points, cfg.normalize_extent)
     c2w = apply_similarity(model.c2w, center, scale)
     to_commanded = fit_to_commanded(c2w, c2w_commanded, model.registered)
@@ -77,7 +95,7 @@ def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint):
         c2w=c2w, K=Ks, depth=depth_raw * np.float32(scale), confidence=conf,
         points=((points - center) * scale).astype(np.float32), colors=colors, center=center, scale=scale,
         to_commanded=to_commanded, registered=model.registered.copy(),
-        info={"unregistered": [[c, int(t)] for c, t in missing], "num_pairs": len(pairs),
+        info={"unregistered": [[c, int(t)] for c, t in missing], **(info or {}),
               "num_sparse_points": len(model.points), "focal_px": float(model.K[0, 0]),
               "seconds": {k: round(v, 3) for k, v in seconds.items()}},
     )

@@ -32,6 +32,18 @@ class ColmapConfig:
     mvs_min_angle: least median triangulation angle (degrees) of the points a source shares with the reference.
     mvs_min_consistent: sources whose depth must agree for a pixel to keep its depth.
     mvs_depth_tolerance: relative depth difference within which two frames agree.
+    mvs_shift: 0 for correlation windows centred on their pixel; else shiftable windows, each pixel's cost the least
+        of its window's and those moved by this many pixels along x, y or both: less fattening of objects.
+    mvs_average: a kept pixel's depth is the mean of its own and the agreeing sources' depths carried back into the
+        frame (``mvs`` step 6) instead of its own.
+    mvs_edge_margin: stereo pixels within this many pixels of a depth step (a neighbour more than ``1 +
+        discontinuity`` times as far), on its near side, get no depth (0: off): a window straddling an object's
+        silhouette gives the background beside it the object's depth (``mvs`` step 6).
+    mvs_behind: the fused cloud also gets, at the pixels within this many px of a depth step on its near side, the
+        step's far depth (:func:`~lift3d_core.calibrate.colmap.densify.behind_steps`; 0: off): the background beside
+        an object, which the correlation window gives the object's depth. At 2 px: COLMAP + pose refinement's held-out
+        PSNR +0.42 / -0.32 dB on tabletop (two training seeds, one sparse model), +0.03 on room: within the training's
+        spread, so off (bench/RESULTS.md).
     mvs_fill: what fills the pixels plane-sweep stereo leaves without depth ("mvs" only): "none"; "sparse" (the
         frame's triangulated points) or "dense" (its stereo depth itself, every pixel with a depth a vertex)
         interpolated piecewise-planarly as ``densify: planar`` does
@@ -43,7 +55,8 @@ class ColmapConfig:
         on the same cameras (bench/RESULTS.md).
     min_confidence: dense pixels below this confidence (in [0, 1]; "mvs": the correlation) get no depth and
         enter no cloud.
-    discontinuity: "planar": a triangle whose corners' inverse depths differ by more than this ratio is an edge.
+    discontinuity: a triangle whose corners' inverse depths differ by more than this ratio is an edge ("planar" and
+        ``mvs_fill``); a larger depth ratio between neighbours is a depth step for ``mvs_edge_margin``.
     allow_unregistered: keep frames that fail to register (commanded pose, no depth) instead of failing.
     """
 
@@ -62,6 +75,10 @@ class ColmapConfig:
     mvs_min_angle: float = 2.0
     mvs_min_consistent: int = 1
     mvs_depth_tolerance: float = 0.05
+    mvs_shift: int = 0
+    mvs_average: bool = False
+    mvs_behind: int = 0
+    mvs_edge_margin: int = 0
     mvs_fill: str = "dense"
     min_confidence: float = 0.3
     discontinuity: float = 0.15
@@ -82,6 +99,12 @@ class ColmapConfig:
             raise Lift3DError(f"calibrate.colmap.densify must be 'mvs' or 'planar', got {self.densify!r}")
         if self.mvs_fill not in ("none", "sparse", "dense"):
             raise Lift3DError(f"calibrate.colmap.mvs_fill must be 'none', 'sparse' or 'dense', got {self.mvs_fill!r}")
+        if self.mvs_behind < 0:
+            raise Lift3DError(f"calibrate.colmap.mvs_behind must be >= 0, got {self.mvs_behind}")
+        if self.mvs_shift < 0:
+            raise Lift3DError(f"calibrate.colmap.mvs_shift must be >= 0, got {self.mvs_shift}")
+        if self.mvs_edge_margin < 0:
+            raise Lift3DError(f"calibrate.colmap.mvs_edge_margin must be >= 0, got {self.mvs_edge_margin}")
         if self.mvs_sources < 1 or self.mvs_planes < 2 or self.mvs_window < 1 or self.mvs_window % 2 == 0:
             raise Lift3DError("calibrate.colmap.mvs_sources must be >= 1, mvs_planes >= 2 and mvs_window odd")
         if not (0 <= self.mvs_min_angle < 90 and self.mvs_min_consistent >= 1 and self.mvs_depth_tolerance > 0):

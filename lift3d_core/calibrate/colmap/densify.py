@@ -82,6 +82,22 @@ def dense_depth(model: SparseModel, frames: np.ndarray, cfg: ColmapConfig) -> tu
     return depth, conf
 
 
+def behind_steps(depth: np.ndarray, margin: int, step: float) -> np.ndarray:
+    """The far surface continued behind the near side of each depth step, ``float32 [F, H, W]`` (0: none).
+
+    depth: ``[F, H, W]`` (0: none). A pixel within ``margin`` px (square) of one more than ``1 + step`` times as far
+    gets the farthest depth within that margin: the background the near surface hides there, or the background that
+    the correlation window hid under the object's depth (its fattened halo). These go into the cloud beside the
+    pixels' own depths (``mvs_behind``): with the background's depth at the halo's pixels, COLMAP's depth trains to
+    within 0.15 dB of the true depth on the tabletop preset (bench/RESULTS.md).
+    """
+    from scipy.ndimage import maximum_filter
+
+    farthest = maximum_filter(depth, size=(1, 2 * margin + 1, 2 * margin + 1), mode="constant", cval=0.0)
+    near_side = (depth > 0) & (farthest > (1.0 + step) * depth)
+    return np.where(near_side, farthest, 0.0).astype(np.float32)
+
+
 def _confident(depth: np.ndarray, conf: np.ndarray, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """``depth`` and ``conf`` (``[..., H, W]``) zeroed where the confidence is below ``min_confidence``, float32."""
     keep = conf >= min_confidence

@@ -14,7 +14,12 @@ For every registered frame (the reference):
 4. each pixel takes its cheapest plane, refined between planes by a parabola through the costs;
 5. geometric consistency: a depth is kept where at least ``mvs_min_consistent`` sources' own depth maps, carried
    back into the reference, agree with it (within 1 px and ``mvs_depth_tolerance`` of the depth), and the window
-   has texture (grey-level standard deviation at least 1/255).
+   has texture (grey-level standard deviation at least 1/255);
+6. with ``mvs_edge_margin``, pixels within that many pixels of a depth step, on its near side, are dropped: the
+   correlation window fattens a foreground object into the background by up to half its width, and the fattened
+   pixels pass the consistency check (every view fattens alike);
+7. with ``mvs_average``, a kept pixel's depth is the mean of its own and the agreeing sources' carried-back depths
+   (the fusion step of multi-view stereo: independent errors of the views partly cancel).
 
 Confidence: the kept pixel's correlation, in [0, 1] (``min_confidence`` is then the least correlation kept).
 Pixels that fail get no depth: a fused cloud holds only what frames agree on.
@@ -74,6 +79,21 @@ def _box(x: torch.Tensor, window: int) -> torch.Tensor:
     return F.avg_pool2d(x[:, None], window, stride=1, padding=window // 2, count_include_pad=False)[:, 0]
 
 
+def _shiftable(cost: torch.Tensor, shift: int) -> torch.Tensor:
+    """Shiftable windows: a pixel's cost ``[D, H, W]`` of each plane is the least of the windows centred on it and
+    moved by ``shift`` px along x, y or both (nine windows that all still hold the pixel). Beside an object's
+    silhouette one of them lies wholly on the pixel's own side, so the object's texture no longer pulls the
+    background pixels to its depth (the fattening of a centred window)."""
+    H, W = cost.shape[1:]
+    padded = F.pad(cost[None], (shift, shift, shift, shift), mode="replicate")[0]
+    out = cost
+    for dy in (-shift, 0, shift):
+        for dx in (-shift, 0, shift):
+            if dx or dy:
+                out = torch.minimum(out, padded[:, shift + dy:shift + dy + H, shift + dx:shift + dx + W])
+    return out
+
+
 def _pixel_rays(K: np.ndarray, height: int, width: int, device) -> torch.Tensor:
     u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
     rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T  # z = 1
@@ -106,11 +126,12 @@ def _sample(img: torch.Tensor, uv: torch.Tensor, mode: str = "bilinear") -> torc
 
 def plane_sweep(
     grey: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth_range: tuple[float, float],
-    planes: int, window: int,
+    planes: int, window: int, shift: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One reference frame's winner-take-all depth ``[H, W]`` and its correlation ``[H, W]`` in [-1, 1].
 
-    grey: ``[F, H, W]`` grey levels in [0, 1]; c2w: ``[F, 4, 4]``; K: ``[3, 3]``; depth_range: ``(near, far)``.
+    grey: ``[F, H, W]`` grey levels in [0, 1]; c2w: ``[F, 4, 4]``; K: ``[3, 3]``; depth_range: ``(near, far)``;
+    shift: 0 for windows centred on their pixel, else shiftable windows (:func:`_shiftable`).
     """
     dev = grey.device
     H, W = grey.shape[1:]
@@ -140,6 +161,8 @@ def plane_sweep(
     cost = torch.stack(costs)  # [S, D, H, W]
     keep = max(1, math.ceil(len(sources) / 2))
     cost = cost.topk(keep, dim=0, largest=False).values.mean(0)  # [D, H, W]
+    if shift > 0:
+        cost = _shiftable(cost, shift)
     best = cost.argmin(0)
     c0 = cost.gather(0, best[None])[0]
     lo = cost.gather(0, (best - 1).clamp_min(0)[None])[0]
@@ -157,11 +180,13 @@ def plane_sweep(
 
 def consistent_views(
     depth: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth_tolerance: float
-) -> torch.Tensor:
-    """How many sources' depth maps agree with the reference's depth, per pixel ``int [H, W]``.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many sources' depth maps agree with the reference's depth, and their mean, per pixel.
 
-    A reference pixel with depth is carried into the source, the source's depth there (nearest pixel) carried
-    back: it agrees when it lands within 1 px of the pixel and within ``depth_tolerance`` of its depth.
+    depth: ``float32 [F, H, W]`` (0: none). A reference pixel with depth is carried into the source, the source's
+    depth there (nearest pixel) carried back: it agrees when it lands within 1 px of the pixel and within
+    ``depth_tolerance`` of its depth. Returns ``count int32 [H, W]`` and ``mean float32 [H, W]``: the mean z-depth of
+    the reference's own and every agreeing source's depth carried back (the reference's depth where none agrees).
     """
     dev = depth.device
     H, W = depth.shape[1:]
@@ -171,6 +196,7 @@ def consistent_views(
                                      indexing="xy"), -1)
     d_ref = depth[ref]
     count = torch.zeros((H, W), dtype=torch.int32, device=dev)
+    total = d_ref.clone()
     for s in sources:
         R, t = _relative(c2w[ref], c2w[s])
         cam_s = rays * d_ref[..., None] @ torch.as_tensor(R, dtype=torch.float32, device=dev).T + torch.as_tensor(
@@ -186,7 +212,16 @@ def consistent_views(
         ok &= torch.linalg.norm(uv_r - pix, dim=-1) < 1.0
         ok &= (z_r - d_ref).abs() < depth_tolerance * d_ref
         count += ok.to(torch.int32)
-    return count
+        total += torch.where(ok, z_r, torch.zeros_like(z_r))
+    return count, total / (1 + count).to(total.dtype)
+
+
+def near_side_of_step(depth: torch.Tensor, margin: int, step: float) -> torch.Tensor:
+    """Pixels of ``depth [H, W]`` (0: none) within ``margin`` px (square) of a pixel more than ``1 + step`` times as
+    far, ``bool [H, W]``: the near side of a depth step, where a correlation window that straddles the step gives the
+    background pixels the foreground's depth ("foreground fattening", up to half the window wide)."""
+    farthest = F.max_pool2d(depth[None, None], 2 * margin + 1, stride=1, padding=margin)[0, 0]
+    return (depth > 0) & (farthest > (1.0 + step) * depth)
 
 
 def mvs_depth(
@@ -206,13 +241,18 @@ def mvs_depth(
         for f in range(n):
             if sources[f] and depth_ranges[f] is not None:
                 depth[f], ncc[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes,
-                                               cfg.mvs_window)
+                                               cfg.mvs_window, cfg.mvs_shift)
         conf = torch.zeros_like(depth)
+        fused = depth.clone()  # every check reads the single-view depths; the averages are written apart
         for f in range(n):
             if not sources[f]:
                 continue
-            agree = consistent_views(depth, f, sources[f], c2w, K, cfg.mvs_depth_tolerance)
+            agree, mean = consistent_views(depth, f, sources[f], c2w, K, cfg.mvs_depth_tolerance)
             ok = (agree >= min(cfg.mvs_min_consistent, len(sources[f]))) & (depth[f] > 0)
+            if cfg.mvs_edge_margin > 0:
+                ok &= ~near_side_of_step(depth[f], cfg.mvs_edge_margin, cfg.discontinuity)
             conf[f] = torch.where(ok, ncc[f].clamp(0.0, 1.0), torch.zeros_like(conf[f]))
-        depth = torch.where(conf > 0, depth, torch.zeros_like(depth))
+            if cfg.mvs_average:
+                fused[f] = mean
+        depth = torch.where(conf > 0, fused if cfg.mvs_average else depth, torch.zeros_like(depth))
     return depth.cpu().numpy().astype(np.float32), conf.cpu().numpy().astype(np.float32)
