@@ -190,7 +190,9 @@ def main(argv=None) -> int:
     variants = {
         "default": {},
         "no regularisers": dict(plane_tv_weight=0.0, frame_smoothness_weight=0.0, frame_l1_weight=0.0),
-        "no anchor": dict(anchor_weight=0.0),
+        "no anchor": dict(anchor_weight=0.0, hard_anchor=False),
+        "soft anchor, no price (session 10's recipe)": dict(hard_anchor=False, offset_image_weight=0.0),
+        "no frame-mean penalty": dict(frame_mean_weight=0.0),
         "culling": dict(field_cull_margin=0.2),
         "no culling": dict(field_cull_margin=None),
         "position head only": dict(deform_scale=False, deform_rotation=False),
