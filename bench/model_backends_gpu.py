@@ -44,50 +44,40 @@ TINY = ("ingest.width=64", "ingest.height=64", "generate.motionctrl_svd.model=ti
         "train.coarse_iterations=5", "train.fine_iterations=10")
 
 
-def _atomic_save(obj, path: Path) -> float:
-    t = time.perf_counter()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return time.perf_counter() - t
-
-
 def write_checkpoints(folder: Path, tiny: bool) -> dict[str, dict]:
-    """The three official-layout checkpoints under ``folder`` (each skipped if present): name -> path, GB, seconds."""
+    """The three official-layout checkpoints under ``folder`` (each skipped if present, each written to a temporary
+    name first, then renamed): name -> path, GB, seconds. MotionCtrl-SVD's is ``generate_speed.write_checkpoint``'s."""
+    from bench.generate_speed import write_checkpoint
     from lift3d_core.calibrate.mast3r.checkpoint import constructor_string
     from lift3d_core.calibrate.mast3r.model import AsymmetricMASt3R, Mast3rNetConfig
     from lift3d_core.depth import depth_anything_v2 as dav2
     from lift3d_core.generate.motionctrl_svd import model as mc
-    from lift3d_core.generate.motionctrl_svd.convert import to_official
 
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
 
-    def motionctrl():
-        spec = mc.TINY if tiny else mc.OFFICIAL
-        torch.manual_seed(0)
-        state = {k: v.cpu() for k, v in mc.build_model(spec, dtype=torch.float32).state_dict().items()}
-        return {"state_dict": to_official(state, spec), "global_step": 0}
+    def motionctrl(tmp: Path):
+        write_checkpoint(mc.TINY if tiny else mc.OFFICIAL, tmp, torch.device("cpu"))
 
-    def mast3r():
+    def mast3r(tmp: Path):
         torch.manual_seed(0)
         net = AsymmetricMASt3R(Mast3rNetConfig.tiny() if tiny else Mast3rNetConfig.official())
-        return {"model": net.state_dict(), "args": argparse.Namespace(model=constructor_string(net.cfg))}
+        torch.save({"model": net.state_dict(), "args": argparse.Namespace(model=constructor_string(net.cfg))}, tmp)
 
-    def depth():
+    def depth(tmp: Path):
         gen = torch.Generator().manual_seed(0)
         arch = dav2.ARCHITECTURES["tiny" if tiny else "vitl"]
-        return {k: 0.02 * torch.randn(s, generator=gen) for k, s in dav2.official_shapes(arch).items()}
+        torch.save({k: 0.02 * torch.randn(s, generator=gen) for k, s in dav2.official_shapes(arch).items()}, tmp)
 
-    for name, file, make in (("motionctrl_svd", "motionctrl_svd.ckpt", motionctrl), ("mast3r", "mast3r.pth", mast3r),
-                             ("depth_anything_v2", f"depth_anything_v2_{'tiny' if tiny else 'vitl'}.pth", depth)):
+    for name, file, write in (("motionctrl_svd", "motionctrl_svd.ckpt", motionctrl), ("mast3r", "mast3r.pth", mast3r),
+                              ("depth_anything_v2", f"depth_anything_v2_{'tiny' if tiny else 'vitl'}.pth", depth)):
         path = folder / file
         seconds = None
         if not path.exists():
             t = time.perf_counter()
-            obj = make()
-            _atomic_save(obj, path)
-            del obj
+            tmp = path.with_name(path.name + ".tmp")
+            write(tmp)
+            os.replace(tmp, path)
             seconds = round(time.perf_counter() - t, 1)
             print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {seconds} s", flush=True)
         out[name] = {"path": str(path), "gb": round(path.stat().st_size / 1e9, 3), "write_seconds": seconds}
