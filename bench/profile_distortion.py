@@ -46,9 +46,9 @@ def make_trainer(n, width, height, device, backend, section: dict, **overrides):
     g = random_scene(n, width, height, kind="heavy", seed=1, device=device)
     frames, c2w, K = _tree_targets(g, width, height, 16, device, backend)
     init = _perturbed(g, 2)
-    values = {**section, **overrides, "coarse_iterations": 0, "fine_iterations": 10**6, "batch_size": 2,
+    values = {**section, "coarse_iterations": 0, "fine_iterations": 10**6, "batch_size": 2,
               "backend": backend, "densify_until": 0, "opacity_reset_every": 10**9, "log_every": 10**9,
-              "curriculum_steps": 0}
+              "curriculum_steps": 0, **overrides}
     cfg = DistortionTrainConfig.from_dict(values)
     codes = torch.stack([torch.linspace(0.2, 0.8, 16), torch.full((16,), 0.5)], dim=1)
     return DistortionTrainer(init, frames, c2w, K, codes, cfg, device=device)
@@ -59,8 +59,15 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_steps(trainer, steps, device):
-    for _ in range(5):
+def time_steps(trainer, steps, device, first: dict | None = None):
+    """Milliseconds per step over ``steps`` steps after 5 warm-up ones; ``first``, if given, gets the warm-up's
+    first step's seconds (compiles included) and the trainer's ``compile_seconds``."""
+    t0 = time.perf_counter()
+    trainer.train_step()
+    sync(device)
+    if first is not None:
+        first.update(first_step_s=round(time.perf_counter() - t0, 2), compile_seconds=dict(trainer.compile_seconds))
+    for _ in range(4):
         trainer.train_step()
     sync(device)
     t0 = time.perf_counter()
@@ -189,6 +196,7 @@ def main(argv=None) -> int:
         field_triton.LINE_DOT_MAX_R = args.line_dot_max_r
     variants = {
         "default": {},
+        "coarse step (plain 3DGS's step)": dict(coarse_iterations=10**6),
         "no regularisers": dict(plane_tv_weight=0.0, frame_smoothness_weight=0.0, frame_l1_weight=0.0),
         "no anchor": dict(anchor_weight=0.0, hard_anchor=False),
         "soft anchor, no price (session 10's recipe)": dict(hard_anchor=False, offset_image_weight=0.0),
@@ -207,13 +215,16 @@ def main(argv=None) -> int:
         "field term, one level": dict(field_levels=1),
     }
     variants = {name: {**base, **over} for name, over in variants.items()}
-    rows = {}
+    rows, compiles = {}, {}
     for name, over in variants.items():
         if args.variants and name not in args.variants:
             continue
         trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, section, **over)
-        rows[name] = round(time_steps(trainer, args.steps, args.device), 2)
-        print(f"{name}: {rows[name]} ms/step", flush=True)
+        first = {}
+        rows[name] = round(time_steps(trainer, args.steps, args.device, first), 2)
+        compiles[name] = first
+        print(f"{name}: {rows[name]} ms/step; first step {first['first_step_s']} s, compiles "
+              f"{first['compile_seconds']}", flush=True)
         del trainer
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -231,7 +242,7 @@ def main(argv=None) -> int:
     by_cpu = prof.key_averages().table(sort_by="cpu_time_total", row_limit=30)
     print(by_dev)
     print(by_cpu)
-    result = {"args": vars(args), "ms_per_step": rows, "by_device": by_dev, "by_cpu": by_cpu}
+    result = {"args": vars(args), "ms_per_step": rows, "first_step": compiles, "by_device": by_dev, "by_cpu": by_cpu}
     if args.attribute:
         result["attribution"] = attribution = attribute(trainer, 5)
         for where, ms in attribution["host_ms_per_step"].items():
