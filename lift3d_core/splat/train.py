@@ -21,7 +21,6 @@ Pieces meant for reuse (the distortion-aware trainer subclasses :class:`Trainer`
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,6 +46,7 @@ from lift3d_core.splat.optim import (
 from lift3d_core.splat.pose_refine import PoseCorrections, correction_magnitudes
 from lift3d_core.splat.strategy import DensifyStrategy
 from lift3d_core.splat.train_config import TrainConfig
+from lift3d_core.splat.train_progress import _progress_bar
 
 
 @dataclass
@@ -378,37 +378,6 @@ def _validate_inputs(init, frames, c2w, K, inv_depth, cfg):
     if cfg.batch_size > num:
         raise Lift3DError(f"train: batch_size {cfg.batch_size} exceeds the {num} frames")
     return frames, c2w, K, inv_depth
-
-
-class _progress_bar:
-    """A rich progress bar when rich is installed (pyproject lists it); plain silence otherwise."""
-
-    def __init__(self, total: int):
-        try:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-        except ImportError:
-            warnings.warn("progress=True needs the 'rich' package; training without a progress bar", stacklevel=2)
-            self._progress = None
-            return
-        self._progress = Progress(
-            TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-        )
-        self._task = self._progress.add_task("train", total=total, info="")
-        self._progress.start()
-
-    def advance(self):
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def update(self, step: int, metrics: dict):
-        if self._progress is not None:
-            info = f"loss {metrics['loss']:.4f}  psnr {metrics['psnr']:.2f}  N {metrics['num_gaussians']}"
-            self._progress.update(self._task, advance=1, info=info)
-
-    def close(self):
-        if self._progress is not None:
-            self._progress.stop()
 
 
 def train_gaussians(
