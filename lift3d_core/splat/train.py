@@ -6,7 +6,8 @@ learning-rate and SH-degree schedules (``optim``).
 
 Pieces meant for reuse (the distortion-aware trainer subclasses :class:`Trainer`):
 
-* :class:`GaussianParams`: ``dict[str, nn.Parameter]`` keyed like :class:`Gaussians` fields <-> ``Gaussians``.
+* :class:`GaussianParams` (:mod:`~lift3d_core.splat.gaussian_params`): ``dict[str, nn.Parameter]`` keyed like
+  :class:`Gaussians` fields <-> ``Gaussians``.
 * :class:`Trainer`: ``render_frames(idx, sh_degree)`` (override to render deformed Gaussians; the result must be
   one ``RenderOutput`` whose ``means2d [C, N, 2]`` rows are the canonical Gaussians' and whose ``means2d.grad``
   is filled by backward; ``render.render_w2c_each`` renders each frame's own Gaussians into one),
@@ -16,6 +17,18 @@ Pieces meant for reuse (the distortion-aware trainer subclasses :class:`Trainer`
   frames' world-to-camera *as rendered now*, the calibrated cameras moved by a trained per-frame correction (frame 0,
   the input view, frozen), so a subclass that renders ``self.viewmats[idx]`` refines them too. The refined cameras
   leave in ``TrainResult.stats["refined_c2w"]`` (every trainer's result passes its stats on) and in checkpoints.
+
+This module holds the loop and its input checks (:class:`Trainer`, :func:`train_gaussians`, :class:`TrainResult`); its pieces live in
+
+* :mod:`~lift3d_core.splat.train_config`: :class:`TrainConfig` (the ``train`` section of ``params.yaml``);
+* :mod:`~lift3d_core.splat.gaussian_params`: :class:`GaussianParams`, :func:`scene_extent_from_cameras` and the
+  SH-degree padding of the initial Gaussians;
+* :mod:`~lift3d_core.splat.loss_fast`: the photometric loss as the trainer runs it (:func:`fast_photometric_loss`
+  eagerly, :func:`photometric_loss_shifted` compiled);
+* :mod:`~lift3d_core.splat.compile_fallback`: :func:`compiled_or_eager`, ``torch.compile`` with an eager fallback;
+* :mod:`~lift3d_core.splat.train_progress`: the progress bar of ``run(progress=True)``.
+
+Every public name that used to be defined here can still be imported from here (the old import paths).
 """
 
 from __future__ import annotations
@@ -29,11 +42,12 @@ import torch
 
 from lift3d_core.errors import Lift3DError
 from lift3d_core.splat.checkpoint import TrainCheckpoint
-from lift3d_core.splat.compile_fallback import compiled_or_eager
+from lift3d_core.splat.compile_fallback import compiled_or_eager as compiled_or_eager
 from lift3d_core.splat.gaussian_params import GaussianParams, _match_sh_degree, scene_extent_from_cameras
 from lift3d_core.splat.gaussians import Gaussians
 from lift3d_core.splat.loss import inverse_depth_loss, psnr
-from lift3d_core.splat.loss_fast import fast_photometric_loss, photometric_loss_shifted
+from lift3d_core.splat.loss_fast import fast_photometric_loss
+from lift3d_core.splat.loss_fast import photometric_loss_shifted as photometric_loss_shifted
 from lift3d_core.splat.optim import (
     ADAM_EPS,
     active_sh_degree,
