@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 _WARM_UP = """
 import json, sys, torch
-from lift3d_core.splat.train import compiled_or_eager, photometric_loss_shifted
+from lift3d_core.splat.compile_fallback import compiled_or_eager
+from lift3d_core.splat.loss_fast import photometric_loss_shifted
 device, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 g = torch.Generator().manual_seed(0)
 render = torch.rand(2, h, w, 4, generator=g).to(device)[..., :3]  # a view of RGB+depth, as the trainer passes

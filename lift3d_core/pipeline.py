@@ -25,7 +25,7 @@ from lift3d_core.export import ExportConfig
 from lift3d_core.generate import GenerateConfig
 from lift3d_core.image import IngestConfig, input_digest
 from lift3d_core.splat.render import BACKENDS as RENDER_BACKENDS
-from lift3d_core.splat.train import TrainConfig
+from lift3d_core.splat.train_config import TrainConfig
 from lift3d_core.splat.train_distortion import DistortionTrainConfig
 from lift3d_core.store import artifact_key
 from lift3d_core.train import TrainStageConfig, resolve_backend

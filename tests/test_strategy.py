@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lift3d_core.errors import Lift3DError
+from lift3d_core.splat.gaussian_params import GaussianParams
 from lift3d_core.splat.gaussians import Gaussians
 from lift3d_core.splat.optim import LearningRates, make_optimizers, param_group, unique_optimizers
 from lift3d_core.splat.render import RenderOutput
@@ -14,7 +15,6 @@ from lift3d_core.splat.strategy import (
     keep_rows,
     quat_to_rotmat,
 )
-from lift3d_core.splat.train import GaussianParams
 
 W, H = 64, 48
 

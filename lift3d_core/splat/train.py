@@ -6,7 +6,8 @@ learning-rate and SH-degree schedules (``optim``).
 
 Pieces meant for reuse (the distortion-aware trainer subclasses :class:`Trainer`):
 
-* :class:`GaussianParams`: ``dict[str, nn.Parameter]`` keyed like :class:`Gaussians` fields <-> ``Gaussians``.
+* :class:`GaussianParams` (:mod:`~lift3d_core.splat.gaussian_params`): ``dict[str, nn.Parameter]`` keyed like
+  :class:`Gaussians` fields <-> ``Gaussians``.
 * :class:`Trainer`: ``render_frames(idx, sh_degree)`` (override to render deformed Gaussians; the result must be
   one ``RenderOutput`` whose ``means2d [C, N, 2]`` rows are the canonical Gaussians' and whose ``means2d.grad``
   is filled by backward; ``render.render_w2c_each`` renders each frame's own Gaussians into one),
@@ -16,26 +17,39 @@ Pieces meant for reuse (the distortion-aware trainer subclasses :class:`Trainer`
   frames' world-to-camera *as rendered now*, the calibrated cameras moved by a trained per-frame correction (frame 0,
   the input view, frozen), so a subclass that renders ``self.viewmats[idx]`` refines them too. The refined cameras
   leave in ``TrainResult.stats["refined_c2w"]`` (every trainer's result passes its stats on) and in checkpoints.
+
+This module holds the loop and its input checks (:class:`Trainer`, :func:`train_gaussians`, :class:`TrainResult`); its pieces live in
+
+* :mod:`~lift3d_core.splat.train_config`: :class:`TrainConfig` (the ``train`` section of ``params.yaml``);
+* :mod:`~lift3d_core.splat.gaussian_params`: :class:`GaussianParams`, :func:`scene_extent_from_cameras` and the
+  SH-degree padding of the initial Gaussians;
+* :mod:`~lift3d_core.splat.loss_fast`: the photometric loss as the trainer runs it (:func:`fast_photometric_loss`
+  eagerly, :func:`photometric_loss_shifted` compiled);
+* :mod:`~lift3d_core.splat.compile_fallback`: :func:`compiled_or_eager`, ``torch.compile`` with an eager fallback;
+* :mod:`~lift3d_core.splat.train_progress`: the progress bar of ``run(progress=True)``.
+
+Every public name that used to be defined here can still be imported from here (the old import paths).
 """
 
 from __future__ import annotations
 
-import functools
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from lift3d_core.errors import Lift3DError
 from lift3d_core.splat.checkpoint import TrainCheckpoint
-from lift3d_core.splat.gaussians import Gaussians, num_sh_bases
-from lift3d_core.splat.loss import SSIM_C1, SSIM_C2, _blur, _gaussian_kernel_1d, inverse_depth_loss, psnr
+from lift3d_core.splat.compile_fallback import compiled_or_eager as compiled_or_eager
+from lift3d_core.splat.gaussian_params import GaussianParams, _match_sh_degree, scene_extent_from_cameras
+from lift3d_core.splat.gaussians import Gaussians
+from lift3d_core.splat.loss import inverse_depth_loss, psnr
+from lift3d_core.splat.loss_fast import fast_photometric_loss
+from lift3d_core.splat.loss_fast import photometric_loss_shifted as photometric_loss_shifted
 from lift3d_core.splat.optim import (
     ADAM_EPS,
-    LearningRates,
     active_sh_degree,
     expon_lr,
     make_optimizers,
@@ -44,151 +58,9 @@ from lift3d_core.splat.optim import (
     update_learning_rates,
 )
 from lift3d_core.splat.pose_refine import PoseCorrections, correction_magnitudes
-from lift3d_core.splat.strategy import DensifyConfig, DensifyStrategy
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that changes a training result (the ``train`` section of ``params.yaml``).
-
-    Densification and learning-rate fields are flattened (``densify_*``, ``lr_*``) so ``params.yaml`` stays flat;
-    :meth:`densify_config` and :meth:`learning_rates` rebuild the nested configs. Defaults are those of 3DGS.
-    """
-
-    iterations: int = 30_000
-    batch_size: int = 1  # frames per step; the loss averages over them
-    sh_degree: int = 3
-    sh_degree_every: int = 1000  # one more SH band every 1000 steps (3DGS)
-    lambda_dssim: float = 0.2  # D-SSIM weight of 3DGS
-    depth_weight: float = 0.0  # inverse-depth L1 weight at step 1; 0 = off
-    depth_decay: float = 0.01  # weight at the last step / weight at the first (log-linear in between)
-    depth_scale_invariant: bool = False
-    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    seed: int = 0
-    backend: str = "torch"
-    compile_loss: str = "auto"  # photometric loss as one torch.compile graph: auto (on CUDA), on, off
-    scene_extent: float | None = None  # None: from the cameras as 3DGS does (see scene_extent_from_cameras)
-    log_every: int = 100
-    # densification (strategy.DensifyConfig)
-    grad_threshold: float = 0.0002
-    densify_from: int = 500
-    densify_until: int = 15_000
-    densify_every: int = 100
-    opacity_reset_every: int = 3000
-    prune_opacity: float = 0.005
-    grow_scale3d: float = 0.01
-    prune_scale3d: float = 0.1
-    max_gaussians: int | None = 1_000_000
-    # learning rates (optim.LearningRates); lr_means* are multiplied by the scene extent
-    lr_means: float = 1.6e-4
-    lr_means_final: float = 1.6e-6
-    lr_scales: float = 5e-3
-    lr_quats: float = 1e-3
-    lr_opacity: float = 5e-2
-    lr_sh0: float = 2.5e-3
-    lr_shN: float = 2.5e-3 / 20.0
-    # camera pose refinement (splat/pose_refine.py): a correction per frame, frame 0 (the input view) frozen
-    pose_refine: bool = False
-    pose_refine_from: int = 0  # steps before the corrections start to train
-    pose_lr: float = 1e-3  # Adam; rotation in radians, translation in scene extents
-    pose_lr_final: float = 1e-5  # reached at the last step (log-linear from pose_refine_from)
-    pose_reg: float = 0.0  # weight of the mean squared correction (an L2 pull toward the calibration)
-
-    def __post_init__(self):
-        def need(ok: bool, msg: str):
-            if not ok:
-                raise Lift3DError(f"train config: {msg}")
-
-        need(self.iterations > 0, f"iterations must be > 0, got {self.iterations}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(0 <= self.sh_degree <= 3, f"sh_degree must be in 0..3, got {self.sh_degree}")
-        need(self.sh_degree_every >= 1, f"sh_degree_every must be >= 1, got {self.sh_degree_every}")
-        if isinstance(self.compile_loss, bool):  # YAML reads a bare on / off as a boolean
-            object.__setattr__(self, "compile_loss", "on" if self.compile_loss else "off")
-        need(self.compile_loss in ("auto", "on", "off"), f"compile_loss must be auto, on or off, got {self.compile_loss!r}")
-        need(0.0 <= self.lambda_dssim <= 1.0, f"lambda_dssim must be in [0, 1], got {self.lambda_dssim}")
-        need(self.depth_weight >= 0.0, f"depth_weight must be >= 0, got {self.depth_weight}")
-        need(self.depth_decay > 0.0, f"depth_decay must be > 0, got {self.depth_decay}")
-        need(
-            len(self.background) == 3 and all(0.0 <= c <= 1.0 for c in self.background),
-            f"background must be 3 floats in [0, 1], got {self.background}",
-        )
-        need(self.scene_extent is None or self.scene_extent > 0, f"scene_extent must be > 0, got {self.scene_extent}")
-        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        need(isinstance(self.backend, str), f"backend must be a name, got {self.backend!r}")
-        need(isinstance(self.pose_refine, bool), f"pose_refine must be true or false, got {self.pose_refine!r}")
-        need(self.pose_refine_from >= 0, f"pose_refine_from must be >= 0, got {self.pose_refine_from}")
-        need(self.pose_lr > 0 and self.pose_lr_final > 0, "pose_lr and pose_lr_final must be > 0")
-        need(self.pose_reg >= 0, f"pose_reg must be >= 0, got {self.pose_reg}")
-        # Build the nested configs once so that their checks run here, at the boundary.
-        self.densify_config()
-        self.learning_rates()
-
-    def densify_config(self) -> DensifyConfig:
-        return DensifyConfig(
-            grad_threshold=self.grad_threshold,
-            densify_from=self.densify_from,
-            densify_until=self.densify_until,
-            densify_every=self.densify_every,
-            opacity_reset_every=self.opacity_reset_every,
-            prune_opacity=self.prune_opacity,
-            grow_scale3d=self.grow_scale3d,
-            prune_scale3d=self.prune_scale3d,
-            max_gaussians=self.max_gaussians,
-        )
-
-    def learning_rates(self) -> LearningRates:
-        return LearningRates(
-            means=self.lr_means,
-            means_final=self.lr_means_final,
-            log_scales=self.lr_scales,
-            quats=self.lr_quats,
-            opacity_logits=self.lr_opacity,
-            sh0=self.lr_sh0,
-            shN=self.lr_shN,
-        )
-
-    @classmethod
-    def for_budget(cls, iterations: int, **overrides) -> TrainConfig:
-        """The 3DGS schedule compressed into a short run of ``iterations`` steps (a CPU or demo budget).
-
-        The defaults are 3DGS's schedule for 30,000 steps; ``for_budget(30_000)`` returns them unchanged. For
-        ``iterations`` steps, with ``s = iterations / 30_000``:
-
-        * scaled by ``s``: the end of densification (``densify_until = 15_000 s``: half the run), the start of
-          densification (``500 s``) and the SH schedule (``sh_degree_every = 1000 s``: full degree at a tenth
-          of the run); the position learning rate always decays over ``iterations``;
-        * not scaled: ``densify_every`` stays 100, because the gradient statistics that decide growth are
-          means over that many views, and densification starts after one full window at least;
-          ``opacity_reset_every`` stays at least 3000, the steps 3DGS lets the Gaussians recover from a reset,
-          so runs that cannot afford that recovery have no reset.
-
-        ``overrides`` are any other fields (learning rates, ``batch_size``, ...) or replace the above.
-        """
-        if iterations <= 0:
-            raise Lift3DError(f"train config: iterations must be > 0, got {iterations}")
-        ref = cls()
-        s = iterations / ref.iterations
-        scaled = dict(
-            iterations=iterations,
-            densify_from=max(round(ref.densify_from * s), ref.densify_every),
-            densify_until=round(ref.densify_until * s),
-            opacity_reset_every=max(round(ref.opacity_reset_every * s), ref.opacity_reset_every),
-            sh_degree_every=max(round(ref.sh_degree_every * s), 1),
-        )
-        return cls(**{**scaled, **overrides})
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        """From a ``params.yaml`` section; unknown keys are an error (a typo must not pass silently)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise Lift3DError(f"train config: unknown keys {unknown}; valid keys: {sorted(known)}")
-        values = dict(values)
-        if "background" in values:
-            values["background"] = tuple(float(c) for c in values["background"])
-        return cls(**values)
+from lift3d_core.splat.strategy import DensifyStrategy
+from lift3d_core.splat.train_config import TrainConfig
+from lift3d_core.splat.train_progress import _progress_bar
 
 
 @dataclass
@@ -201,164 +73,6 @@ class TrainResult:
     gaussians: Gaussians
     loss_curve: list[tuple[int, float]]
     stats: dict = field(default_factory=dict)
-
-
-class GaussianParams(dict):
-    """The trainable Gaussians: ``dict[str, torch.nn.Parameter]`` keyed by :class:`Gaussians` field names.
-
-    Densification replaces entries (new Parameter objects), so always read ``params[name]`` afresh.
-    """
-
-    @classmethod
-    def from_gaussians(cls, gaussians: Gaussians) -> GaussianParams:
-        return cls({k: torch.nn.Parameter(v.detach().clone().float()) for k, v in gaussians.tensors().items()})
-
-    def gaussians(self, sh_degree: int | None = None) -> Gaussians:
-        """The current Gaussians, differentiable w.r.t. the Parameters.
-
-        ``sh_degree``: keep only the SH bands up to this degree (None: all). Bands a render does not use then get
-        no gradient, and at degree 0 ``shN`` (3/4 of the parameters at degree 3) none at all, so Adam skips it.
-        """
-        tensors = {k: self[k] for k in Gaussians.field_names()}
-        if sh_degree is not None:
-            keep = num_sh_bases(sh_degree) - 1
-            if keep < tensors["shN"].shape[1]:
-                shN = tensors["shN"]
-                tensors["shN"] = shN[:, :keep] if keep > 0 else shN.detach()[:, :0]
-        return Gaussians(**tensors)
-
-    def detached(self) -> Gaussians:
-        """A CPU copy without autograd history."""
-        return Gaussians(**{k: self[k].detach().cpu().clone() for k in Gaussians.field_names()})
-
-    @property
-    def num(self) -> int:
-        return int(self["means"].shape[0])
-
-
-def scene_extent_from_cameras(c2w: np.ndarray | torch.Tensor, means: torch.Tensor | None = None) -> float:
-    """3DGS ``cameras_extent``: 1.1 x the largest distance of a camera centre from their mean.
-
-    When the cameras (nearly) coincide, as for one view, that is 0; then the extent falls back to the median
-    distance of the Gaussians from the camera centre (the depth scale of the scene), or 1.0 without Gaussians.
-    """
-    centres = torch.as_tensor(c2w, dtype=torch.float64)[:, :3, 3].cpu()
-    spread = 1.1 * float((centres - centres.mean(dim=0)).norm(dim=-1).max())
-    if means is None or means.shape[0] == 0:
-        return spread if spread > 0.0 else 1.0
-    depth_scale = float((means.detach().cpu().double() - centres.mean(dim=0)).norm(dim=-1).median())
-    # "Nearly coincide": a camera spread below a thousandth of the scene depth.
-    if spread > 1e-3 * depth_scale:
-        return spread
-    return depth_scale if depth_scale > 0.0 else 1.0
-
-
-def _match_sh_degree(gaussians: Gaussians, degree: int) -> Gaussians:
-    if gaussians.sh_degree > degree:
-        raise Lift3DError(
-            f"initial Gaussians have SH degree {gaussians.sh_degree} > train sh_degree {degree}; "
-            "raise train.sh_degree or initialise with a lower degree"
-        )
-    missing = num_sh_bases(degree) - 1 - gaussians.shN.shape[1]
-    if missing == 0:
-        return gaussians
-    pad = gaussians.shN.new_zeros(gaussians.num, missing, 3)
-    return Gaussians(**{**gaussians.tensors(), "shN": torch.cat([gaussians.shN, pad], dim=1)})
-
-
-@functools.lru_cache(maxsize=8)
-def _blur_matrix(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``[size, size]`` matrix of the 11-tap, sigma 1.5 SSIM Gaussian filter along one axis with zero padding."""
-    kernel = _gaussian_kernel_1d(11, 1.5, device, dtype)
-    radius = kernel.numel() // 2
-    offset = torch.arange(size, device=device)[None, :] - torch.arange(size, device=device)[:, None]
-    inside = offset.abs() <= radius
-    return torch.where(inside, kernel[(offset + radius).clamp(0, 2 * radius)], torch.zeros((), dtype=dtype, device=device))
-
-
-# The SSIM window's 11 taps (sigma 1.5) as Python numbers, so that a compiled graph holds them as constants.
-_SSIM_TAPS = tuple(float(t) for t in _gaussian_kernel_1d(11, 1.5, "cpu", torch.float64))
-
-
-def _shifted_blur(x: torch.Tensor) -> torch.Tensor:
-    """The zero-padded separable SSIM filter of ``x [N, H, W]`` as sums of shifted copies (elementwise work that
-    ``torch.compile`` fuses into a few kernels; eagerly it is slow)."""
-    r = len(_SSIM_TAPS) // 2
-    h, w = x.shape[-2:]
-    xp = torch.nn.functional.pad(x, (r, r))
-    x = sum(t * xp[..., i : i + w] for i, t in enumerate(_SSIM_TAPS))
-    xp = torch.nn.functional.pad(x, (0, 0, r, r))
-    return sum(t * xp[..., i : i + h, :] for i, t in enumerate(_SSIM_TAPS))
-
-
-def _ssim_maps(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``[5 B', H, W]``: the maps a, b, a², b², ab that SSIM blurs, of ``[..., H, W, 3]`` images (channels as B')."""
-    h, w = pred.shape[-3], pred.shape[-2]
-    a = pred.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w)
-    b = target.reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, h, w).to(a.dtype)
-    return torch.cat([a, b, a * a, b * b, a * b])
-
-
-def compiled_or_eager(setting: str, what: str, warm_up: Callable[[], object],
-                      seconds: dict[str, float] | None = None) -> bool:
-    """Whether a ``torch.compile``'d function can be used: runs ``warm_up`` (which must compile the forward *and*
-    the backward, e.g. by ``torch.autograd.grad``: AOTAutograd compiles the backward lazily, at the first backward
-    pass, which would be outside any try). On failure (a missing compiler or Triton) raises if ``setting`` is
-    ``"on"``, else warns and returns False, so that training goes on eagerly. ``seconds[what]``, if given, gets
-    the warm-up's wall time (the compile, or a hit of torch's on-disk compile caches)."""
-    t0 = time.perf_counter()
-    try:
-        warm_up()
-        if seconds is not None:
-            seconds[what] = round(time.perf_counter() - t0, 2)
-        return True
-    except Exception as exc:
-        if setting == "on":
-            raise Lift3DError(f"{what}: on, but torch.compile failed: {exc}") from exc
-        warnings.warn(f"torch.compile for {what} failed ({type(exc).__name__}: {exc}); running eagerly",
-                      RuntimeWarning, stacklevel=3)
-        return False
-
-
-def _mix(l1: torch.Tensor, blurred: torch.Tensor, lambda_dssim: float) -> torch.Tensor:
-    """``(1 - lambda) L1 + lambda (1 - mean SSIM)`` from the blurred maps ``[5 B', H, W]`` (a, b, a², b², ab)."""
-    mu_a, mu_b, aa, bb, ab = blurred.chunk(5)
-    var_a, var_b, cov_ab = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
-    num = (2.0 * mu_a * mu_b + SSIM_C1) * (2.0 * cov_ab + SSIM_C2)
-    den = (mu_a * mu_a + mu_b * mu_b + SSIM_C1) * (var_a + var_b + SSIM_C2)
-    return (1.0 - lambda_dssim) * l1 + lambda_dssim * (1.0 - (num / den).mean())
-
-
-def photometric_loss_shifted(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
-    """:func:`fast_photometric_loss` with the blur as shifted sums: the form the trainer compiles on a GPU (one
-    fused graph, forward and backward, instead of ~70 kernels a step). Equal up to float round-off."""
-    l1 = (pred - target).abs().mean()
-    if lambda_dssim == 0.0:
-        return l1
-    return _mix(l1, _shifted_blur(_ssim_maps(pred, target)), lambda_dssim)
-
-
-def fast_photometric_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
-    """``loss.photometric_loss`` (zero padding, the 3DGS training loss) of ``[..., H, W, 3]`` images, faster on a CPU.
-
-    The separable SSIM blur of the five maps (a, b, a², b², ab) runs as two batched products with banded
-    ``[H, H]`` and ``[W, W]`` matrices instead of ten single-channel convolutions: at 128x96, forward and backward
-    take ~10 ms instead of ~32 ms on one core. On CUDA it convolves the stacked maps (two cuDNN calls). Equal to
-    the reference up to float round-off (tests hold them so).
-    """
-    l1 = (pred - target).abs().mean()
-    if lambda_dssim == 0.0:
-        return l1
-    maps = _ssim_maps(pred, target)
-    h, w = maps.shape[-2:]
-    if maps.is_cuda:
-        # on a GPU the banded products are the slow way (~60 GFLOP a step at 1024x576): cuDNN's two 11-tap
-        # convolutions of the stacked maps compute the same zero-padded separable filter
-        blurred = _blur(maps[:, None], _gaussian_kernel_1d(11, 1.5, maps.device, maps.dtype), "zeros")[:, 0]
-    else:
-        blur_h, blur_w = _blur_matrix(h, maps.device, maps.dtype), _blur_matrix(w, maps.device, maps.dtype)
-        blurred = torch.matmul(blur_h, (maps.reshape(-1, w) @ blur_w.T).view(-1, h, w))
-    return _mix(l1, blurred, lambda_dssim)
 
 
 class Trainer:
@@ -678,37 +392,6 @@ def _validate_inputs(init, frames, c2w, K, inv_depth, cfg):
     if cfg.batch_size > num:
         raise Lift3DError(f"train: batch_size {cfg.batch_size} exceeds the {num} frames")
     return frames, c2w, K, inv_depth
-
-
-class _progress_bar:
-    """A rich progress bar when rich is installed (pyproject lists it); plain silence otherwise."""
-
-    def __init__(self, total: int):
-        try:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-        except ImportError:
-            warnings.warn("progress=True needs the 'rich' package; training without a progress bar", stacklevel=2)
-            self._progress = None
-            return
-        self._progress = Progress(
-            TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-        )
-        self._task = self._progress.add_task("train", total=total, info="")
-        self._progress.start()
-
-    def advance(self):
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def update(self, step: int, metrics: dict):
-        if self._progress is not None:
-            info = f"loss {metrics['loss']:.4f}  psnr {metrics['psnr']:.2f}  N {metrics['num_gaussians']}"
-            self._progress.update(self._task, advance=1, info=info)
-
-    def close(self):
-        if self._progress is not None:
-            self._progress.stop()
 
 
 def train_gaussians(

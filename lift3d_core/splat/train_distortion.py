@@ -28,6 +28,7 @@ import torch
 
 from lift3d_core.errors import Lift3DError
 from lift3d_core.splat.checkpoint import TrainCheckpoint
+from lift3d_core.splat.compile_fallback import compiled_or_eager
 from lift3d_core.splat.distortion import DistortionField, apply_offsets, load_field
 from lift3d_core.splat.distortion.offsets import _split_offsets
 from lift3d_core.splat.field_penalties import _frame_mean_of, field_regularisers, offset_penalty
@@ -42,7 +43,7 @@ from lift3d_core.splat.field_terms import (
 )
 from lift3d_core.splat.gaussians import Gaussians
 from lift3d_core.splat.optim import ADAM_EPS, expon_lr, fused_adam_supported
-from lift3d_core.splat.train import Trainer, compiled_or_eager
+from lift3d_core.splat.train import Trainer
 from lift3d_core.splat.train_distortion_config import _FIELD_KEYS as _FIELD_KEYS
 from lift3d_core.splat.train_distortion_config import LIFTIMAGE3D_TRAIN as LIFTIMAGE3D_TRAIN
 from lift3d_core.splat.train_distortion_config import DistortionTrainConfig, field_bounds

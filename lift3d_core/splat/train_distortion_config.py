@@ -9,7 +9,7 @@ import torch
 
 from lift3d_core.errors import Lift3DError
 from lift3d_core.splat.distortion import INPUT_VIEW_CODE, DistortionFieldConfig
-from lift3d_core.splat.train import TrainConfig
+from lift3d_core.splat.train_config import TrainConfig
 
 # LiftImage3D's schedule (distort-3dgs/arguments/distort_3dgs/default.py): densify until 10k, reset every 3k.
 LIFTIMAGE3D_TRAIN = TrainConfig(densify_until=10_000, opacity_reset_every=3000)
