@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """What torch.compile's on-disk cache saves a new process: the trainer's compiled photometric loss warmed up
-(forward and backward, as ``Trainer._photometric`` does) in two fresh processes that share one empty
-``TORCHINDUCTOR_CACHE_DIR``. The first compiles, the second loads. ``lift3d`` keeps that folder in the project
+(forward and backward, as ``Trainer._photometric`` does), or with ``--what field`` the distortion field's graphs
+(``DistortionTrainer``'s first fine step: regularisers, frame lines, MLP), in two fresh processes that share one
+empty ``TORCHINDUCTOR_CACHE_DIR``. The first compiles, the second loads. ``lift3d`` keeps that folder in the project
 (``.lift3d/compile-cache/inductor``, ``flows/settings.configure_environment``), so only a machine's first run pays.
 
     python bench/compile_cache.py                        # CPU (needs a C++ compiler), 128x96, batch 2
     python bench/compile_cache.py --device cuda --width 1024 --height 576
+    python bench/compile_cache.py --device cuda --what field   # params.yaml's field, 200k random Gaussians
 
-Prints one JSON line: ``cold_s``, ``warm_s`` (warm-up wall time of each process) and the set-up.
+Prints one JSON line: ``cold_s``, ``warm_s`` (warm-up wall time of each process), each process's cache counters
+(``fxgraph_cache_hit`` / ``_miss`` / ``_bypass``, ``autograd_cache_*``) and the set-up.
 """
 
 from __future__ import annotations
@@ -34,15 +37,30 @@ fn = torch.compile(photometric_loss_shifted, dynamic=False, fullgraph=True)
 probe = render.detach().requires_grad_(True)
 seconds = {}
 compiled_or_eager("on", "compile_loss", lambda: torch.autograd.grad(fn(probe, target, 0.2), probe), seconds)
-print(json.dumps(seconds))
+from bench.gpu import compile_counters
+print(json.dumps({**seconds, "counters": compile_counters()}))
+"""
+
+_WARM_UP_FIELD = """
+import json, sys, torch
+from bench.profile_distortion import make_trainer, recipe
+from bench.gpu import compile_counters
+device, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+backend = "gsplat" if device.startswith("cuda") else "torch"
+trainer = make_trainer(200_000 if device.startswith("cuda") else 3000, w, h, device, backend, recipe(),
+                       compile_field="on")
+trainer.train_step()  # the first fine step compiles the field's graphs
+print(json.dumps({**trainer.compile_seconds, "counters": compile_counters()}))
 """
 
 
-def warm_up(cache: str, device: str, width: int, height: int) -> float:
+def warm_up(cache: str, device: str, width: int, height: int, what: str = "loss") -> dict:
+    """One fresh process's warm-up: ``{"compile_loss" | "compile_field": seconds, "counters": {...}}``."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", _WARM_UP, device, str(width), str(height)], env=env, check=True,
-                         capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["compile_loss"]
+    script = _WARM_UP if what == "loss" else _WARM_UP_FIELD
+    out = subprocess.run([sys.executable, "-c", script, device, str(width), str(height)], env=env, check=True,
+                         capture_output=True, text=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -50,12 +68,15 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--height", type=int, default=96)
+    ap.add_argument("--what", choices=["loss", "field"], default="loss")
     args = ap.parse_args(argv)
+    key = f"compile_{args.what}"
     with tempfile.TemporaryDirectory(prefix="lift3d-compile-cache-") as cache:
-        cold = warm_up(cache, args.device, args.width, args.height)
-        warm = warm_up(cache, args.device, args.width, args.height)
-    print(json.dumps({"cold_s": cold, "warm_s": warm, "device": args.device, "size": f"{args.width}x{args.height}",
-                      "load": os.getloadavg()}))
+        cold = warm_up(cache, args.device, args.width, args.height, args.what)
+        warm = warm_up(cache, args.device, args.width, args.height, args.what)
+    print(json.dumps({"what": args.what, "cold_s": cold[key], "warm_s": warm[key], "cold_counters": cold["counters"],
+                      "warm_counters": warm["counters"], "device": args.device,
+                      "size": f"{args.width}x{args.height}", "load": os.getloadavg()}))
     return 0
 
 

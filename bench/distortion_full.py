@@ -167,6 +167,7 @@ def run_task(task: dict) -> dict:
         "input_psnr": round(metrics.psnr(inp, frames[:1]), 3),
         "train_seconds": round(seconds, 1), "compile_seconds": round(float(sum(compile_s.values())), 1),
         "compile_breakdown": {k: round(float(v), 1) for k, v in compile_s.items()},
+        "compile_cache": compile_counters(),
         "init_gaussians": len(xyz), "num_gaussians": res.gaussians.num, "max_gaussians": max(counts, default=0),
         "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
         "resumed_at_step": res.stats.get("resumed_at_step"),  # train_seconds then count this process's part only

@@ -94,6 +94,18 @@ def random_scene(n: int, width: int, height: int, *, kind: str = "heavy", seed: 
 # -- sections -----------------------------------------------------------------------------
 
 
+def compile_counters() -> dict:
+    """torch.compile's cache counters of this process so far (``fxgraph_cache_hit`` / ``_miss`` / ``_bypass``,
+    ``autograd_cache_hit`` / ...), and graphs compiled: whether a compile's seconds were spent generating code or
+    loading it from the on-disk caches."""
+    from torch._dynamo.utils import counters
+
+    out = {k: v for k, v in counters["inductor"].items() if "cache" in k}
+    out.update({k: v for k, v in counters["aot_autograd"].items() if "cache" in k})
+    out["unique_graphs"] = counters["stats"].get("unique_graphs", 0)
+    return dict(out)
+
+
 def check_cuda() -> dict:
     info = {
         "torch": torch.__version__,

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu import _perturbed, _tree_targets, random_scene
+from bench.gpu import _perturbed, _tree_targets, compile_counters, random_scene
 from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer
 
 
@@ -66,7 +66,8 @@ def time_steps(trainer, steps, device, first: dict | None = None):
     trainer.train_step()
     sync(device)
     if first is not None:
-        first.update(first_step_s=round(time.perf_counter() - t0, 2), compile_seconds=dict(trainer.compile_seconds))
+        first.update(first_step_s=round(time.perf_counter() - t0, 2), compile_seconds=dict(trainer.compile_seconds),
+                     compile_cache=compile_counters())
     for _ in range(4):
         trainer.train_step()
     sync(device)
