@@ -45,7 +45,9 @@ _WARM_UP_FIELD = """
 import json, sys, torch
 from bench.profile_distortion import make_trainer, recipe
 from bench.gpu import compile_counters
+from lift3d_core.splat.distortion import compiled
 device, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+compiled.COMPILED_PARTS.intersection_update(sys.argv[4].split(","))
 backend = "gsplat" if device.startswith("cuda") else "torch"
 trainer = make_trainer(200_000 if device.startswith("cuda") else 3000, w, h, device, backend, recipe(),
                        compile_field="on")
@@ -54,12 +56,14 @@ print(json.dumps({**trainer.compile_seconds, "counters": compile_counters()}))
 """
 
 
-def warm_up(cache: str, device: str, width: int, height: int, what: str = "loss") -> dict:
-    """One fresh process's warm-up: ``{"compile_loss" | "compile_field": seconds, "counters": {...}}``."""
+def warm_up(cache: str, device: str, width: int, height: int, what: str = "loss",
+            parts: str = "mlp,lines,regularisers") -> dict:
+    """One fresh process's warm-up: ``{"compile_loss" | "compile_field": seconds, "counters": {...}}``; ``parts``:
+    the field's pieces compiled (``distortion.compiled.COMPILED_PARTS``), comma-separated."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "PYTHONPATH": str(REPO)}
     script = _WARM_UP if what == "loss" else _WARM_UP_FIELD
-    out = subprocess.run([sys.executable, "-c", script, device, str(width), str(height)], env=env, check=True,
-                         capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", script, device, str(width), str(height), parts], env=env,
+                         check=True, capture_output=True, text=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -69,12 +73,15 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--height", type=int, default=96)
     ap.add_argument("--what", choices=["loss", "field"], default="loss")
+    ap.add_argument("--parts", default="mlp,lines,regularisers",
+                    help="with --what field: the field's pieces compiled, comma-separated")
     args = ap.parse_args(argv)
     key = f"compile_{args.what}"
     with tempfile.TemporaryDirectory(prefix="lift3d-compile-cache-") as cache:
-        cold = warm_up(cache, args.device, args.width, args.height, args.what)
-        warm = warm_up(cache, args.device, args.width, args.height, args.what)
-    print(json.dumps({"what": args.what, "cold_s": cold[key], "warm_s": warm[key], "cold_counters": cold["counters"],
+        cold = warm_up(cache, args.device, args.width, args.height, args.what, args.parts)
+        warm = warm_up(cache, args.device, args.width, args.height, args.what, args.parts)
+    print(json.dumps({"what": args.what, "parts": args.parts if args.what == "field" else None,
+                      "cold_s": cold[key], "warm_s": warm[key], "cold_counters": cold["counters"],
                       "warm_counters": warm["counters"], "device": args.device,
                       "size": f"{args.width}x{args.height}", "load": os.getloadavg()}))
     return 0

@@ -102,6 +102,7 @@ def recovery(field_state, gaussians, scene, c2w, K, codes, amp, width, height, m
 def run_task(task: dict) -> dict:
     """One run, in a worker process: the scene is rebuilt here (cheap next to training)."""
     torch.set_num_threads(task["threads"])
+    from bench.gpu import compile_counters
     from lift3d_core import metrics, synthetic
     from lift3d_core.export import render_views
     from lift3d_core.image import IngestConfig, ingest_image

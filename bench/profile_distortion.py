@@ -22,6 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu import _perturbed, _tree_targets, compile_counters, random_scene
+from lift3d_core.splat import field_penalties
+from lift3d_core.splat.distortion import compiled
 from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer
 
 
@@ -169,6 +171,16 @@ def attribute(trainer, steps: int) -> dict:
     return {"host_ms_per_step": host_ms, "ops_per_step": sum(ops.values()), "ops": ops, "cprofile": text.getvalue()}
 
 
+def switches(variant: dict) -> dict:
+    """Sets the module-level speed switches a variant names (``_compiled_parts``: the field's pieces compiled,
+    ``_regularisers``: how uncompiled regularisers are computed) and returns its config overrides."""
+    over = dict(variant)
+    compiled.COMPILED_PARTS.clear()
+    compiled.COMPILED_PARTS.update(over.pop("_compiled_parts", ("mlp", "lines", "regularisers")))
+    field_penalties.EAGER_REGULARISERS = over.pop("_regularisers", "autograd")
+    return over
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=500_000)
@@ -209,6 +221,12 @@ def main(argv=None) -> int:
         "no image-motion price": dict(offset_image_weight=0.0),
         "image-motion price 2.88": dict(offset_image_weight=2.88),
         "eager field": dict(compile_field="off"),
+        "eager MLP": dict(_compiled_parts=["lines", "regularisers"]),
+        "eager frame lines": dict(_compiled_parts=["mlp", "regularisers"]),
+        "eager regularisers": dict(_compiled_parts=["mlp", "lines"]),
+        "compiled MLP only": dict(_compiled_parts=["mlp"]),
+        "closed-form regularisers": dict(_compiled_parts=["mlp", "lines"], _regularisers="closed_form"),
+        "compiled MLP, closed-form regularisers": dict(_compiled_parts=["mlp"], _regularisers="closed_form"),
         "grid_sample field": dict(field_kernels="torch"),
         "eager loss": dict(compile_loss="off"),
         "culling, eager loss": dict(field_cull_margin=0.2, compile_loss="off"),
@@ -220,6 +238,7 @@ def main(argv=None) -> int:
     for name, over in variants.items():
         if args.variants and name not in args.variants:
             continue
+        over = switches(over)
         trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, section, **over)
         first = {}
         rows[name] = round(time_steps(trainer, args.steps, args.device, first), 2)
@@ -229,8 +248,8 @@ def main(argv=None) -> int:
         del trainer
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, section,
-                           **dict(variants[args.profile_variant]))
+    profiled = switches(variants[args.profile_variant])
+    trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, section, **profiled)
     time_steps(trainer, 3, args.device)
     acts = [torch.profiler.ProfilerActivity.CPU]
     if args.device.startswith("cuda"):

@@ -688,6 +688,32 @@ def test_new_train_options_are_validated():
     assert cfg.field_config(((0.0, 0.0, 0.0), (2.0, 3.0, 6.0))).max_offset == pytest.approx(0.7)
 
 
+@pytest.mark.parametrize("perturb", [0.0, 0.1])
+def test_closed_form_regularisers_equal_autograd_values_and_gradients(monkeypatch, perturb):
+    # The regularisers' gradients written out (field_penalties.EAGER_REGULARISERS = "closed_form", one autograd
+    # node instead of a graph of small ones) must be autograd's, for planes at their initial values (frame planes
+    # exactly 1, where |1 - x| has a zero gradient) and perturbed ones, on every level.
+    from lift3d_core.splat import field_penalties
+
+    field = DistortionField(tiny_cfg())
+    if perturb:
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(5)
+            for p in field.grid_parameters():
+                p.add_(perturb * torch.randn(p.shape, generator=gen))
+    results = []
+    for impl in ("autograd", "closed_form"):
+        monkeypatch.setattr(field_penalties, "EAGER_REGULARISERS", impl)
+        field.zero_grad(set_to_none=True)
+        terms = field_regularisers(field)
+        (terms[0] * 2.0 + terms[1] * 3.0 + terms[2] * 5.0).backward()
+        results.append(([t.detach() for t in terms], [p.grad.clone() for p in field.grid_parameters()]))
+    (ref_terms, ref_grads), (terms, grads) = results
+    torch.testing.assert_close(terms, ref_terms, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
+    assert sum(g.abs().sum() for g in ref_grads) > 0  # the spatial planes' TV is never flat at random init
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")

@@ -8,7 +8,7 @@ from torch import nn
 
 from lift3d_core.errors import Lift3DError
 from lift3d_core.splat import field_triton
-from lift3d_core.splat.distortion.compiled import compile_once
+from lift3d_core.splat.distortion.compiled import compile_once, part_compiled
 from lift3d_core.splat.distortion.config import ACTIVATIONS, DistortionFieldConfig
 from lift3d_core.splat.distortion.levels import GROUPS, _Level
 from lift3d_core.splat.distortion.lines import kernel_lines
@@ -188,7 +188,7 @@ class DistortionField(nn.Module):
     def decode(self, feats: torch.Tensor) -> Offsets:
         """Offsets of features ``[M, feature_dim]`` (the MLP and heads); one compiled graph when ``compiled``
         and gradients are on (its row count dynamic: one graph for every size)."""
-        if self.compiled and torch.is_grad_enabled():
+        if self.compiled and torch.is_grad_enabled() and part_compiled("mlp"):
             return compile_once(_decode, True)(self, feats)
         return _decode(self, feats)
 

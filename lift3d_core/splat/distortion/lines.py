@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from lift3d_core.splat.distortion.compiled import compile_once
+from lift3d_core.splat.distortion.compiled import compile_once, part_compiled
 from lift3d_core.splat.distortion.config import NUM_SPATIAL_AXES
 
 if TYPE_CHECKING:
@@ -48,6 +48,6 @@ def kernel_lines(field: DistortionField, codes: torch.Tensor, compiled: bool = F
     backward), a few kernels instead of ~40 small ones per level and step. Recompiled once if the number of codes
     changes (then with that size dynamic)."""
     frames, uvs = [level.frame for level in field.levels], [level.uv for level in field.levels]
-    if not compiled:
+    if not (compiled and part_compiled("lines")):
         return _kernel_lines(frames, uvs, codes)
     return compile_once(_kernel_lines, None)(frames, uvs, codes)
