@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu import _perturbed, _tree_targets, compile_counters, random_scene
-from lift3d_core.splat import field_penalties
+from lift3d_core.splat import field_penalties, train_distortion
 from lift3d_core.splat.distortion import compiled
 from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer
 
@@ -173,11 +173,13 @@ def attribute(trainer, steps: int) -> dict:
 
 def switches(variant: dict) -> dict:
     """Sets the module-level speed switches a variant names (``_compiled_parts``: the field's pieces compiled,
-    ``_regularisers``: how uncompiled regularisers are computed) and returns its config overrides."""
+    ``_regularisers``: how uncompiled regularisers are computed, ``_fused_image_motion``: the view mask and the
+    image-motion price as Triton kernels) and returns its config overrides."""
     over = dict(variant)
     compiled.COMPILED_PARTS.clear()
     compiled.COMPILED_PARTS.update(over.pop("_compiled_parts", ("mlp", "lines", "regularisers")))
     field_penalties.EAGER_REGULARISERS = over.pop("_regularisers", "autograd")
+    train_distortion.FUSED_IMAGE_MOTION = over.pop("_fused_image_motion", "off")
     return over
 
 
@@ -227,6 +229,9 @@ def main(argv=None) -> int:
         "compiled MLP only": dict(_compiled_parts=["mlp"]),
         "closed-form regularisers": dict(_compiled_parts=["mlp", "lines"], _regularisers="closed_form"),
         "compiled MLP, closed-form regularisers": dict(_compiled_parts=["mlp"], _regularisers="closed_form"),
+        "fused image motion": dict(_fused_image_motion="auto"),
+        "fused image motion, closed-form regularisers": dict(_compiled_parts=["mlp", "lines"],
+                                                             _regularisers="closed_form", _fused_image_motion="auto"),
         "grid_sample field": dict(field_kernels="torch"),
         "eager loss": dict(compile_loss="off"),
         "culling, eager loss": dict(field_cull_margin=0.2, compile_loss="off"),

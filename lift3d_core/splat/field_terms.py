@@ -5,7 +5,8 @@
   :func:`area_preserving_opacity`);
 - the pooled L1 comparison of a render and a frame (:func:`pyramid_l1`);
 - how many pixels a Gaussian's offset moves it in a frame (:func:`projected_offset_px`), the
-  ``offset_image_weight`` price (divided by the image's shorter side).
+  ``offset_image_weight`` price (divided by the image's shorter side), and which centres a frame's offsets apply
+  to (:func:`visible_in_frames`); :mod:`~lift3d_core.splat.image_motion_triton` has both as fused GPU kernels.
 
 Images are ``[B, H, W, C]`` floats; cameras are OpenCV (``viewmat`` world-to-camera, +z forward), ``K`` in pixels
 with pixel centres at half-integers.
@@ -37,6 +38,19 @@ def projected_offset_px(means: torch.Tensor, d_means: torch.Tensor, viewmats: to
     du = Ks[:, None, 0, 0] * zi * (dc[..., 0] - cam[..., 0] * zi * dc[..., 2])
     dv = Ks[:, None, 1, 1] * zi * (dc[..., 1] - cam[..., 1] * zi * dc[..., 2])
     return (du.square() + dv.square() + eps * eps).sqrt() - eps
+
+
+def visible_in_frames(means: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
+                      margin: float) -> torch.Tensor:
+    """``[B, N]`` bool: centres ``means [N, 3]`` in front of each camera (``viewmats [B, 4, 4]`` world-to-camera,
+    ``Ks [B, 3, 3]``; z > 1e-3) projecting inside its ``width x height`` image enlarged by ``margin`` of its size on
+    every side (the centres whose offsets ``field_cull_margin`` keeps)."""
+    cam = torch.einsum("bij,nj->bni", viewmats[:, :3, :3], means.detach().float()) + viewmats[:, None, :3, 3]
+    z = cam[..., 2].clamp_min(1e-6)
+    u = Ks[:, None, 0, 0] * cam[..., 0] / z + Ks[:, None, 0, 2]
+    v = Ks[:, None, 1, 1] * cam[..., 1] / z + Ks[:, None, 1, 2]
+    mu, mv = margin * width, margin * height
+    return (cam[..., 2] > 1e-3) & (u > -mu) & (u < width + mu) & (v > -mv) & (v < height + mv)
 
 
 def field_downscale(height: int, width: int, size: int) -> int:
@@ -113,4 +127,5 @@ __all__ = [
     "pyramid_depth",
     "pyramid_l1",
     "scale_intrinsics",
+    "visible_in_frames",
 ]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lift3d_core.errors import Lift3DError
+from lift3d_core.splat import image_motion_triton
 from lift3d_core.splat.checkpoint import TrainCheckpoint
 from lift3d_core.splat.compile_fallback import compiled_or_eager
 from lift3d_core.splat.distortion import DistortionField, apply_offsets, load_field
@@ -40,6 +41,7 @@ from lift3d_core.splat.field_terms import (
     pyramid_depth,
     pyramid_l1,
     scale_intrinsics,
+    visible_in_frames,
 )
 from lift3d_core.splat.gaussians import Gaussians
 from lift3d_core.splat.optim import ADAM_EPS, expon_lr, fused_adam_supported
@@ -47,6 +49,16 @@ from lift3d_core.splat.train import Trainer
 from lift3d_core.splat.train_distortion_config import _FIELD_KEYS as _FIELD_KEYS
 from lift3d_core.splat.train_distortion_config import LIFTIMAGE3D_TRAIN as LIFTIMAGE3D_TRAIN
 from lift3d_core.splat.train_distortion_config import DistortionTrainConfig, field_bounds
+
+# Whether the view mask and the image-motion price run as fused Triton kernels
+# (:mod:`~lift3d_core.splat.image_motion_triton`) where they can: "auto" (CUDA with Triton), "off" (PyTorch). A
+# speed switch only (same values up to float rounding), module-level so that benchmarks can compare the two; off
+# until a GPU profile shows the kernels pay.
+FUSED_IMAGE_MOTION = "off"
+
+
+def _fused_image_motion(like: torch.Tensor) -> bool:
+    return FUSED_IMAGE_MOTION == "auto" and like.device.type == "cuda" and image_motion_triton.available(like)
 
 
 @dataclass
@@ -294,8 +306,8 @@ class DistortionTrainer(Trainer):
             loss = loss + per_pixel * d.offset_weight * terms["offsets"]
         if d.offset_image_weight > 0 and self._step_offsets["frames"].d_means is not None:
             means, frames, keep = self._step_offsets["frames_at"]
-            px = projected_offset_px(means, self._step_offsets["frames"].d_means.reshape(len(frames), -1, 3),
-                                     self.viewmats[frames], self.Ks[frames])  # [B, N]
+            px = self._image_motion_px(means, self._step_offsets["frames"].d_means.reshape(len(frames), -1, 3),
+                                       frames)  # [B, N]
             share = px / min(self.height, self.width)  # shorter sides of the image
             if keep is None:
                 terms["offset_image"] = share.mean()
@@ -370,13 +382,19 @@ class DistortionTrainer(Trainer):
         """``[B, N]`` bool: centres in front of each frame of ``frames [B]`` (device indices) projecting inside
         its image enlarged by ``field_cull_margin`` of its size on every side."""
         margin = self.dcfg.field_cull_margin or 0.0
-        w2c, K = self.viewmats[frames], self.Ks[frames]  # [B, 4, 4], [B, 3, 3]
-        cam = torch.einsum("bij,nj->bni", w2c[:, :3, :3], means.detach().float()) + w2c[:, None, :3, 3]
-        z = cam[..., 2].clamp_min(1e-6)
-        u = K[:, None, 0, 0] * cam[..., 0] / z + K[:, None, 0, 2]
-        v = K[:, None, 1, 1] * cam[..., 1] / z + K[:, None, 1, 2]
-        mu, mv = margin * self.width, margin * self.height
-        return (cam[..., 2] > 1e-3) & (u > -mu) & (u < self.width + mu) & (v > -mv) & (v < self.height + mv)
+        w2c, K = self.viewmats[frames].detach(), self.Ks[frames]  # [B, 4, 4], [B, 3, 3]
+        if _fused_image_motion(means):
+            return image_motion_triton.visible_mask(means, w2c, K, self.width, self.height, margin)
+        return visible_in_frames(means, w2c, K, self.width, self.height, margin)
+
+    def _image_motion_px(self, means: torch.Tensor, d_means: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` pixels each frame's offsets ``d_means [B, N, 3]`` move the centres ``means [N, 3]`` (detached)
+        by (:func:`projected_offset_px`; the fused kernels where :data:`FUSED_IMAGE_MOTION` allows and the cameras
+        are constants: with pose refinement the price also reaches the cameras, through the PyTorch version)."""
+        w2c, K = self.viewmats[frames], self.Ks[frames]
+        if not w2c.requires_grad and _fused_image_motion(means):
+            return image_motion_triton.projected_offset_px(means, d_means, w2c, K)
+        return projected_offset_px(means, d_means, w2c, K)
 
     def train_step(self):
         if self.step + 1 > self.dcfg.coarse_iterations:  # the coming step is a fine one
