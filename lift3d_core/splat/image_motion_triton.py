@@ -62,8 +62,9 @@ if triton is not None:
         cz = r20 * mx + r21 * my + r22 * mz + tl.load(base + 11, mask=mask, other=1.0)
         return cx, cy, cz, r00, r01, r02, r10, r11, r12, r20, r21, r22
 
-    @triton.jit(do_not_specialize=["n", "total"])
-    def _mask_kernel(means_ptr, cam_ptr, out_ptr, n, total, width, height, mu, mv, BLOCK: tl.constexpr):
+    @triton.jit
+    def _load_centres(means_ptr, n, total, BLOCK: tl.constexpr):
+        # this program's (frame, centre) pairs, frame-major (pair i = frame b, centre i - b n): frame and centre
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = i < total
         b = i // n
@@ -71,6 +72,11 @@ if triton is not None:
         mx = tl.load(means_ptr + p * 3, mask=mask, other=0.0)
         my = tl.load(means_ptr + p * 3 + 1, mask=mask, other=0.0)
         mz = tl.load(means_ptr + p * 3 + 2, mask=mask, other=0.0)
+        return i, mask, b, mx, my, mz
+
+    @triton.jit(do_not_specialize=["n", "total"])
+    def _mask_kernel(means_ptr, cam_ptr, out_ptr, n, total, width, height, mu, mv, BLOCK: tl.constexpr):
+        i, mask, b, mx, my, mz = _load_centres(means_ptr, n, total, BLOCK)
         cx, cy, cz, _, _, _, _, _, _, _, _, _ = _camera_point(cam_ptr, b, mx, my, mz, mask)
         fx = tl.load(cam_ptr + b * 16 + 12, mask=mask, other=1.0)
         fy = tl.load(cam_ptr + b * 16 + 13, mask=mask, other=1.0)
@@ -95,33 +101,24 @@ if triton is not None:
         dv = fy * zi * (ey - cy * zi * ez)
         return du, dv, cx, cy, zi, fx, fy, r00, r01, r02, r10, r11, r12, r20, r21, r22
 
-    @triton.jit(do_not_specialize=["n", "total"])
-    def _price_forward(means_ptr, d_ptr, cam_ptr, out_ptr, n, total, eps, BLOCK: tl.constexpr):
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = i < total
-        b = i // n
-        p = i - b * n
-        mx = tl.load(means_ptr + p * 3, mask=mask, other=0.0)
-        my = tl.load(means_ptr + p * 3 + 1, mask=mask, other=0.0)
-        mz = tl.load(means_ptr + p * 3 + 2, mask=mask, other=0.0)
+    @triton.jit
+    def _load_offsets(means_ptr, d_ptr, n, total, BLOCK: tl.constexpr):
+        # this program's (frame, centre) pairs with their offsets
+        i, mask, b, mx, my, mz = _load_centres(means_ptr, n, total, BLOCK)
         dx = tl.load(d_ptr + i * 3, mask=mask, other=0.0)
         dy = tl.load(d_ptr + i * 3 + 1, mask=mask, other=0.0)
         dz = tl.load(d_ptr + i * 3 + 2, mask=mask, other=0.0)
+        return i, mask, b, mx, my, mz, dx, dy, dz
+
+    @triton.jit(do_not_specialize=["n", "total"])
+    def _price_forward(means_ptr, d_ptr, cam_ptr, out_ptr, n, total, eps, BLOCK: tl.constexpr):
+        i, mask, b, mx, my, mz, dx, dy, dz = _load_offsets(means_ptr, d_ptr, n, total, BLOCK)
         du, dv, _, _, _, _, _, _, _, _, _, _, _, _, _, _ = _motion(cam_ptr, b, mx, my, mz, dx, dy, dz, mask)
         tl.store(out_ptr + i, tl.sqrt(du * du + dv * dv + eps * eps) - eps, mask=mask)
 
     @triton.jit(do_not_specialize=["n", "total"])
     def _price_backward(means_ptr, d_ptr, cam_ptr, g_ptr, gd_ptr, n, total, eps, BLOCK: tl.constexpr):
-        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = i < total
-        b = i // n
-        p = i - b * n
-        mx = tl.load(means_ptr + p * 3, mask=mask, other=0.0)
-        my = tl.load(means_ptr + p * 3 + 1, mask=mask, other=0.0)
-        mz = tl.load(means_ptr + p * 3 + 2, mask=mask, other=0.0)
-        dx = tl.load(d_ptr + i * 3, mask=mask, other=0.0)
-        dy = tl.load(d_ptr + i * 3 + 1, mask=mask, other=0.0)
-        dz = tl.load(d_ptr + i * 3 + 2, mask=mask, other=0.0)
+        i, mask, b, mx, my, mz, dx, dy, dz = _load_offsets(means_ptr, d_ptr, n, total, BLOCK)
         du, dv, cx, cy, zi, fx, fy, r00, r01, r02, r10, r11, r12, r20, r21, r22 = _motion(
             cam_ptr, b, mx, my, mz, dx, dy, dz, mask)
         g = tl.load(g_ptr + i, mask=mask, other=0.0) / tl.sqrt(du * du + dv * dv + eps * eps)
