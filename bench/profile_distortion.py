@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu import _perturbed, _tree_targets, compile_counters, random_scene
-from lift3d_core.splat import field_penalties, train_distortion
+from lift3d_core.splat import field_penalties, field_triton, train_distortion
 from lift3d_core.splat.distortion import compiled
 from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer
 
@@ -174,12 +174,14 @@ def attribute(trainer, steps: int) -> dict:
 def switches(variant: dict) -> dict:
     """Sets the module-level speed switches a variant names (``_compiled_parts``: the field's pieces compiled,
     ``_regularisers``: how uncompiled regularisers are computed, ``_fused_image_motion``: the view mask and the
-    image-motion price as Triton kernels) and returns its config overrides."""
+    image-motion price as Triton kernels, ``_small_plane_products``: the fused field backward's one-hot products
+    for 8-channel and small planes) and returns its config overrides."""
     over = dict(variant)
     compiled.COMPILED_PARTS.clear()
     compiled.COMPILED_PARTS.update(over.pop("_compiled_parts", ("mlp", "lines", "regularisers")))
     field_penalties.EAGER_REGULARISERS = over.pop("_regularisers", "autograd")
     train_distortion.FUSED_IMAGE_MOTION = over.pop("_fused_image_motion", "off")
+    field_triton.SMALL_PLANE_PRODUCTS = over.pop("_small_plane_products", False)
     return over
 
 
@@ -206,8 +208,6 @@ def main(argv=None) -> int:
 
     base = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.line_dot_max_r is not None:
-        from lift3d_core.splat import field_triton
-
         field_triton.LINE_DOT_MAX_R = args.line_dot_max_r
     variants = {
         "default": {},
@@ -230,6 +230,10 @@ def main(argv=None) -> int:
         "closed-form regularisers": dict(_compiled_parts=["mlp", "lines"], _regularisers="closed_form"),
         "compiled MLP, closed-form regularisers": dict(_compiled_parts=["mlp"], _regularisers="closed_form"),
         "fused image motion": dict(_fused_image_motion="auto"),
+        "small-plane products": dict(_small_plane_products=True),
+        "small-plane products, fused image motion, closed-form regularisers": dict(
+            _compiled_parts=["mlp", "lines"], _regularisers="closed_form", _fused_image_motion="auto",
+            _small_plane_products=True),
         "fused image motion, closed-form regularisers": dict(_compiled_parts=["mlp", "lines"],
                                                              _regularisers="closed_form", _fused_image_motion="auto"),
         "grid_sample field": dict(field_kernels="torch"),

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
-def compare(device: str, multires=(1, 2, 3), spatial_resolution=8, line_dot_max_r=128, seed=0) -> dict:
+def compare(device: str, multires=(1, 2, 3), spatial_resolution=8, line_dot_max_r=128, seed=0,
+            features_per_plane=16, spatial_dot_max_cells=256, small_plane_products=True) -> dict:
     """Largest |fused - grid_sample| of the features and of the gradients of the centres and of every plane group,
     each relative to the largest reference value, for a field with random frame planes and queries in several
     segments (all points, a random multiset, an empty one, a short one; centres partly outside the bounds)."""
@@ -28,9 +29,12 @@ def compare(device: str, multires=(1, 2, 3), spatial_resolution=8, line_dot_max_
     from lift3d_core.splat.distortion import DistortionField, DistortionFieldConfig
 
     field_triton.LINE_DOT_MAX_R = line_dot_max_r
+    field_triton.SPATIAL_DOT_MAX_CELLS = spatial_dot_max_cells
+    field_triton.SMALL_PLANE_PRODUCTS = small_plane_products
     gen = torch.Generator().manual_seed(seed)
     cfg = DistortionFieldConfig(bounds=((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0)), spatial_resolution=spatial_resolution,
-                                frame_resolution=6, multires=tuple(multires), net_width=32)
+                                frame_resolution=6, multires=tuple(multires), net_width=32,
+                                features_per_plane=features_per_plane)
     field = DistortionField(cfg).to(device)
     with torch.no_grad():
         for level in field.levels:
@@ -62,7 +66,11 @@ def compare(device: str, multires=(1, 2, 3), spatial_resolution=8, line_dot_max_
 
 CASES = {
     "dot": dict(multires=(1, 2, 3), spatial_resolution=8, line_dot_max_r=128),  # R = 8, 16, 24 (not a power of 2)
-    "atomic": dict(multires=(1, 2), spatial_resolution=8, line_dot_max_r=0),
+    "atomic": dict(multires=(1, 2), spatial_resolution=8, line_dot_max_r=0, spatial_dot_max_cells=0),
+    # params.yaml's field: 8 x 8 planes of 8 channels (the products padded / paired to 16 columns)
+    "8 channels": dict(multires=(1, 2), spatial_resolution=8, features_per_plane=8),
+    "8 channels, atomic": dict(multires=(1,), spatial_resolution=8, features_per_plane=8,
+                               small_plane_products=False),
     "long lines": dict(multires=(1,), spatial_resolution=80, line_dot_max_r=128),  # several one-hot chunks
 }
 

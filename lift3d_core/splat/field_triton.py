@@ -11,12 +11,15 @@ their backward passes scatter every sample's gradient into a few thousand plane 
 serialise (a 64-sample line receives the gradients of ~10^5 points per frame). Here one kernel per level
 computes the whole product, and one kernel its gradients:
 
-* spatial planes: atomic adds of each point's four corners, channel-last (``[3, R, R, C]``), coalesced over
+* larger spatial planes: atomic adds of each point's four corners, channel-last (``[3, R, R, C]``), coalesced over
   the channels;
 * frame lines: a block of points of one segment accumulates its gradient over the line's ``R`` cells as a
   matrix product (``one_hot_weights [R, points] @ grads [points, C]``, on tensor cores, in three-pass TF32
   that keeps float32 accuracy), then adds ``R x C`` values instead of ``2 x points x C`` (lines of at most
-  ``LINE_DOT_MAX_R`` cells; longer ones take plain atomic adds);
+  ``LINE_DOT_MAX_R`` cells; longer ones take plain atomic adds; with fewer than 16 channels the u and v lines
+  share one product of ``2C`` columns, with ``SMALL_PLANE_PRODUCTS``);
+* with ``SMALL_PLANE_PRODUCTS``, small spatial planes (at most ``SPATIAL_DOT_MAX_CELLS`` cells) the same way, with the
+  four corners' bilinear weights in the one-hot matrix;
 * coordinates: the derivative of every sample with respect to the point's normalised coordinates, summed over
   channels and levels, is written per query (no atomics); the caller adds the queries of one point.
 
@@ -136,6 +139,16 @@ class QueryLayout:
 # contended atomic adds); longer lines by plain atomic adds (a block of BLOCK queries touches at most 2 BLOCK of
 # their cells, fewer than the product would add). Module-level so that benchmarks can compare the two.
 LINE_DOT_MAX_R = 128
+# Spatial planes of at most this many cells (R x R) accumulate their gradient by a one-hot matrix product too, in
+# chunks of 64 cells: with few cells every query's four corner adds contend for the same addresses (an 8 x 8 plane
+# takes ~10^5 queries' adds per cell), and the product replaces a block's 4 x BLOCK adds per channel by one per
+# cell. Larger planes keep plain atomic adds (a block touches a few of their cells). 0 turns the product off.
+SPATIAL_DOT_MAX_CELLS = 256
+# Whether the products above also serve planes of fewer than 16 channels (``params.yaml``'s 8: u and v lines side by
+# side, spatial gradients padded to 16 columns) and small spatial planes at all. Off until a GPU run has timed it
+# (the interpreter tests check its values); ``bench/profile_distortion.py``'s "small-plane products" variant turns
+# it on.
+SMALL_PLANE_PRODUCTS = False
 
 
 if triton is not None:
@@ -227,13 +240,37 @@ if triton is not None:
         tl.store(out_ptr + (rows * out_stride + col0)[:, None] + c[None, :], feat, mask=m)
 
     @triton.jit
-    def _scatter_plane(gptr, o00, R: tl.constexpr, C: tl.constexpr, m, d, wa, wb):
-        a = wa[:, None]
-        b = wb[:, None]
-        tl.atomic_add(gptr + o00, d * ((1.0 - a) * (1.0 - b)), mask=m, sem="relaxed")
-        tl.atomic_add(gptr + o00 + C, d * (a * (1.0 - b)), mask=m, sem="relaxed")
-        tl.atomic_add(gptr + o00 + R * C, d * ((1.0 - a) * b), mask=m, sem="relaxed")
-        tl.atomic_add(gptr + o00 + R * C + C, d * (a * b), mask=m, sem="relaxed")
+    def _scatter_plane(gptr, o00, ia, ib, c, R: tl.constexpr, C: tl.constexpr, m, d, wa, wb,
+                       BLOCK_Q: tl.constexpr, DOT: tl.constexpr):
+        if DOT:
+            # a small plane: the block's gradient per cell as one-hot corner weights [RC, BLOCK_Q] (cell k = b R + a)
+            # times the queries' gradients, then one add per cell and channel instead of 4 per query and channel
+            k0 = (ib * R + ia)[None, :]
+            a = wa[None, :]
+            b = wb[None, :]
+            if C >= 16:
+                dd = d
+            else:  # padded to 16 channels with zeros (column 2c: channel c) for the tensor cores
+                dd = tl.reshape(tl.join(d, tl.zeros_like(d)), (BLOCK_Q, 2 * C))
+            for k_start in tl.static_range(0, R * R, 64):
+                k = k_start + tl.arange(0, 64)
+                kk = k[:, None]
+                onehot = (tl.where(kk == k0, (1.0 - a) * (1.0 - b), 0.0) + tl.where(kk == k0 + 1, a * (1.0 - b), 0.0)
+                          + tl.where(kk == k0 + R, (1.0 - a) * b, 0.0) + tl.where(kk == k0 + R + 1, a * b, 0.0))
+                g = tl.dot(onehot, dd, input_precision="tf32x3")
+                if C >= 16:
+                    tl.atomic_add(gptr + (k * C)[:, None] + c[None, :], g, mask=(k < R * R)[:, None], sem="relaxed")
+                else:
+                    j = tl.arange(0, 2 * C)
+                    tl.atomic_add(gptr + (k * C)[:, None] + (j // 2)[None, :], g,
+                                  mask=(k < R * R)[:, None] & (j % 2 == 0)[None, :], sem="relaxed")
+        else:
+            a = wa[:, None]
+            b = wb[:, None]
+            tl.atomic_add(gptr + o00, d * ((1.0 - a) * (1.0 - b)), mask=m, sem="relaxed")
+            tl.atomic_add(gptr + o00 + C, d * (a * (1.0 - b)), mask=m, sem="relaxed")
+            tl.atomic_add(gptr + o00 + R * C, d * ((1.0 - a) * b), mask=m, sem="relaxed")
+            tl.atomic_add(gptr + o00 + R * C + C, d * (a * b), mask=m, sem="relaxed")
 
     @triton.jit
     def _scatter_line(gptr, a: tl.constexpr, seg, nseg, i0, w, c, du, dv, m,
@@ -246,12 +283,20 @@ if triton is not None:
             for r0 in tl.static_range(0, R, RC):
                 r = r0 + tl.arange(0, RC)
                 onehot = tl.where(r[:, None] == cell0, 1.0 - t, 0.0) + tl.where(r[:, None] == cell0 + 1, t, 0.0)
-                gu = tl.dot(onehot, du, input_precision="tf32x3")
-                gv = tl.dot(onehot, dv, input_precision="tf32x3")
-                off = base + (r * (2 * C))[:, None] + c[None, :]
                 rm = (r < R)[:, None]
-                tl.atomic_add(gptr + off, gu, mask=rm, sem="relaxed")
-                tl.atomic_add(gptr + off + C, gv, mask=rm, sem="relaxed")
+                if C >= 16:
+                    gu = tl.dot(onehot, du, input_precision="tf32x3")
+                    gv = tl.dot(onehot, dv, input_precision="tf32x3")
+                    off = base + (r * (2 * C))[:, None] + c[None, :]
+                    tl.atomic_add(gptr + off, gu, mask=rm, sem="relaxed")
+                    tl.atomic_add(gptr + off + C, gv, mask=rm, sem="relaxed")
+                else:
+                    # fewer than 16 channels: u and v side by side ([BLOCK_Q, 2C], column 2c + half) make one
+                    # product wide enough for the tensor cores
+                    guv = tl.dot(onehot, tl.reshape(tl.join(du, dv), (BLOCK_Q, 2 * C)), input_precision="tf32x3")
+                    j = tl.arange(0, 2 * C)
+                    off = base + (r * (2 * C))[:, None] + ((j % 2) * C + j // 2)[None, :]
+                    tl.atomic_add(gptr + off, guv, mask=rm, sem="relaxed")
         else:
             o0 = _line_offsets(a, seg, nseg, i0, c, R, C)
             t = w[:, None]
@@ -264,7 +309,7 @@ if triton is not None:
     def _backward_kernel(xyz_ptr, pts_ptr, blocks_ptr, sp_ptr, ln_ptr, gout_ptr, gsp_ptr, gln_ptr, gq_ptr,
                          nblocks, nseg, gout_stride, col0,
                          ACCUM: tl.constexpr, R: tl.constexpr, C: tl.constexpr, BLOCK_Q: tl.constexpr,
-                         RC: tl.constexpr, LINE_DOT: tl.constexpr):
+                         RC: tl.constexpr, LINE_DOT: tl.constexpr, SPATIAL_DOT: tl.constexpr):
         pid = tl.program_id(0)
         lane, seg, out0, valid, x, y, z = _load_query(xyz_ptr, pts_ptr, blocks_ptr, nblocks, pid, BLOCK_Q)
         c = tl.arange(0, C)
@@ -326,9 +371,9 @@ if triton is not None:
         tl.store(gq_ptr + q + 1, gqy)
         tl.store(gq_ptr + q + 2, gqz)
         # planes
-        _scatter_plane(gsp_ptr, o_xy, R, C, m, d_s0, wx, wy)
-        _scatter_plane(gsp_ptr + plane, o_xz, R, C, m, d_s1, wx, wz)
-        _scatter_plane(gsp_ptr + 2 * plane, o_yz, R, C, m, d_s2, wy, wz)
+        _scatter_plane(gsp_ptr, o_xy, ix, iy, c, R, C, m, d_s0, wx, wy, BLOCK_Q, SPATIAL_DOT)
+        _scatter_plane(gsp_ptr + plane, o_xz, ix, iz, c, R, C, m, d_s1, wx, wz, BLOCK_Q, SPATIAL_DOT)
+        _scatter_plane(gsp_ptr + 2 * plane, o_yz, iy, iz, c, R, C, m, d_s2, wy, wz, BLOCK_Q, SPATIAL_DOT)
         _scatter_line(gln_ptr, 0, seg, nseg, ix, wx, c, d_ux, d_vx, m, R, C, BLOCK_Q, RC, LINE_DOT)
         _scatter_line(gln_ptr, 1, seg, nseg, iy, wy, c, d_uy, d_vy, m, R, C, BLOCK_Q, RC, LINE_DOT)
         _scatter_line(gln_ptr, 2, seg, nseg, iz, wz, c, d_uz, d_vz, m, R, C, BLOCK_Q, RC, LINE_DOT)
@@ -392,7 +437,9 @@ class _FusedFeatures(torch.autograd.Function):
                 _backward_kernel[(nb,)](xyz, layout.points, layout.blocks, sp, ln, grad_out, g_sp[level],
                                         g_ln[level], g_query, nb, layout.num_segments, grad_out.stride(0), level * c,
                                         ACCUM=level > 0, R=r, C=c, BLOCK_Q=BLOCK, RC=_chunk(r),
-                                        LINE_DOT=r <= LINE_DOT_MAX_R and c >= 16, num_warps=4)
+                                        LINE_DOT=r <= LINE_DOT_MAX_R and (c >= 16 or (SMALL_PLANE_PRODUCTS and 2 * c >= 16)),
+                                        SPATIAL_DOT=SMALL_PLANE_PRODUCTS and r * r <= SPATIAL_DOT_MAX_CELLS and 2 * c >= 16,
+                                        num_warps=4)
             g_xyz.index_add_(0, layout.points.clamp_min(0).long(), g_query)  # padding rows carry zeros
         return (g_xyz, None, *g_sp, *g_ln)
 
