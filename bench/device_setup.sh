@@ -9,7 +9,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 missing=()
 for pair in skimage:scikit_image zarr:zarr numcodecs:numcodecs donfig:donfig rich:rich markdown_it:markdown_it_py \
             mdurl:mdurl pygments:pygments filelock:filelock fsspec:fsspec lazy_loader:lazy_loader tifffile:tifffile \
-            imageio:imageio networkx:networkx yaml:pyyaml crc32c:crc32c PIL:pillow; do
+            imageio:imageio networkx:networkx yaml:pyyaml crc32c:crc32c PIL:pillow pytest:pytest pluggy:pluggy \
+            iniconfig:iniconfig; do
   mod=${pair%%:*}; whl=${pair##*:}
   python3 -c "import $mod" 2>/dev/null && continue
   found=$(ls .whl/*/${whl}-*.whl 2>/dev/null | head -1)  # any carried folder: extra, or a smaller set of it

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu import _perturbed, _tree_targets, compile_counters, random_scene
 from lift3d_core.splat import field_penalties, field_triton, train_distortion
 from lift3d_core.splat.distortion import compiled
+from lift3d_core.splat.distortion import field as distortion_field
 from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer
 
 
@@ -175,13 +176,15 @@ def switches(variant: dict) -> dict:
     """Sets the module-level speed switches a variant names (``_compiled_parts``: the field's pieces compiled,
     ``_regularisers``: how uncompiled regularisers are computed, ``_fused_image_motion``: the view mask and the
     image-motion price as Triton kernels, ``_small_plane_products``: the fused field backward's one-hot products
-    for 8-channel and small planes) and returns its config overrides."""
+    for 8-channel and small planes, ``_mlp_kernel``: the MLP as fused Triton kernels) and returns its config
+    overrides."""
     over = dict(variant)
     compiled.COMPILED_PARTS.clear()
     compiled.COMPILED_PARTS.update(over.pop("_compiled_parts", ("mlp", "lines", "regularisers")))
     field_penalties.EAGER_REGULARISERS = over.pop("_regularisers", "autograd")
     train_distortion.FUSED_IMAGE_MOTION = over.pop("_fused_image_motion", "off")
     field_triton.SMALL_PLANE_PRODUCTS = over.pop("_small_plane_products", False)
+    distortion_field.MLP_KERNEL = over.pop("_mlp_kernel", "torch")
     return over
 
 
@@ -231,6 +234,12 @@ def main(argv=None) -> int:
         "compiled MLP, closed-form regularisers": dict(_compiled_parts=["mlp"], _regularisers="closed_form"),
         "fused image motion": dict(_fused_image_motion="auto"),
         "small-plane products": dict(_small_plane_products=True),
+        "triton MLP": dict(_mlp_kernel="triton"),
+        "nothing compiled in the field (triton MLP, eager lines, closed-form regularisers)": dict(
+            _compiled_parts=[], _mlp_kernel="triton", _regularisers="closed_form"),
+        "all kernels, nothing compiled in the field": dict(
+            _compiled_parts=[], _mlp_kernel="triton", _regularisers="closed_form", _fused_image_motion="auto",
+            _small_plane_products=True),
         "small-plane products, fused image motion, closed-form regularisers": dict(
             _compiled_parts=["mlp", "lines"], _regularisers="closed_form", _fused_image_motion="auto",
             _small_plane_products=True),

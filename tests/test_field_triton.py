@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.triton_interpreter import interpret
+
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
@@ -84,10 +82,7 @@ def _check(errors: dict) -> None:
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 @pytest.mark.parametrize("case", list(CASES))
 def test_fused_kernels_equal_grid_sample_in_the_interpreter(case):
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, __file__, case], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _check(json.loads(proc.stdout.strip().splitlines()[-1]))
+    _check(interpret(__file__, case))
 
 
 @pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs CUDA and triton")
@@ -110,6 +105,29 @@ def test_query_layout_pads_segments_to_blocks():
     pts = lay.points.view(-1, b)
     assert pts[1, :3].tolist() == [b, b + 1, b + 2] and (pts[1, 3:] == -1).all()
     assert pts[2, :10].tolist() == list(range(10)) and pts[3, :2].tolist() == [7, 7]
+
+
+def test_query_layout_of_ranges_equals_tensors_and_is_reused():
+    # The trainer passes its segments as ranges (contiguous rows): the layout must be the one of the same rows as
+    # tensors, and an identical call must reuse it (nothing built on the step's critical path).
+    from lift3d_core.splat import field_triton
+
+    n = 150
+    ranges = [range(n), range(n), range(n, n + 40), None]
+    tensors = [torch.arange(n), torch.arange(n), torch.arange(n, n + 40), None]
+    counts = [n, n, 40, n + 40]
+    a = field_triton.QueryLayout.build(ranges, counts, n + 40, torch.device("cpu"))
+    b = field_triton.QueryLayout.build(tensors, counts, n + 40, torch.device("cpu"))
+    assert torch.equal(a.points, b.points) and torch.equal(a.blocks, b.blocks) and a.num_out == b.num_out
+    assert field_triton.QueryLayout.build(ranges, counts, n + 40, torch.device("cpu")) is a
+    assert field_triton.QueryLayout.build([range(n)] * 2 + ranges[2:], counts, n + 40, torch.device("cpu")) is a
+
+
+def test_segment_rows_of_ranges_equal_tensors():
+    from lift3d_core.splat.distortion.field import segment_rows
+
+    rows = segment_rows([range(5), range(3, 7), None, torch.tensor([2, 2])], 6, torch.device("cpu"))
+    assert rows.tolist() == [0, 1, 2, 3, 4, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 2, 2]
 
 
 def test_fused_heads_equal_each_head_on_its_own():

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.triton_interpreter import interpret
+
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
@@ -76,10 +73,7 @@ def _check(result: dict) -> None:
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_fused_image_motion_equals_pytorch_in_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _check(json.loads(proc.stdout.strip().splitlines()[-1]))
+    _check(interpret(__file__))
 
 
 @pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs CUDA and triton")

@@ -74,6 +74,9 @@ def available(device: torch.device | str) -> bool:
 # pinning memory every step costs more than the copy).
 _BLOCKS_CACHE: dict[tuple, torch.Tensor] = {}
 _BLOCKS_CACHE_SIZE = 8
+# Whole layouts of segments given as ranges (the trainer's: every segment a contiguous block of rows), by their
+# ranges: such a step builds nothing.
+_LAYOUT_CACHE: dict[tuple, QueryLayout] = {}
 
 
 @dataclass
@@ -93,17 +96,37 @@ class QueryLayout:
     num_segments: int
 
     @classmethod
-    def build(cls, segments: list[torch.Tensor | None], counts: list[int], num_points: int,
+    def build(cls, segments: list[torch.Tensor | range | None], counts: list[int], num_points: int,
               device: torch.device) -> QueryLayout:
-        """From the segments of :meth:`DistortionField.segment_features` (``[M_j]`` row indices or None for
-        all ``num_points`` rows) and their host-side sizes ``counts``. One device concatenation, and a small
-        host-to-device copy of the block table when these sizes were not seen recently."""
+        """From the segments of :meth:`DistortionField.segment_features` (``[M_j]`` row indices, a ``range`` of
+        rows, or None for all ``num_points`` rows) and their host-side sizes ``counts``. One device concatenation,
+        and a small host-to-device copy of the block table when these sizes were not seen recently; when every
+        segment is a range or None (the trainer's), the whole layout is reused from a recent identical call."""
+        key = None
+        if all(seg is None or isinstance(seg, range) for seg in segments):
+            key = ("ranges", str(device), num_points,
+                   tuple(None if seg is None else (seg.start, seg.stop, seg.step) for seg in segments))
+            hit = _LAYOUT_CACHE.pop(key, None)
+            if hit is not None:
+                _LAYOUT_CACHE[key] = hit  # most recent last
+                return hit
+        layout = cls._build(segments, counts, num_points, device)
+        if key is not None:
+            _LAYOUT_CACHE[key] = layout
+            while len(_LAYOUT_CACHE) > _BLOCKS_CACHE_SIZE:
+                _LAYOUT_CACHE.pop(next(iter(_LAYOUT_CACHE)))
+        return layout
+
+    @classmethod
+    def _build(cls, segments: list, counts: list[int], num_points: int, device: torch.device) -> QueryLayout:
         parts, seg_ids, firsts, sizes = [], [], [], []
         out0 = 0
         pad_pool = None
         for j, (seg, n) in enumerate(zip(segments, counts)):
             if seg is None:
                 seg = torch.arange(num_points, device=device, dtype=torch.int32)
+            elif isinstance(seg, range):
+                seg = torch.arange(seg.start, seg.stop, seg.step, device=device, dtype=torch.int32)
             parts.append(seg.to(torch.int32))
             pad = (-n) % BLOCK
             if pad:

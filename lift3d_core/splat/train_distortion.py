@@ -203,7 +203,7 @@ class DistortionTrainer(Trainer):
         field_input = canonical.means.detach() if (d.detach_field_input or low_res_term) else canonical.means
         frames = self.on_device(idx)
         points, codes = [field_input], [self.frame_codes[frames]]
-        segments = [torch.arange(n, device=self.device)] * b  # the canonical centres, once per frame
+        segments = [range(n)] * b  # the canonical centres, once per frame (ranges: the layout is reused)
         extra: dict[str, tuple] = {}
         start = n
         if d.frame_mean_weight > 0:
@@ -211,14 +211,14 @@ class DistortionTrainer(Trainer):
             k, m = fm_codes.shape[0], fm_points.shape[0]
             points.append(fm_points)
             codes.append(fm_codes)
-            segments += [torch.arange(start, start + m, device=self.device)] * k
+            segments += [range(start, start + m)] * k
             start += m
             extra["frame_mean"] = (k, m)
         if d.anchor_weight > 0 and not d.hard_anchor:
             a_points = self._anchor_queries()
             points.append(a_points)
             codes.append(self._input_code[None])
-            segments.append(torch.arange(start, start + a_points.shape[0], device=self.device))
+            segments.append(range(start, start + a_points.shape[0]))
             extra["anchor"] = (1, a_points.shape[0])
         off = self.field.evaluate(torch.cat(points), torch.cat(codes), segments)
         parts = _split_offsets(off, [b * n] + [k * m for k, m in extra.values()])

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lift3d_core.errors import Lift3DError
-from lift3d_core.splat import field_triton
+from lift3d_core.splat import field_mlp_triton, field_triton
 from lift3d_core.splat.distortion.compiled import compile_once, part_compiled
 from lift3d_core.splat.distortion.config import ACTIVATIONS, DistortionFieldConfig
 from lift3d_core.splat.distortion.levels import GROUPS, _Level
@@ -23,6 +23,39 @@ def _head(width: int, out_dim: int, activation: str) -> nn.Sequential:
     last.zero_init = True
     act = ACTIVATIONS[activation][0]
     return nn.Sequential(act(), nn.Linear(width, width), act(), last)
+
+
+# How a training step runs the MLP (with gradients): "torch" (:func:`_decode`, compiled with ``compiled``) or
+# "triton" (:mod:`~lift3d_core.splat.field_mlp_triton`'s fused kernels, where the field's shape and device allow:
+# nothing to compile). A speed switch only (the same function; float32 rounding, or bfloat16 products as
+# autocast's), module-level so that benchmarks can compare the two; "torch" until a GPU profile shows the kernels pay.
+MLP_KERNEL = "torch"
+
+_ROWS_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def segment_rows(segments: list, n: int, device: torch.device) -> torch.Tensor:
+    """``[sum M_j]`` long: the rows of every segment (a ``[M_j]`` tensor, a ``range``, or None for all ``n``) one
+    after another. Segments given as ranges and None (the trainer's) reuse a recent identical result."""
+    key = None
+    if all(seg is None or isinstance(seg, range) for seg in segments):
+        key = (str(device), n, tuple(None if seg is None else (seg.start, seg.stop, seg.step) for seg in segments))
+        if key in _ROWS_CACHE:
+            return _ROWS_CACHE[key]
+
+    def rows_of(seg):
+        if seg is None:
+            return torch.arange(n, device=device)
+        if isinstance(seg, range):
+            return torch.arange(seg.start, seg.stop, seg.step, device=device)
+        return seg
+
+    rows = torch.cat([rows_of(seg) for seg in segments])
+    if key is not None:
+        _ROWS_CACHE[key] = rows
+        while len(_ROWS_CACHE) > 8:
+            _ROWS_CACHE.pop(next(iter(_ROWS_CACHE)))
+    return rows
 
 
 class DistortionField(nn.Module):
@@ -129,7 +162,8 @@ class DistortionField(nn.Module):
         Args:
             means: ``[N, 3]`` canonical centres (the spatial planes are sampled once for all of them).
             codes: ``[S, 2]`` frame codes in ``[0, 1]``.
-            segments: S entries, each a ``[M_j]`` long tensor of rows of ``means`` or None for all rows.
+            segments: S entries, each a ``[M_j]`` long tensor of rows of ``means``, a ``range`` of rows, or None
+                for all rows.
 
         Returns:
             ``[sum M_j, feature_dim]``, segment after segment (a transposed view: column-major memory).
@@ -137,7 +171,7 @@ class DistortionField(nn.Module):
         xyz = self.normalise_xyz(means)
         c = torch.as_tensor(codes, dtype=means.dtype, device=means.device).reshape(-1, 2) * 2.0 - 1.0
         n = xyz.shape[0]
-        counts = [n if seg is None else int(seg.shape[0]) for seg in segments]
+        counts = [n if seg is None else len(seg) if isinstance(seg, range) else int(seg.shape[0]) for seg in segments]
         if self.uses_fused_kernels(xyz):
             layout = field_triton.QueryLayout.build(segments, counts, n, xyz.device)
             spatial = [level.spatial.permute(0, 2, 3, 1) for level in self.levels]  # [3, R, R, C]
@@ -145,7 +179,7 @@ class DistortionField(nn.Module):
             return field_triton.fused_features(xyz, layout, spatial, lines)
         rows = None
         if not (len(segments) == 1 and segments[0] is None):
-            rows = torch.cat([torch.arange(n, device=means.device) if seg is None else seg for seg in segments])
+            rows = segment_rows(segments, n, means.device)
         # every segment's lines in one sample per level: frame j's lines are row j of one image per axis
         s = c.shape[0]
         num_rows = _exact_rows(s)
@@ -188,6 +222,8 @@ class DistortionField(nn.Module):
     def decode(self, feats: torch.Tensor) -> Offsets:
         """Offsets of features ``[M, feature_dim]`` (the MLP and heads); one compiled graph when ``compiled``
         and gradients are on (its row count dynamic: one graph for every size)."""
+        if MLP_KERNEL == "triton" and torch.is_grad_enabled() and field_mlp_triton.supports(self):
+            return Offsets(field_mlp_triton.decode_position(self, feats), None, None, None, None)
         if self.compiled and torch.is_grad_enabled() and part_compiled("mlp"):
             return compile_once(_decode, True)(self, feats)
         return _decode(self, feats)
@@ -202,7 +238,7 @@ class DistortionField(nn.Module):
                            torch.tensor([anchor], dtype=means.dtype, device=means.device)])
         n = means.shape[0]
         out = self.decode(self.segment_features(means, codes, [*segments, None]))
-        rows = torch.cat([torch.arange(n, device=means.device) if seg is None else seg for seg in segments])
+        rows = segment_rows(segments, n, means.device)
         return _minus_rows(out, rows.shape[0], rows)
 
     def forward(self, means: torch.Tensor, frame_code: torch.Tensor) -> Offsets:
