@@ -25,6 +25,7 @@ from bench.gpu import _perturbed, _tree_targets, compile_counters, random_scene
 from lift3d_core.splat import field_penalties, field_triton, train_distortion
 from lift3d_core.splat.distortion import compiled
 from lift3d_core.splat.distortion import field as distortion_field
+from lift3d_core.splat.distortion import lines as distortion_lines
 from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer
 
 
@@ -176,8 +177,8 @@ def switches(variant: dict) -> dict:
     """Sets the module-level speed switches a variant names (``_compiled_parts``: the field's pieces compiled,
     ``_regularisers``: how uncompiled regularisers are computed, ``_fused_image_motion``: the view mask and the
     image-motion price as Triton kernels, ``_small_plane_products``: the fused field backward's one-hot products
-    for 8-channel and small planes, ``_mlp_kernel``: the MLP as fused Triton kernels) and returns its config
-    overrides."""
+    for 8-channel and small planes, ``_mlp_kernel`` / ``_lines_kernel``: the MLP / the frame lines as fused Triton
+    kernels) and returns its config overrides."""
     over = dict(variant)
     compiled.COMPILED_PARTS.clear()
     compiled.COMPILED_PARTS.update(over.pop("_compiled_parts", ("mlp", "lines", "regularisers")))
@@ -185,6 +186,7 @@ def switches(variant: dict) -> dict:
     train_distortion.FUSED_IMAGE_MOTION = over.pop("_fused_image_motion", "off")
     field_triton.SMALL_PLANE_PRODUCTS = over.pop("_small_plane_products", False)
     distortion_field.MLP_KERNEL = over.pop("_mlp_kernel", "torch")
+    distortion_lines.LINES_KERNEL = over.pop("_lines_kernel", "torch")
     return over
 
 
@@ -237,9 +239,10 @@ def main(argv=None) -> int:
         "triton MLP": dict(_mlp_kernel="triton"),
         "nothing compiled in the field (triton MLP, eager lines, closed-form regularisers)": dict(
             _compiled_parts=[], _mlp_kernel="triton", _regularisers="closed_form"),
+        "triton frame lines": dict(_lines_kernel="triton"),
         "all kernels, nothing compiled in the field": dict(
             _compiled_parts=[], _mlp_kernel="triton", _regularisers="closed_form", _fused_image_motion="auto",
-            _small_plane_products=True),
+            _small_plane_products=True, _lines_kernel="triton"),
         "small-plane products, fused image motion, closed-form regularisers": dict(
             _compiled_parts=["mlp", "lines"], _regularisers="closed_form", _fused_image_motion="auto",
             _small_plane_products=True),

@@ -73,8 +73,30 @@ CASES = {
 }
 
 
+def compare_lines(device: str, channels: int = 8, rows: int = 8, frame_rows: int = 6, seed: int = 0) -> dict:
+    """Largest |lines_triton - distortion.lines| of the lines and of the gradients of the frame and u-v planes,
+    relative to the largest reference value, at 7 codes (two on the square's border, one outside it)."""
+    from lift3d_core.splat import lines_triton
+    from lift3d_core.splat.distortion.lines import _kernel_lines
+
+    gen = torch.Generator().manual_seed(seed)
+    frame = (1.0 + 0.3 * torch.randn(6, channels, frame_rows, rows, generator=gen)).to(device)
+    uv = (1.0 + 0.3 * torch.randn(1, channels, frame_rows, frame_rows, generator=gen)).to(device)
+    codes = torch.tensor([[0.0, 0.0], [-0.3, 0.7], [1.0, -1.0], [0.25, 0.9], [-1.0, 0.4], [0.6, 1.3],
+                          [-0.95, -0.05]]).to(device)
+    upstream = torch.randn(3, codes.shape[0], rows, 2 * channels, generator=gen).to(device)
+    results = []
+    for fused in (False, True):
+        f, u = frame.clone().requires_grad_(True), uv.clone().requires_grad_(True)
+        out = lines_triton.kernel_lines(f, u, codes) if fused else _kernel_lines([f], [u], codes)[0]
+        (out * upstream).sum().backward()
+        results.append([out.detach(), f.grad, u.grad])
+    assert lines_triton.supports(frame)
+    return {k: float((a - b).abs().max() / b.abs().max()) for k, a, b in zip(("lines", "frame", "uv"), *results[::-1])}
+
+
 def _check(errors: dict) -> None:
-    assert set(errors) >= {"features", "means", "group0"}
+    assert set(errors) >= {"features", "means", "group0"} or set(errors) == {"lines", "frame", "uv"}
     for name, err in errors.items():
         assert err < 2e-5, f"{name}: relative error {err:.2e}"
 
@@ -89,6 +111,19 @@ def test_fused_kernels_equal_grid_sample_in_the_interpreter(case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_fused_kernels_equal_grid_sample_on_cuda(case):
     _check(compare("cuda", **CASES[case]))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("sizes", ["8x8", "6x5"])
+def test_fused_frame_lines_equal_pytorch_in_the_interpreter(sizes):
+    # lines_triton (the "lines" of distortion.compiled without a compile): the lines and the gradients of both
+    # planes, at params.yaml's sizes and at sizes that are not powers of two (masked tiles)
+    _check(interpret(__file__, "lines", sizes))
+
+
+@pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs CUDA and triton")
+def test_fused_frame_lines_equal_pytorch_on_cuda():
+    _check(compare_lines("cuda"))
 
 
 def test_query_layout_pads_segments_to_blocks():
@@ -148,4 +183,8 @@ def test_fused_heads_equal_each_head_on_its_own():
 
 
 if __name__ == "__main__":
-    print(json.dumps(compare("cpu", **CASES[sys.argv[1]])))
+    if sys.argv[1] == "lines":
+        rows, channels = (int(v) for v in sys.argv[2].split("x"))
+        print(json.dumps(compare_lines("cpu", channels=channels, rows=rows)))
+    else:
+        print(json.dumps(compare("cpu", **CASES[sys.argv[1]])))
