@@ -240,8 +240,9 @@ def main(argv=None) -> int:
         "nothing compiled in the field (triton MLP, eager lines, closed-form regularisers)": dict(
             _compiled_parts=[], _mlp_kernel="triton", _regularisers="closed_form"),
         "triton frame lines": dict(_lines_kernel="triton"),
+        "triton regularisers": dict(_compiled_parts=["mlp", "lines"], _regularisers="triton"),
         "all kernels, nothing compiled in the field": dict(
-            _compiled_parts=[], _mlp_kernel="triton", _regularisers="closed_form", _fused_image_motion="auto",
+            _compiled_parts=[], _mlp_kernel="triton", _regularisers="triton", _fused_image_motion="auto",
             _small_plane_products=True, _lines_kernel="triton"),
         "small-plane products, fused image motion, closed-form regularisers": dict(
             _compiled_parts=["mlp", "lines"], _regularisers="closed_form", _fused_image_motion="auto",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 
 import numpy as np
@@ -688,6 +689,38 @@ def test_new_train_options_are_validated():
     assert cfg.field_config(((0.0, 0.0, 0.0), (2.0, 3.0, 6.0))).max_offset == pytest.approx(0.7)
 
 
+def regulariser_errors(impl: str, perturb: float = 0.1, device: str = "cpu") -> dict:
+    """Largest |impl - autograd| of the three regularisers and of their gradients with respect to every plane
+    group (weights 2, 3, 5), relative to the largest reference value, for ``tiny_cfg``'s two-level field."""
+    from lift3d_core.splat import field_penalties
+
+    field = DistortionField(tiny_cfg())
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(5)
+        for p in field.grid_parameters():
+            p.add_(perturb * torch.randn(p.shape, generator=gen))
+    field = field.to(device)
+    results = []
+    for name in ("autograd", impl):
+        field_penalties.EAGER_REGULARISERS = name
+        field.zero_grad(set_to_none=True)
+        terms = field_regularisers(field)
+        (terms[0] * 2.0 + terms[1] * 3.0 + terms[2] * 5.0).backward()
+        results.append([t.detach() for t in terms] + [p.grad.clone() for p in field.grid_parameters()])
+    field_penalties.EAGER_REGULARISERS = "autograd"
+    names = ["tv", "smoothness", "frame_l1"] + [f"group{i}" for i in range(len(results[0]) - 3)]
+    return {k: float((b - a).abs().max() / a.abs().max().clamp_min(1e-12)) for k, a, b in zip(names, *results)}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_regularisers_equal_autograd_in_the_interpreter():
+    # regularisers_triton (EAGER_REGULARISERS = "triton"): one kernel per plane group, values and gradients
+    from tests.triton_interpreter import interpret
+
+    errors = interpret(__file__, "regularisers")
+    assert len(errors) == 9 and max(errors.values()) < 1e-5, errors  # 3 values, 6 plane groups
+
+
 @pytest.mark.parametrize("perturb", [0.0, 0.1])
 def test_closed_form_regularisers_equal_autograd_values_and_gradients(monkeypatch, perturb):
     # The regularisers' gradients written out (field_penalties.EAGER_REGULARISERS = "closed_form", one autograd
@@ -1119,3 +1152,11 @@ def test_hard_anchor_in_training_leaves_the_input_view_on_the_canonical_gaussian
         far = trainer.field(g.means, torch.as_tensor(codes[np.argmax(np.abs(codes[:, 1] - 0.5))], dtype=torch.float32))
     assert torch.equal(moved.means, g.means)
     assert float(far.d_means.abs().max()) > 1e-3  # the field did learn the shift elsewhere
+
+
+if __name__ == "__main__":  # the interpreter run of test_triton_regularisers_equal_autograd_in_the_interpreter
+    import json
+    import sys
+
+    assert sys.argv[1] == "regularisers"
+    print(json.dumps(regulariser_errors("triton")))

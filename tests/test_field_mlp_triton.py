@@ -23,10 +23,13 @@ CASES = {
     "silu, bounded": dict(activation="silu", max_offset=0.05, width=32),
     "relu, unbounded": dict(activation="relu", max_offset=None, width=16),
     "silu, 64 wide, 2 levels": dict(activation="silu", max_offset=0.2, width=64, multires=(1, 2)),
+    # 3 backward programs for 16 row blocks: each program sums several blocks' weight gradients
+    "persistent programs": dict(activation="silu", max_offset=0.05, width=32, programs=3),
 }
 
 
-def compare(device: str, activation="silu", max_offset=0.05, width=32, multires=(1,), bf16=False, seed=0) -> dict:
+def compare(device: str, activation="silu", max_offset=0.05, width=32, multires=(1,), bf16=False, seed=0,
+            programs: int | None = None) -> dict:
     """Largest error of the fused kernels (``fused``) and of ``decode`` in float32 (``torch``) against ``decode`` in
     float64: of the offsets and of the gradients of the features and of every MLP parameter, each relative to
     the largest reference value, for 1,000 random feature rows (a transposed view, as the field's PyTorch path
@@ -58,10 +61,15 @@ def compare(device: str, activation="silu", max_offset=0.05, width=32, multires=
         (out * upstream.to(dtype)).sum().backward()
         return [t.detach().double() for t in [out, x.grad] + [p.grad for p in model.mlp_parameters()]]
 
-    truth = run("float64")
-    names = ["offsets", "features"] + [f"param{i}" for i in range(len(truth) - 2)]
-    return {how: {k: float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for k, a, b in zip(names, run(how), truth)}
-            for how in ("fused", "torch")}
+    saved = field_mlp_triton._MAX_PROGRAMS
+    field_mlp_triton._MAX_PROGRAMS = programs or saved
+    try:
+        truth = run("float64")
+        names = ["offsets", "features"] + [f"param{i}" for i in range(len(truth) - 2)]
+        return {how: {k: float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+                      for k, a, b in zip(names, run(how), truth)} for how in ("fused", "torch")}
+    finally:
+        field_mlp_triton._MAX_PROGRAMS = saved
 
 
 def _check(errors: dict, tol: float = 1e-4) -> None:
@@ -89,6 +97,7 @@ def train_both(steps: int = 10) -> dict:
     """The distortion-aware trainer on the tiny scene of ``test_distortion``, 4 coarse and ``steps`` fine steps,
     once with the MLP and the frame lines in PyTorch and once through the fused kernels, from the same start: the largest relative
     difference of the fine steps' losses, and of the field's position offsets at every training code after them."""
+    from lift3d_core.splat import field_mlp_triton, lines_triton
     from lift3d_core.splat.distortion import field as field_module
     from lift3d_core.splat.distortion import lines as lines_module
     from lift3d_core.splat.train_distortion import DistortionTrainer
@@ -101,9 +110,10 @@ def train_both(steps: int = 10) -> dict:
                          deform_rotation=False, field_lr_scale_by_extent=False, lr_grid=0.1, lr_grid_final=0.01,
                          lr_mlp=0.01, lr_mlp_final=0.001)  # a field that moves within a few steps
     out = {}
-    for kernel in ("torch", "triton"):
+    for kernel in ("torch", "triton"):  # the switches restored below
         field_module.MLP_KERNEL = lines_module.LINES_KERNEL = kernel
         trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
+        assert field_mlp_triton.supports(trainer.field) and lines_triton.supports(trainer.field.levels[0].frame)
         losses = [float(trainer.train_step()[0]["loss"].detach()) for _ in range(4 + steps)][4:]
         with torch.no_grad():
             offsets = torch.stack([trainer.field(trainer.params["means"], c).d_means for c in trainer.frame_codes])

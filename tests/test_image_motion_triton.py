@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 import torch
@@ -65,6 +66,51 @@ def compare(device: str, seed: int = 0) -> dict:
     return out
 
 
+def train_both(pose_refine: bool, steps: int = 8) -> dict:
+    """The distortion-aware trainer on the tiny scene of ``test_distortion`` with the image-motion price on, 4
+    coarse and ``steps`` fine steps, with FUSED_IMAGE_MOTION "off" and "auto" from the same start: the largest
+    relative difference of the fine steps' losses and of the learned offsets, and the price's last value."""
+    from lift3d_core.splat import train_distortion
+    from lift3d_core.splat.train_config import TrainConfig
+    from lift3d_core.splat.train_distortion import DistortionTrainer
+    from tests.test_distortion import noisy_init, render_frames, tiny_cameras, tiny_scene, tiny_train_cfg
+
+    scene = tiny_scene()
+    c2w, codes, K = tiny_cameras()
+    frames = render_frames(scene, c2w, K)
+    train = TrainConfig(sh_degree=0, densify_from=5, densify_every=5, densify_until=25, opacity_reset_every=1000,
+                        log_every=10, lr_sh0=0.02, lr_opacity=0.1, lr_means=2e-3, lr_means_final=2e-4,
+                        pose_refine=pose_refine)
+    cfg = tiny_train_cfg(coarse_iterations=4, fine_iterations=steps, offset_image_weight=2.88, field_cull_margin=0.1,
+                         field_lr_scale_by_extent=False, lr_grid=0.1, lr_grid_final=0.01, lr_mlp=0.01,
+                         lr_mlp_final=0.001, train=train)
+    out = {}
+    try:
+        for mode in ("off", "auto"):
+            train_distortion.FUSED_IMAGE_MOTION = mode
+            trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
+            losses = [float(trainer.train_step()[0]["loss"].detach()) for _ in range(4 + steps)][4:]
+            with torch.no_grad():
+                offsets = torch.stack([trainer.field(trainer.params["means"], c).d_means for c in trainer.frame_codes])
+            out[mode] = (losses, offsets, float(trainer.last_terms["offset_image"]))
+    finally:
+        train_distortion.FUSED_IMAGE_MOTION = "off"
+    (l0, o0, p0), (l1, o1, p1) = out["off"], out["auto"]
+    return {"loss": max(abs(a - b) / abs(a) for a, b in zip(l0, l1)),
+            "offsets": float((o1 - o0).abs().max() / o0.abs().max().clamp_min(1e-12)), "price": p0,
+            "price_fused": p1}
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("pose_refine", [False, True])
+def test_training_with_the_fused_image_motion_equals_pytorch_in_the_interpreter(pose_refine):
+    # FUSED_IMAGE_MOTION = "auto" wired into the trainer (the view mask and the price; with pose refinement the
+    # price stays in PyTorch, whose gradient also reaches the cameras): the same losses and learned offsets
+    result = interpret(__file__, "trainer", str(int(pose_refine)), timeout=900)
+    assert result["price"] > 0 and abs(result["price_fused"] - result["price"]) <= 1e-4 * result["price"], result
+    assert result["loss"] < 1e-4 and result["offsets"] < 1e-3, result
+
+
 def _check(result: dict) -> None:
     assert result["price"] < 1e-5 and result["price_grad"] < 1e-5, result
     assert result["zero_offset_price"] == 0.0
@@ -90,4 +136,5 @@ def test_fused_price_refuses_centres_with_gradients():
 
 
 if __name__ == "__main__":
-    print(json.dumps(compare("cpu")))
+    print(json.dumps(train_both(bool(int(sys.argv[2]))) if len(sys.argv) > 1 and sys.argv[1] == "trainer"
+                     else compare("cpu")))

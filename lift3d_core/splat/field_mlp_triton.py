@@ -94,7 +94,7 @@ if triton is not None:
 
     @triton.jit
     def _load_weights(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, F, FP: tl.constexpr, W: tl.constexpr,
-                      OP: tl.constexpr):
+                      OP: tl.constexpr, BF16: tl.constexpr):
         # the layers transposed for row-vector products and padded with zeros: w1 [FP, W], w2 [W, W], w3 [W, OP]
         fi = tl.arange(0, FP)
         wi = tl.arange(0, W)
@@ -105,7 +105,8 @@ if triton is not None:
         b1 = tl.load(b1_ptr + wi)
         b2 = tl.load(b2_ptr + wi)
         b3 = tl.load(b3_ptr + oi, mask=oi < 3, other=0.0)
-        return w1, b1, w2, b2, w3, b3
+        # autocast casts a Linear's bias to bfloat16 too (the weights are cast at the products)
+        return w1, _round(b1, BF16), w2, _round(b2, BF16), w3, _round(b3, BF16)
 
     @triton.jit
     def _forward_rows(x, w1, b1, w2, b2, w3, b3, SILU: tl.constexpr, BF16: tl.constexpr):
@@ -127,7 +128,7 @@ if triton is not None:
                      FP: tl.constexpr, W: tl.constexpr, OP: tl.constexpr, BM: tl.constexpr, SILU: tl.constexpr,
                      BF16: tl.constexpr, BOUND: tl.constexpr):
         rows = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
-        w1, b1, w2, b2, w3, b3 = _load_weights(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, F, FP, W, OP)
+        w1, b1, w2, b2, w3, b3 = _load_weights(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, F, FP, W, OP, BF16)
         x = _load_rows(x_ptr, rows, q, F, sx0, sx1, FP)
         _, _, _, _, o = _forward_rows(x, w1, b1, w2, b2, w3, b3, SILU, BF16)
         if BOUND:
@@ -141,7 +142,7 @@ if triton is not None:
                       SILU: tl.constexpr, BF16: tl.constexpr, BOUND: tl.constexpr):
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
-        w1, b1, w2, b2, w3, b3 = _load_weights(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, F, FP, W, OP)
+        w1, b1, w2, b2, w3, b3 = _load_weights(w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, F, FP, W, OP, BF16)
         fi = tl.arange(0, FP)
         wi = tl.arange(0, W)
         oi = tl.arange(0, OP)
@@ -214,7 +215,7 @@ class _FusedMLP(torch.autograd.Function):
         nblocks = triton.cdiv(q, _BLOCK_M)
         programs = max(1, min(nblocks, _MAX_PROGRAMS))
         size = fp * width + width + width * width + width + width * op + op
-        parts = feats.new_zeros((programs, size), dtype=torch.float32)
+        parts = feats.new_empty((programs, size), dtype=torch.float32)  # every program writes its whole row
         gx = feats.new_empty((q, fp), dtype=torch.float32)
         if q:
             _mlp_backward[(programs,)](feats, *params, grad.float().contiguous(), gx, parts, q, f, feats.stride(0),
@@ -235,6 +236,8 @@ def decode_position(field, feats: torch.Tensor) -> torch.Tensor:
     (the module docstring's computation, bounded by ``max_offset``), forward and backward in one kernel each.
     ``field`` must satisfy :func:`supports`; ``field.mlp_dtype`` bfloat16 selects the bfloat16 products."""
     lin1 = field.feature_net[0]
+    if feats.dim() != 2 or feats.shape[1] != lin1.in_features:
+        raise ValueError(f"fused MLP: features must be [M, {lin1.in_features}], got {tuple(feats.shape)}")
     head = field.heads["position"]
     lin2, lin3 = head[1], head[3]
     bf16 = field.mlp_dtype == torch.bfloat16

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from lift3d_core.splat import regularisers_triton
 from lift3d_core.splat.distortion import INPUT_VIEW_CODE, DistortionField, Offsets, compile_once
 from lift3d_core.splat.distortion.compiled import part_compiled
 
@@ -150,7 +151,8 @@ class _ClosedFormRegularisers(torch.autograd.Function):
 
 
 # How the trainer's uncompiled regularisers are computed: "autograd" (the reference, :func:`_all_regularisers`
-# differentiated) or "closed_form" (:class:`_ClosedFormRegularisers`). A speed switch only (same values and
+# differentiated), "closed_form" (:class:`_ClosedFormRegularisers`) or "triton" (the closed form as one kernel per
+# plane group, :mod:`~lift3d_core.splat.regularisers_triton`, where it can run). A speed switch only (same values and
 # gradients up to float rounding), module-level so that benchmarks can compare them.
 EAGER_REGULARISERS = "autograd"
 
@@ -168,6 +170,8 @@ def field_regularisers(field: DistortionField, compiled: bool = False) -> tuple[
     if not (compiled and part_compiled("regularisers")):
         if EAGER_REGULARISERS == "closed_form" and torch.is_grad_enabled():
             return _ClosedFormRegularisers.apply(*groups)
+        if EAGER_REGULARISERS == "triton" and torch.is_grad_enabled() and regularisers_triton.available(groups[0]):
+            return regularisers_triton.regularisers(groups)
         return _all_regularisers(groups)
     return compile_once(_all_regularisers, False)(groups)
 

@@ -77,6 +77,7 @@ _BLOCKS_CACHE_SIZE = 8
 # Whole layouts of segments given as ranges (the trainer's: every segment a contiguous block of rows), by their
 # ranges: such a step builds nothing.
 _LAYOUT_CACHE: dict[tuple, QueryLayout] = {}
+_LAYOUT_CACHE_SIZE = 2  # a step's layout and one more: each holds ~4 bytes a query (tens of MB at 10^6 Gaussians)
 
 
 @dataclass
@@ -113,7 +114,7 @@ class QueryLayout:
         layout = cls._build(segments, counts, num_points, device)
         if key is not None:
             _LAYOUT_CACHE[key] = layout
-            while len(_LAYOUT_CACHE) > _BLOCKS_CACHE_SIZE:
+            while len(_LAYOUT_CACHE) > _LAYOUT_CACHE_SIZE:
                 _LAYOUT_CACHE.pop(next(iter(_LAYOUT_CACHE)))
         return layout
 

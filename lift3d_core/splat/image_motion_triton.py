@@ -175,8 +175,9 @@ def projected_offset_px(means: torch.Tensor, d_means: torch.Tensor, viewmats: to
     ``[B, N]`` pixels each offset ``d_means [B, N, 3]`` moves centre ``means [N, 3]`` by in frame ``b``, smoothed
     as ``sqrt(|.|^2 + eps^2) - eps``. Differentiable with respect to ``d_means`` only (the centres and cameras
     are constants here, as the trainer passes them)."""
-    if means.requires_grad:
-        raise ValueError("image_motion_triton.projected_offset_px: means must not require grad (pass them detached)")
+    if means.requires_grad or viewmats.requires_grad or Ks.requires_grad:
+        raise ValueError("image_motion_triton.projected_offset_px: means and cameras must not require grad (pass them "
+                         "detached; with trained cameras use field_terms.projected_offset_px)")
     b, n = viewmats.shape[0], means.shape[0]
     if d_means.shape != (b, n, 3):
         raise ValueError(f"d_means must be [B, N, 3] = [{b}, {n}, 3], got {tuple(d_means.shape)}")

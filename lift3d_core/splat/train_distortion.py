@@ -51,14 +51,15 @@ from lift3d_core.splat.train_distortion_config import LIFTIMAGE3D_TRAIN as LIFTI
 from lift3d_core.splat.train_distortion_config import DistortionTrainConfig, field_bounds
 
 # Whether the view mask and the image-motion price run as fused Triton kernels
-# (:mod:`~lift3d_core.splat.image_motion_triton`) where they can: "auto" (CUDA with Triton), "off" (PyTorch). A
+# (:mod:`~lift3d_core.splat.image_motion_triton`) where they can: "auto" (CUDA with Triton, or Triton's CPU
+# interpreter), "off" (PyTorch). A
 # speed switch only (same values up to float rounding), module-level so that benchmarks can compare the two; off
 # until a GPU profile shows the kernels pay.
 FUSED_IMAGE_MOTION = "off"
 
 
 def _fused_image_motion(like: torch.Tensor) -> bool:
-    return FUSED_IMAGE_MOTION == "auto" and like.device.type == "cuda" and image_motion_triton.available(like)
+    return FUSED_IMAGE_MOTION == "auto" and image_motion_triton.available(like)  # CUDA (or Triton's interpreter)
 
 
 @dataclass

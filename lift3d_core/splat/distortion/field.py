@@ -53,7 +53,7 @@ def segment_rows(segments: list, n: int, device: torch.device) -> torch.Tensor:
     rows = torch.cat([rows_of(seg) for seg in segments])
     if key is not None:
         _ROWS_CACHE[key] = rows
-        while len(_ROWS_CACHE) > 8:
+        while len(_ROWS_CACHE) > 2:  # a step's rows and one more (8 bytes a query each)
             _ROWS_CACHE.pop(next(iter(_ROWS_CACHE)))
     return rows
 
