@@ -102,6 +102,7 @@ def recovery(field_state, gaussians, scene, c2w, K, codes, amp, width, height, m
 def run_task(task: dict) -> dict:
     """One run, in a worker process: the scene is rebuilt here (cheap next to training)."""
     torch.set_num_threads(task["threads"])
+    from bench import speed_switches
     from bench.gpu import compile_counters
     from lift3d_core import metrics, synthetic
     from lift3d_core.export import render_views
@@ -125,7 +126,7 @@ def run_task(task: dict) -> dict:
     c2w_eval, _ = synthetic.eval_cameras(tree, n=8, seed=seed)
     targets, _ = synthetic.render_views(scene, c2w_eval, backend=task["backend"])
 
-    section = {**task["section"], "distortion": task["method"] == "distortion", "seed": seed}
+    section = speed_switches.apply({**task["section"], "distortion": task["method"] == "distortion", "seed": seed})
     cfg = TrainStageConfig.from_params(section)
     cuda = torch.cuda.is_available() and task["backend"] == "gsplat"
     if cuda:
@@ -226,7 +227,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--amplitudes", nargs="+", default=["none", "default"])
     ap.add_argument("--methods", nargs="+", default=["plain", "distortion"], choices=["plain", "distortion"])
-    ap.add_argument("--variants", default=None, help="JSON file: variant name -> train-section overrides")
+    ap.add_argument("--variants", default=None, help="JSON file: variant name -> train-section overrides (keys "
+                    "starting with _ are speed switches, bench/speed_switches.py)")
     ap.add_argument("--set", nargs="*", default=[], help="train-section overrides KEY=YAML, every run")
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--height", type=int, default=576)

@@ -21,11 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import speed_switches
 from bench.gpu import _perturbed, _tree_targets, compile_counters, random_scene
-from lift3d_core.splat import field_penalties, field_triton, train_distortion
-from lift3d_core.splat.distortion import compiled
-from lift3d_core.splat.distortion import field as distortion_field
-from lift3d_core.splat.distortion import lines as distortion_lines
 from lift3d_core.splat.train_distortion import DistortionTrainConfig, DistortionTrainer
 
 
@@ -173,23 +170,6 @@ def attribute(trainer, steps: int) -> dict:
     return {"host_ms_per_step": host_ms, "ops_per_step": sum(ops.values()), "ops": ops, "cprofile": text.getvalue()}
 
 
-def switches(variant: dict) -> dict:
-    """Sets the module-level speed switches a variant names (``_compiled_parts``: the field's pieces compiled,
-    ``_regularisers``: how uncompiled regularisers are computed, ``_fused_image_motion``: the view mask and the
-    image-motion price as Triton kernels, ``_small_plane_products``: the fused field backward's one-hot products
-    for 8-channel and small planes, ``_mlp_kernel`` / ``_lines_kernel``: the MLP / the frame lines as fused Triton
-    kernels) and returns its config overrides."""
-    over = dict(variant)
-    compiled.COMPILED_PARTS.clear()
-    compiled.COMPILED_PARTS.update(over.pop("_compiled_parts", ("mlp", "lines", "regularisers")))
-    field_penalties.EAGER_REGULARISERS = over.pop("_regularisers", "autograd")
-    train_distortion.FUSED_IMAGE_MOTION = over.pop("_fused_image_motion", "off")
-    field_triton.SMALL_PLANE_PRODUCTS = over.pop("_small_plane_products", False)
-    distortion_field.MLP_KERNEL = over.pop("_mlp_kernel", "torch")
-    distortion_lines.LINES_KERNEL = over.pop("_lines_kernel", "torch")
-    return over
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=500_000)
@@ -213,6 +193,8 @@ def main(argv=None) -> int:
 
     base = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.line_dot_max_r is not None:
+        from lift3d_core.splat import field_triton
+
         field_triton.LINE_DOT_MAX_R = args.line_dot_max_r
     variants = {
         "default": {},
@@ -260,7 +242,7 @@ def main(argv=None) -> int:
     for name, over in variants.items():
         if args.variants and name not in args.variants:
             continue
-        over = switches(over)
+        over = speed_switches.apply(over)
         trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, section, **over)
         first = {}
         rows[name] = round(time_steps(trainer, args.steps, args.device, first), 2)
@@ -270,7 +252,7 @@ def main(argv=None) -> int:
         del trainer
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    profiled = switches(variants[args.profile_variant])
+    profiled = speed_switches.apply(variants[args.profile_variant])
     trainer = make_trainer(args.n, args.width, args.height, args.device, args.backend, section, **profiled)
     time_steps(trainer, 3, args.device)
     acts = [torch.profiler.ProfilerActivity.CPU]
