@@ -6,7 +6,10 @@ Profiles ``params.yaml``'s ``train`` recipe (what ``lift3d lift`` runs; ``--clas
 LiftImage3D values), fine steps only, densification off. Prints the step's wall time with and without the field's pieces switched off (regularisers, anchor, culling)
 and the profiler's top operators by CUDA and by CPU time. ``--attribute`` adds where the step's host time goes:
 the operators that launch work, counted per line of lift3d_core / gsplat that called them (backward operators
-per autograd node), and the Python functions with the most own time (cProfile).
+per autograd node), and the Python functions with the most own time (cProfile). Variants may also set the
+trainer's speed switches (``_``-keys, ``bench/speed_switches.py``: the fused MLP, lines, regulariser, image-motion
+kernels and the compiled pieces); each variant's first step (its compiles, when the process has not compiled
+them yet) and torch.compile's cache counters are recorded under ``first_step``.
 """
 
 from __future__ import annotations
