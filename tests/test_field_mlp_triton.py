@@ -93,7 +93,7 @@ def test_fused_mlp_equals_decode_on_cuda(case):
     _check(compare("cuda", bf16=True, **CASES[case]), tol=5e-2)  # bfloat16 products, both sides
 
 
-def train_both(steps: int = 10) -> dict:
+def train_both(steps: int = 6) -> dict:
     """The distortion-aware trainer on the tiny scene of ``test_distortion``, 4 coarse and ``steps`` fine steps,
     once with the MLP and the frame lines in PyTorch and once through the fused kernels, from the same start: the largest relative
     difference of the fine steps' losses, and of the field's position offsets at every training code after them."""
