@@ -190,6 +190,60 @@ def test_shiftable_windows_keep_more_pixels_with_fewer_floaters():
         assert floaters.mean() < 0.9 * floaters0.mean(), (clip, floaters.mean(), floaters0.mean())
 
 
+def _square_before_a_wall(xs=(0.0, -0.12, 0.12, -0.24, 0.24), width=64, height=48, focal=60.0):
+    """Five frames (cameras along x, looking down +z) of a textured square (half-side 0.25 at depth 1.2) before a
+    textured wall (depth 4), rendered exactly per pixel centre: ``(frames uint8 [5, H, W, 3], c2w, K, depth)``."""
+    K = np.array([[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]])
+    c2w = np.stack([np.eye(4)] * len(xs))
+    c2w[:, 0, 3] = xs
+    u, v = np.meshgrid((np.arange(width) + 0.5 - width / 2) / focal, (np.arange(height) + 0.5 - height / 2) / focal)
+    frames, depth = [], []
+    for x0 in xs:
+        front = (np.abs(x0 + 1.2 * u) < 0.25) & (np.abs(1.2 * v) < 0.25)
+        z = np.where(front, 1.2, 4.0)
+        x, y = x0 + u * z, v * z
+        wall = [np.sin(7 * x + 1) * np.cos(5 * y), np.sin(4 * x + 9 * y), np.cos(6 * x - 3 * y)]
+        square = [np.cos(23 * x) * np.sin(19 * y), np.sin(17 * x - 21 * y), np.cos(29 * y + 2)]
+        colour = np.where(front[..., None], np.stack(square, -1), np.stack(wall, -1))
+        frames.append(np.round((0.5 + 0.4 * colour) * 255).astype(np.uint8))
+        depth.append(z)
+    return np.stack(frames), c2w, K, np.stack(depth)
+
+
+def test_photometric_check_rejects_the_halo_and_keeps_the_surface():
+    """``mvs_photo_tolerance``: a wall pixel beside a square that plane-sweep gives the square's depth (the window
+    straddling the silhouette) lands, in the other views, on other wall points: its per-pixel colour disagrees; at
+    its true depth, and at every pixel whose sweep depth is right, it agrees. With the check on, the sweep keeps
+    almost every right pixel and few of the halo.
+
+    Measured (reference frame): 65 halo pixels (> 10 % too near), colour error at their sweep depth median 0.25 (10th
+    percentile 0.05), at their true depth 0.004; right pixels 0.005 (90th percentile 0.012); at 0.02 without retry
+    the halo falls 65 -> 5 pixels, the right pixels 2439 -> 2424.
+    """
+    import torch
+
+    from lift3d_core.calibrate.colmap.mvs import mvs_depth, photo_error
+
+    frames, c2w, K, truth = _square_before_a_wall()
+    sources = [[j for j in range(len(frames)) if j != i] for i in range(len(frames))]
+    ranges = [(0.9, 5.0)] * len(frames)
+    depth = mvs_depth(frames, c2w, K, sources, ranges, ColmapConfig())[0][0]
+    halo = (depth > 0) & (depth < 0.9 * truth[0])
+    right = (depth > 0) & (np.abs(depth / truth[0] - 1.0) < 0.05)
+    assert halo.sum() >= 20 and right.sum() > 2000, (halo.sum(), right.sum())
+
+    rgb = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
+    err_sweep, err_true = (photo_error(rgb, 0, sources[0], c2w, K, torch.as_tensor(d, dtype=torch.float32)[None])[0]
+                           .numpy() for d in (depth, truth[0]))
+    tol = 0.02
+    assert (err_sweep[halo] > tol).mean() > 0.85, np.quantile(err_sweep[halo], [0.1, 0.5])
+    assert (err_true[halo] <= tol).mean() > 0.95 and (err_sweep[right] <= tol).mean() > 0.9
+
+    checked = mvs_depth(frames, c2w, K, sources, ranges, ColmapConfig(mvs_photo_tolerance=tol, mvs_photo_retry=False))
+    kept = checked[0][0] > 0
+    assert (kept & halo).sum() < 0.2 * halo.sum() and (kept & right).sum() > 0.97 * right.sum()
+
+
 def test_behind_steps_continues_the_background_behind_a_foreground():
     """``behind_steps``: a foreground square (depth 1) on a background (depth 3) gives its outer band of ``margin``
     pixels the background's depth, and no other pixel a depth."""

@@ -11,7 +11,9 @@ For every registered frame (the reference):
 3. the cost of a plane at a pixel: one minus the zero-mean normalised cross-correlation of grey levels over a
    ``mvs_window`` square window, averaged over the better half of the sources (a surface occluded in one source
    costs nothing in the others);
-4. each pixel takes its cheapest plane, refined between planes by a parabola through the costs;
+4. each pixel takes its cheapest plane, refined between planes by a parabola through the costs; with
+   ``mvs_photo_tolerance``, its cheapest plane whose point has the pixel's own colour in the sources (single pixels,
+   :func:`photo_error`; ``mvs_photo_retry`` false: its cheapest plane only if so), else no depth;
 5. geometric consistency: a depth is kept where at least ``mvs_min_consistent`` sources' own depth maps, carried
    back into the reference, agree with it (within 1 px and ``mvs_depth_tolerance`` of the depth), and the window
    has texture (grey-level standard deviation at least 1/255);
@@ -115,23 +117,55 @@ def _project(cam: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def _sample(img: torch.Tensor, uv: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """``img [H, W]`` at pixel coordinates ``uv [B, H', W', 2]`` -> ``[B, H', W']`` (NaN outside the image)."""
-    H, W = img.shape
+    """``img [H, W]`` (or ``[C, H, W]``) at pixel coordinates ``uv [B, H', W', 2]`` -> ``[B, H', W']`` (or ``[B, C, H',
+    W']``; NaN outside the image)."""
+    x = img if img.dim() == 3 else img[None]
+    C, H, W = x.shape
     grid = torch.stack([uv[..., 0] / W * 2 - 1, uv[..., 1] / H * 2 - 1], -1)
-    out = F.grid_sample(img[None, None].expand(len(uv), 1, H, W), grid, mode=mode, padding_mode="zeros",
-                        align_corners=False)[:, 0]
+    out = F.grid_sample(x[None].expand(len(uv), C, H, W), grid, mode=mode, padding_mode="zeros", align_corners=False)
     inside = (uv[..., 0] >= 0.5) & (uv[..., 0] <= W - 0.5) & (uv[..., 1] >= 0.5) & (uv[..., 1] <= H - 0.5)
-    return torch.where(inside, out, torch.full_like(out, float("nan")))
+    out = torch.where(inside[:, None], out, torch.full_like(out, float("nan")))
+    return out if img.dim() == 3 else out[:, 0]
+
+
+def photo_error(
+    rgb: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth: torch.Tensor
+) -> torch.Tensor:
+    """Per-pixel photometric disagreement of depth maps ``depth [B, H, W]`` of the reference -> ``[B, H, W]``.
+
+    rgb: ``[F, 3, H, W]`` in [0, 1]. Each pixel's point at its depth is projected into every source and the source's
+    colour sampled there (bilinear, the single pixel: no window); the disagreement is the median over the sources
+    (the lower of the middle two) of the mean absolute RGB difference to the pixel's own colour, NaN where no source
+    sees the point. On a Lambertian surface a right depth lands on the same surface point in every source; a
+    background pixel given a foreground object's depth lands on a different background point in each.
+    """
+    dev = rgb.device
+    H, W = rgb.shape[2:]
+    Kt = torch.as_tensor(K, dtype=torch.float32, device=dev)
+    rays = _pixel_rays(K, H, W, dev)
+    errs = []
+    for s in sources:
+        R, t = _relative(c2w[ref], c2w[s])
+        cam = (rays @ torch.as_tensor(R, dtype=torch.float32, device=dev).T)[None] * depth[..., None] + torch.as_tensor(
+            t, dtype=torch.float32, device=dev)
+        uv, z = _project(cam, Kt)
+        diff = (_sample(rgb[s], uv) - rgb[ref][None]).abs().mean(1)
+        errs.append(torch.where(z > 1e-6, diff, torch.full_like(diff, float("nan"))))
+    return torch.stack(errs).nanmedian(0).values
 
 
 def plane_sweep(
     grey: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth_range: tuple[float, float],
-    planes: int, window: int, shift: int = 0,
+    planes: int, window: int, shift: int = 0, rgb: torch.Tensor | None = None, photo_tolerance: float | None = None,
+    photo_retry: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One reference frame's winner-take-all depth ``[H, W]`` and its correlation ``[H, W]`` in [-1, 1].
 
     grey: ``[F, H, W]`` grey levels in [0, 1]; c2w: ``[F, 4, 4]``; K: ``[3, 3]``; depth_range: ``(near, far)``;
     shift: 0 for windows centred on their pixel, else shiftable windows (:func:`_shiftable`).
+    photo_tolerance: with ``rgb [F, 3, H, W]`` in [0, 1], a plane is photo-consistent at a pixel where its
+    :func:`photo_error` is at most this; the winner is then the cheapest photo-consistent plane (``photo_retry``;
+    else the cheapest plane if it is photo-consistent), no depth where there is none.
     """
     dev = grey.device
     H, W = grey.shape[1:]
@@ -164,6 +198,13 @@ def plane_sweep(
     if shift > 0:
         cost = _shiftable(cost, shift)
     best = cost.argmin(0)
+    found = torch.ones_like(best, dtype=torch.bool)
+    if photo_tolerance is not None:
+        err = photo_error(rgb, ref, sources, c2w, K, depth[..., 0].expand(planes, H, W))
+        consistent = err <= photo_tolerance  # [D, H, W]; NaN (no source sees the point): False
+        if photo_retry:
+            best = torch.where(consistent, cost, torch.full_like(cost, float("inf"))).argmin(0)
+        found = consistent.gather(0, best[None])[0]
     c0 = cost.gather(0, best[None])[0]
     lo = cost.gather(0, (best - 1).clamp_min(0)[None])[0]
     hi = cost.gather(0, (best + 1).clamp_max(planes - 1)[None])[0]
@@ -174,7 +215,7 @@ def plane_sweep(
     inv_best = inv[best] + offset * step
     out = 1.0 / inv_best.clamp_min(1e-12)
     ncc = 1.0 - c0
-    textured = var_r[0] > _MIN_STD**2
+    textured = (var_r[0] > _MIN_STD**2) & found
     return torch.where(textured, out, torch.zeros_like(out)), torch.where(textured, ncc, torch.full_like(ncc, -1.0))
 
 
@@ -236,12 +277,14 @@ def mvs_depth(
     n, H, W = frames.shape[:3]
     with torch.no_grad():
         grey = _grey(frames, device)
+        rgb = torch.as_tensor(frames, device=device).permute(0, 3, 1, 2).float() / 255.0
         depth = torch.zeros((n, H, W), dtype=torch.float32, device=device)
         ncc = torch.full((n, H, W), -1.0, dtype=torch.float32, device=device)
         for f in range(n):
             if sources[f] and depth_ranges[f] is not None:
                 depth[f], ncc[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes,
-                                               cfg.mvs_window, cfg.mvs_shift)
+                                               cfg.mvs_window, cfg.mvs_shift, rgb, cfg.mvs_photo_tolerance,
+                                               cfg.mvs_photo_retry)
         conf = torch.zeros_like(depth)
         fused = depth.clone()  # every check reads the single-view depths; the averages are written apart
         for f in range(n):
