@@ -45,9 +45,9 @@ _WARM_UP_FIELD = """
 import json, sys, torch
 from bench.profile_distortion import make_trainer, recipe
 from bench.gpu import compile_counters
-from lift3d_core.splat.distortion import compiled
+from lift3d_core.splat.speed import SWITCHES
 device, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-compiled.COMPILED_PARTS.intersection_update(sys.argv[4].split(","))
+SWITCHES.compiled_parts &= set(sys.argv[4].split(","))
 backend = "gsplat" if device.startswith("cuda") else "torch"
 trainer = make_trainer(200_000 if device.startswith("cuda") else 3000, w, h, device, backend, recipe(),
                        compile_field="on")
@@ -59,7 +59,7 @@ print(json.dumps({**trainer.compile_seconds, "counters": compile_counters()}))
 def warm_up(cache: str, device: str, width: int, height: int, what: str = "loss",
             parts: str = "mlp,lines,regularisers") -> dict:
     """One fresh process's warm-up: ``{"compile_loss" | "compile_field": seconds, "counters": {...}}``; ``parts``:
-    the field's pieces compiled (``distortion.compiled.COMPILED_PARTS``), comma-separated."""
+    the field's pieces compiled (``speed.SWITCHES.compiled_parts``), comma-separated."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "PYTHONPATH": str(REPO)}
     script = _WARM_UP if what == "loss" else _WARM_UP_FIELD
     out = subprocess.run([sys.executable, "-c", script, device, str(width), str(height), parts], env=env,

@@ -217,23 +217,16 @@ def main(argv=None) -> int:
         "eager frame lines": dict(_compiled_parts=["mlp", "regularisers"]),
         "eager regularisers": dict(_compiled_parts=["mlp", "lines"]),
         "compiled MLP only": dict(_compiled_parts=["mlp"]),
-        "closed-form regularisers": dict(_compiled_parts=["mlp", "lines"], _regularisers="closed_form"),
-        "compiled MLP, closed-form regularisers": dict(_compiled_parts=["mlp"], _regularisers="closed_form"),
         "fused image motion": dict(_fused_image_motion="auto"),
         "small-plane products": dict(_small_plane_products=True),
         "triton MLP": dict(_mlp_kernel="triton"),
-        "nothing compiled in the field (triton MLP, eager lines, closed-form regularisers)": dict(
-            _compiled_parts=[], _mlp_kernel="triton", _regularisers="closed_form"),
+        "nothing compiled, eager lines (triton MLP and regularisers)": dict(
+            _compiled_parts=[], _mlp_kernel="triton", _regularisers="triton"),
         "triton frame lines": dict(_lines_kernel="triton"),
         "triton regularisers": dict(_compiled_parts=["mlp", "lines"], _regularisers="triton"),
         "all kernels, nothing compiled in the field": dict(
             _compiled_parts=[], _mlp_kernel="triton", _regularisers="triton", _fused_image_motion="auto",
             _small_plane_products=True, _lines_kernel="triton"),
-        "small-plane products, fused image motion, closed-form regularisers": dict(
-            _compiled_parts=["mlp", "lines"], _regularisers="closed_form", _fused_image_motion="auto",
-            _small_plane_products=True),
-        "fused image motion, closed-form regularisers": dict(_compiled_parts=["mlp", "lines"],
-                                                             _regularisers="closed_form", _fused_image_motion="auto"),
         "grid_sample field": dict(field_kernels="torch"),
         "eager loss": dict(compile_loss="off"),
         "culling, eager loss": dict(field_cull_margin=0.2, compile_loss="off"),

@@ -98,8 +98,7 @@ def train_both(steps: int = 6) -> dict:
     once with the MLP and the frame lines in PyTorch and once through the fused kernels, from the same start: the largest relative
     difference of the fine steps' losses, and of the field's position offsets at every training code after them."""
     from lift3d_core.splat import field_mlp_triton, lines_triton
-    from lift3d_core.splat.distortion import field as field_module
-    from lift3d_core.splat.distortion import lines as lines_module
+    from lift3d_core.splat.speed import SWITCHES
     from lift3d_core.splat.train_distortion import DistortionTrainer
     from tests.test_distortion import noisy_init, render_frames, tiny_cameras, tiny_scene, tiny_train_cfg
 
@@ -111,14 +110,14 @@ def train_both(steps: int = 6) -> dict:
                          lr_mlp=0.01, lr_mlp_final=0.001)  # a field that moves within a few steps
     out = {}
     for kernel in ("torch", "triton"):  # the switches restored below
-        field_module.MLP_KERNEL = lines_module.LINES_KERNEL = kernel
+        SWITCHES.mlp = SWITCHES.lines = kernel
         trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
         assert field_mlp_triton.supports(trainer.field) and lines_triton.supports(trainer.field.levels[0].frame)
         losses = [float(trainer.train_step()[0]["loss"].detach()) for _ in range(4 + steps)][4:]
         with torch.no_grad():
             offsets = torch.stack([trainer.field(trainer.params["means"], c).d_means for c in trainer.frame_codes])
         out[kernel] = (losses, offsets)
-    field_module.MLP_KERNEL = lines_module.LINES_KERNEL = "torch"
+    SWITCHES.mlp = SWITCHES.lines = "torch"
     (l0, o0), (l1, o1) = out["torch"], out["triton"]
     return {"loss": max(abs(a - b) / abs(a) for a, b in zip(l0, l1)),
             "offsets": float((o1 - o0).abs().max() / o0.abs().max().clamp_min(1e-12)),
@@ -127,7 +126,7 @@ def train_both(steps: int = 6) -> dict:
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_training_through_the_fused_mlp_equals_pytorch_in_the_interpreter():
-    # The kernels wired into the field (MLP_KERNEL and LINES_KERNEL = "triton") train it as PyTorch's MLP does:
+    # The kernels wired into the field (speed.SWITCHES.mlp and .lines = "triton") train it as PyTorch's MLP does:
     # the same losses and learned offsets up to float32 rounding after coarse and fine steps.
     result = interpret(__file__, "trainer", timeout=900)
     assert result["offset_scale"] > 0  # the field moved: the comparison is not of zeros

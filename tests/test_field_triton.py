@@ -24,15 +24,16 @@ def compare(device: str, multires=(1, 2, 3), spatial_resolution=8, line_dot_max_
     each relative to the largest reference value, for a field with random frame planes and queries in several
     segments (all points, a random multiset, an empty one, a short one; centres partly outside the bounds)."""
     from lift3d_core.splat import field_triton
+    from lift3d_core.splat.speed import SWITCHES
 
-    saved = field_triton.LINE_DOT_MAX_R, field_triton.SPATIAL_DOT_MAX_CELLS, field_triton.SMALL_PLANE_PRODUCTS
+    saved = field_triton.LINE_DOT_MAX_R, field_triton.SPATIAL_DOT_MAX_CELLS, SWITCHES.small_plane_products
     field_triton.LINE_DOT_MAX_R = line_dot_max_r
     field_triton.SPATIAL_DOT_MAX_CELLS = spatial_dot_max_cells
-    field_triton.SMALL_PLANE_PRODUCTS = small_plane_products
+    SWITCHES.small_plane_products = small_plane_products
     try:
         return _compare(device, multires, spatial_resolution, seed, features_per_plane)
-    finally:  # in-process on CUDA: the module's switches back as they were
-        field_triton.LINE_DOT_MAX_R, field_triton.SPATIAL_DOT_MAX_CELLS, field_triton.SMALL_PLANE_PRODUCTS = saved
+    finally:  # in-process on CUDA: the switches back as they were
+        field_triton.LINE_DOT_MAX_R, field_triton.SPATIAL_DOT_MAX_CELLS, SWITCHES.small_plane_products = saved
 
 
 def _compare(device, multires, spatial_resolution, seed, features_per_plane) -> dict:

@@ -68,9 +68,9 @@ def compare(device: str, seed: int = 0) -> dict:
 
 def train_both(pose_refine: bool, steps: int = 5) -> dict:
     """The distortion-aware trainer on the tiny scene of ``test_distortion`` with the image-motion price on, 4
-    coarse and ``steps`` fine steps, with FUSED_IMAGE_MOTION "off" and "auto" from the same start: the largest
+    coarse and ``steps`` fine steps, with ``speed.SWITCHES.image_motion`` "off" and "auto" from the same start: the largest
     relative difference of the fine steps' losses and of the learned offsets, and the price's last value."""
-    from lift3d_core.splat import train_distortion
+    from lift3d_core.splat.speed import SWITCHES
     from lift3d_core.splat.train_config import TrainConfig
     from lift3d_core.splat.train_distortion import DistortionTrainer
     from tests.test_distortion import noisy_init, render_frames, tiny_cameras, tiny_scene, tiny_train_cfg
@@ -87,14 +87,14 @@ def train_both(pose_refine: bool, steps: int = 5) -> dict:
     out = {}
     try:
         for mode in ("off", "auto"):
-            train_distortion.FUSED_IMAGE_MOTION = mode
+            SWITCHES.image_motion = mode
             trainer = DistortionTrainer(noisy_init(scene), frames, c2w, K, codes, cfg, device="cpu")
             losses = [float(trainer.train_step()[0]["loss"].detach()) for _ in range(4 + steps)][4:]
             with torch.no_grad():
                 offsets = torch.stack([trainer.field(trainer.params["means"], c).d_means for c in trainer.frame_codes])
             out[mode] = (losses, offsets, float(trainer.last_terms["offset_image"]))
     finally:
-        train_distortion.FUSED_IMAGE_MOTION = "off"
+        SWITCHES.image_motion = "off"
     (l0, o0, p0), (l1, o1, p1) = out["off"], out["auto"]
     return {"loss": max(abs(a - b) / abs(a) for a, b in zip(l0, l1)),
             "offsets": float((o1 - o0).abs().max() / o0.abs().max().clamp_min(1e-12)), "price": p0,
@@ -103,7 +103,7 @@ def train_both(pose_refine: bool, steps: int = 5) -> dict:
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 def test_training_with_the_fused_image_motion_equals_pytorch_in_the_interpreter():
-    # FUSED_IMAGE_MOTION = "auto" wired into the trainer (the view mask and the price; with pose refinement the
+    # speed.SWITCHES.image_motion = "auto" wired into the trainer (the view mask and the price; with pose refinement the
     # price stays in PyTorch, whose gradient also reaches the cameras): the same losses and learned offsets
     for result in interpret(__file__, "trainer", timeout=900):
         assert result["price"] > 0 and abs(result["price_fused"] - result["price"]) <= 1e-4 * result["price"], result

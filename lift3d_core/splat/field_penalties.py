@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from lift3d_core.splat import regularisers_triton
+from lift3d_core.splat import field_triton, regularisers_triton
 from lift3d_core.splat.distortion import INPUT_VIEW_CODE, DistortionField, Offsets, compile_once
-from lift3d_core.splat.distortion.compiled import part_compiled
+from lift3d_core.splat.speed import SWITCHES
 
 
 def offset_penalty(off: Offsets) -> torch.Tensor:
@@ -93,70 +93,6 @@ def _all_regularisers(groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.T
     return _tv(groups), _smoothness(groups), _frame_l1(groups)
 
 
-def _shift_sub(g: torch.Tensor, dim: int) -> torch.Tensor:
-    """``[.., n + 1, ..]`` from ``g [.., n, ..]`` along ``dim``: ``out[i] = g[i - 1] - g[i]`` (zero past either
-    end), the adjoint of the first difference ``d[i] = x[i + 1] - x[i]``."""
-    shape = list(g.shape)
-    shape[dim] = 1
-    zero = g.new_zeros(shape)
-    return torch.cat([zero, g], dim) - torch.cat([g, zero], dim)
-
-
-def _closed_form(groups: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The three regularisers of :func:`_all_regularisers` and their gradients with respect to each group, written
-    out (a first difference's adjoint is a shifted difference): ``([tv, smoothness, frame_l1], [per group: 3
-    gradients])``. Same values as autograd up to float rounding, with no autograd graph."""
-    values = [groups[0].new_zeros(()) for _ in range(3)]
-    grads: list[list[torch.Tensor]] = []
-    for k, group in enumerate(groups):
-        p = group.shape[0]
-        g_tv = torch.zeros_like(group)
-        for dim in (2, 3):
-            if group.shape[dim] < 2:
-                continue
-            d = group.diff(dim=dim)
-            values[0] = values[0] + p * d.square().mean()
-            g_tv = g_tv + _shift_sub(d * (2.0 * p / d.numel()), dim)
-        g_sm = torch.zeros_like(group)
-        g_l1 = torch.zeros_like(group)
-        kind = k % 3  # spatial, frame, u-v (GROUPS order, per level)
-        if kind > 0:
-            for dim in ((2,) if kind == 1 else (2, 3)):
-                if group.shape[dim] < 3:
-                    continue
-                d2 = group.diff(n=2, dim=dim)
-                values[1] = values[1] + p * d2.square().mean()
-                g2 = d2 * (2.0 * p / d2.numel())
-                # the adjoint of the second difference: the first difference's adjoint applied twice
-                g_sm = g_sm + _shift_sub(_shift_sub(g2, dim), dim)
-            values[2] = values[2] + p * (1.0 - group).abs().mean()
-            g_l1 = torch.sign(group - 1.0) * (p / group.numel())
-        grads.append([g_tv, g_sm, g_l1])
-    return values, grads
-
-
-class _ClosedFormRegularisers(torch.autograd.Function):
-    """(tv, smoothness, frame_l1) of the plane groups with their gradients computed in the forward pass: one node,
-    a handful of element-wise kernels per group and no compile (see :func:`field_regularisers`)."""
-
-    @staticmethod
-    def forward(ctx, *groups):
-        values, grads = _closed_form([g.detach() for g in groups])
-        ctx.grads = grads
-        return tuple(values)
-
-    @staticmethod
-    def backward(ctx, g_tv, g_sm, g_l1):
-        return tuple(gt * g_tv + gs * g_sm + gl * g_l1 for gt, gs, gl in ctx.grads)
-
-
-# How the trainer's uncompiled regularisers are computed: "autograd" (the reference, :func:`_all_regularisers`
-# differentiated), "closed_form" (:class:`_ClosedFormRegularisers`) or "triton" (the closed form as one kernel per
-# plane group, :mod:`~lift3d_core.splat.regularisers_triton`, where it can run). A speed switch only (same values and
-# gradients up to float rounding), module-level so that benchmarks can compare them.
-EAGER_REGULARISERS = "autograd"
-
-
 def field_regularisers(field: DistortionField, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(:func:`plane_tv`, :func:`frame_smoothness`, :func:`frame_planes_l1`) of ``field`` in one call.
 
@@ -167,10 +103,8 @@ def field_regularisers(field: DistortionField, compiled: bool = False) -> tuple[
     the same sums.
     """
     groups = field.grid_parameters()
-    if not (compiled and part_compiled("regularisers")):
-        if EAGER_REGULARISERS == "closed_form" and torch.is_grad_enabled():
-            return _ClosedFormRegularisers.apply(*groups)
-        if EAGER_REGULARISERS == "triton" and torch.is_grad_enabled() and regularisers_triton.available(groups[0]):
+    if not (compiled and "regularisers" in SWITCHES.compiled_parts):
+        if SWITCHES.regularisers == "triton" and torch.is_grad_enabled() and field_triton.available(groups[0].device):
             return regularisers_triton.regularisers(groups)
         return _all_regularisers(groups)
     return compile_once(_all_regularisers, False)(groups)

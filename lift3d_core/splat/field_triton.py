@@ -17,8 +17,8 @@ computes the whole product, and one kernel its gradients:
   matrix product (``one_hot_weights [R, points] @ grads [points, C]``, on tensor cores, in three-pass TF32
   that keeps float32 accuracy), then adds ``R x C`` values instead of ``2 x points x C`` (lines of at most
   ``LINE_DOT_MAX_R`` cells; longer ones take plain atomic adds; with fewer than 16 channels the u and v lines
-  share one product of ``2C`` columns, with ``SMALL_PLANE_PRODUCTS``);
-* with ``SMALL_PLANE_PRODUCTS``, small spatial planes (at most ``SPATIAL_DOT_MAX_CELLS`` cells) the same way, with the
+  share one product of ``2C`` columns, with ``speed.SWITCHES.small_plane_products``);
+* with that switch, small spatial planes (at most ``SPATIAL_DOT_MAX_CELLS`` cells) the same way, with the
   four corners' bilinear weights in the one-hot matrix;
 * coordinates: the derivative of every sample with respect to the point's normalised coordinates, summed over
   channels and levels, is written per query (no atomics); the caller adds the queries of one point.
@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from lift3d_core.splat.speed import SWITCHES
 
 try:  # optional dependency: the CPU-only install may lack it
     import triton
@@ -168,11 +170,6 @@ LINE_DOT_MAX_R = 128
 # takes ~10^5 queries' adds per cell), and the product replaces a block's 4 x BLOCK adds per channel by one per
 # cell. Larger planes keep plain atomic adds (a block touches a few of their cells). 0 turns the product off.
 SPATIAL_DOT_MAX_CELLS = 256
-# Whether the products above also serve planes of fewer than 16 channels (``params.yaml``'s 8: u and v lines side by
-# side, spatial gradients padded to 16 columns) and small spatial planes at all. Off until a GPU run has timed it
-# (the interpreter tests check its values); ``bench/profile_distortion.py``'s "small-plane products" variant turns
-# it on.
-SMALL_PLANE_PRODUCTS = False
 
 
 if triton is not None:
@@ -421,6 +418,11 @@ def supports(features_per_plane: int) -> bool:
     return c >= 1 and c & (c - 1) == 0
 
 
+def next_pow2(v: int) -> int:
+    """The smallest power of two >= ``v`` (at least 1): a Triton tile's side for ``v`` masked elements."""
+    return 1 << max(0, (int(v) - 1).bit_length())
+
+
 def _chunk(r: int) -> int:
     # rows of the one-hot product per step: a power of two in [16, R_CHUNK] (tensor-core tiles; masked past R)
     return max(16, min(R_CHUNK, 1 << (r - 1).bit_length()))
@@ -461,8 +463,8 @@ class _FusedFeatures(torch.autograd.Function):
                 _backward_kernel[(nb,)](xyz, layout.points, layout.blocks, sp, ln, grad_out, g_sp[level],
                                         g_ln[level], g_query, nb, layout.num_segments, grad_out.stride(0), level * c,
                                         ACCUM=level > 0, R=r, C=c, BLOCK_Q=BLOCK, RC=_chunk(r),
-                                        LINE_DOT=r <= LINE_DOT_MAX_R and (c >= 16 or (SMALL_PLANE_PRODUCTS and 2 * c >= 16)),
-                                        SPATIAL_DOT=SMALL_PLANE_PRODUCTS and r * r <= SPATIAL_DOT_MAX_CELLS and 2 * c >= 16,
+                                        LINE_DOT=r <= LINE_DOT_MAX_R and (c >= 16 or (SWITCHES.small_plane_products and 2 * c >= 16)),
+                                        SPATIAL_DOT=SWITCHES.small_plane_products and r * r <= SPATIAL_DOT_MAX_CELLS and 2 * c >= 16,
                                         num_warps=4)
             g_xyz.index_add_(0, layout.points.clamp_min(0).long(), g_query)  # padding rows carry zeros
         return (g_xyz, None, *g_sp, *g_ln)

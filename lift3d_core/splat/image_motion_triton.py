@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from lift3d_core.splat import field_triton
-
 try:  # optional dependency: the CPU-only install may lack it
     import triton
     import triton.language as tl
@@ -27,11 +25,6 @@ except ImportError:  # pragma: no cover - exercised on machines without triton
     tl = None
 
 _BLOCK = 1024
-
-
-def available(like: torch.Tensor) -> bool:
-    """Whether the kernels can run for tensors like ``like`` (CUDA and Triton, or Triton's CPU interpreter)."""
-    return field_triton.available(like.device)
 
 
 def _cameras(viewmats: torch.Tensor, Ks: torch.Tensor) -> torch.Tensor:
@@ -184,4 +177,4 @@ def projected_offset_px(means: torch.Tensor, d_means: torch.Tensor, viewmats: to
     return _Price.apply(means.float().contiguous(), d_means.reshape(b * n, 3), _cameras(viewmats, Ks), eps)
 
 
-__all__ = ["available", "projected_offset_px", "visible_mask"]
+__all__ = ["projected_offset_px", "visible_mask"]

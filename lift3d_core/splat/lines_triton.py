@@ -32,9 +32,6 @@ def supports(frame: torch.Tensor) -> bool:
     return frame.shape[2] >= 2 and field_triton.available(frame.device)
 
 
-def _pow2(v: int) -> int:
-    return 1 << max(0, (int(v) - 1).bit_length())
-
 
 if triton is not None:
 
@@ -137,7 +134,8 @@ class _Lines(torch.autograd.Function):
         codes = codes.detach().float().contiguous()
         out = frame.new_empty((3, s, r, 2 * c))
         if s:
-            _lines_forward[(3, s)](frame, uv, codes, out, s, C=c, RF=rf, R=r, CP=_pow2(c), RP=_pow2(r), num_warps=1)
+            _lines_forward[(3, s)](frame, uv, codes, out, s, C=c, RF=rf, R=r, CP=field_triton.next_pow2(c),
+                                   RP=field_triton.next_pow2(r), num_warps=1)
         ctx.save_for_backward(frame, uv, codes)
         return out
 
@@ -150,7 +148,7 @@ class _Lines(torch.autograd.Function):
         g_uv = torch.zeros_like(uv)
         if s:
             _lines_backward[(3, s)](frame, uv, codes, grad.contiguous(), g_frame, g_uv, s, C=c, RF=rf, R=r,
-                                    CP=_pow2(c), RP=_pow2(r), num_warps=1)
+                                    CP=field_triton.next_pow2(c), RP=field_triton.next_pow2(r), num_warps=1)
         return g_frame, g_uv, None
 
 

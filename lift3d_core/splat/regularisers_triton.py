@@ -1,5 +1,6 @@
 """The field's plane regularisers with their gradients as one GPU kernel per plane group (Triton): what
-:func:`lift3d_core.splat.field_penalties._closed_form` computes with ~20 small PyTorch kernels per group.
+:func:`lift3d_core.splat.field_penalties.field_regularisers` computes (by autograd: ~20 small kernels per group
+forward and as many backward, or a ``torch.compile`` graph), with the gradients written out.
 
 A group ``[P, C, H, W]`` (per level: spatial, frame, u-v, in ``GROUPS`` order) contributes, with ``n`` the element
 count of the difference taken:
@@ -25,14 +26,6 @@ try:  # optional dependency: the CPU-only install may lack it
 except ImportError:  # pragma: no cover - exercised on machines without triton
     triton = None
     tl = None
-
-
-def available(like: torch.Tensor) -> bool:
-    return field_triton.available(like.device)
-
-
-def _pow2(v: int) -> int:
-    return 1 << max(0, (int(v) - 1).bit_length())
 
 
 if triton is not None:
@@ -117,7 +110,7 @@ def _group(group: torch.Tensor, kind: int, out: torch.Tensor) -> torch.Tensor:
         return float(max(count * size, 1))
 
     _regularisers_kernel[(count,)](x, out, grads, x.numel(), float(p), n(1, "h"), n(1, "w"), n(2, "h"), n(2, "w"),
-                                   KIND=kind, H=h, W=w, HP=_pow2(h), WP=_pow2(w), num_warps=1)
+                                   KIND=kind, H=h, W=w, HP=field_triton.next_pow2(h), WP=field_triton.next_pow2(w), num_warps=1)
     return grads
 
 
@@ -140,4 +133,4 @@ def regularisers(groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     return _Regularisers.apply(*groups)
 
 
-__all__ = ["available", "regularisers"]
+__all__ = ["regularisers"]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lift3d_core.errors import Lift3DError
-from lift3d_core.splat import image_motion_triton
+from lift3d_core.splat import field_triton, image_motion_triton
 from lift3d_core.splat.checkpoint import TrainCheckpoint
 from lift3d_core.splat.compile_fallback import compiled_or_eager
 from lift3d_core.splat.distortion import DistortionField, apply_offsets, load_field
@@ -45,21 +45,17 @@ from lift3d_core.splat.field_terms import (
 )
 from lift3d_core.splat.gaussians import Gaussians
 from lift3d_core.splat.optim import ADAM_EPS, expon_lr, fused_adam_supported
+from lift3d_core.splat.speed import SWITCHES
 from lift3d_core.splat.train import Trainer
 from lift3d_core.splat.train_distortion_config import _FIELD_KEYS as _FIELD_KEYS
 from lift3d_core.splat.train_distortion_config import LIFTIMAGE3D_TRAIN as LIFTIMAGE3D_TRAIN
 from lift3d_core.splat.train_distortion_config import DistortionTrainConfig, field_bounds
 
-# Whether the view mask and the image-motion price run as fused Triton kernels
-# (:mod:`~lift3d_core.splat.image_motion_triton`) where they can: "auto" (CUDA with Triton, or Triton's CPU
-# interpreter), "off" (PyTorch). A
-# speed switch only (same values up to float rounding), module-level so that benchmarks can compare the two; off
-# until a GPU profile shows the kernels pay.
-FUSED_IMAGE_MOTION = "off"
-
 
 def _fused_image_motion(like: torch.Tensor) -> bool:
-    return FUSED_IMAGE_MOTION == "auto" and image_motion_triton.available(like)  # CUDA (or Triton's interpreter)
+    """Whether ``speed.SWITCHES.image_motion`` sends the view mask and the price to the Triton kernels (CUDA, or
+    Triton's CPU interpreter)."""
+    return SWITCHES.image_motion == "auto" and field_triton.available(like.device)
 
 
 @dataclass
@@ -390,7 +386,7 @@ class DistortionTrainer(Trainer):
 
     def _image_motion_px(self, means: torch.Tensor, d_means: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``[B, N]`` pixels each frame's offsets ``d_means [B, N, 3]`` move the centres ``means [N, 3]`` (detached)
-        by (:func:`projected_offset_px`; the fused kernels where :data:`FUSED_IMAGE_MOTION` allows and the cameras
+        by (:func:`projected_offset_px`; the fused kernels where ``speed.SWITCHES.image_motion`` allows and the cameras
         are constants: with pose refinement the price also reaches the cameras, through the PyTorch version)."""
         w2c, K = self.viewmats[frames], self.Ks[frames]
         if not w2c.requires_grad and _fused_image_motion(means):

@@ -8,13 +8,14 @@ from torch import nn
 
 from lift3d_core.errors import Lift3DError
 from lift3d_core.splat import field_mlp_triton, field_triton
-from lift3d_core.splat.distortion.compiled import compile_once, part_compiled
+from lift3d_core.splat.distortion.compiled import compile_once
 from lift3d_core.splat.distortion.config import ACTIVATIONS, DistortionFieldConfig
 from lift3d_core.splat.distortion.levels import GROUPS, _Level
 from lift3d_core.splat.distortion.lines import kernel_lines
 from lift3d_core.splat.distortion.offsets import Offsets, _minus_rows, apply_offsets
 from lift3d_core.splat.distortion.sampling import _exact_rows, _row_coordinates, line_grid, spatial_grid
 from lift3d_core.splat.gaussians import Gaussians
+from lift3d_core.splat.speed import SWITCHES
 
 
 def _head(width: int, out_dim: int, activation: str) -> nn.Sequential:
@@ -24,12 +25,6 @@ def _head(width: int, out_dim: int, activation: str) -> nn.Sequential:
     act = ACTIVATIONS[activation][0]
     return nn.Sequential(act(), nn.Linear(width, width), act(), last)
 
-
-# How a training step runs the MLP (with gradients): "torch" (:func:`_decode`, compiled with ``compiled``) or
-# "triton" (:mod:`~lift3d_core.splat.field_mlp_triton`'s fused kernels, where the field's shape and device allow:
-# nothing to compile). A speed switch only (the same function; float32 rounding, or bfloat16 products as
-# autocast's), module-level so that benchmarks can compare the two; "torch" until a GPU profile shows the kernels pay.
-MLP_KERNEL = "torch"
 
 _ROWS_CACHE: dict[tuple, torch.Tensor] = {}
 
@@ -222,9 +217,9 @@ class DistortionField(nn.Module):
     def decode(self, feats: torch.Tensor) -> Offsets:
         """Offsets of features ``[M, feature_dim]`` (the MLP and heads); one compiled graph when ``compiled``
         and gradients are on (its row count dynamic: one graph for every size)."""
-        if MLP_KERNEL == "triton" and torch.is_grad_enabled() and field_mlp_triton.supports(self):
+        if SWITCHES.mlp == "triton" and torch.is_grad_enabled() and field_mlp_triton.supports(self):
             return Offsets(field_mlp_triton.decode_position(self, feats), None, None, None, None)
-        if self.compiled and torch.is_grad_enabled() and part_compiled("mlp"):
+        if self.compiled and torch.is_grad_enabled() and "mlp" in SWITCHES.compiled_parts:
             return compile_once(_decode, True)(self, feats)
         return _decode(self, feats)
 

@@ -9,18 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from lift3d_core.splat import lines_triton
-from lift3d_core.splat.distortion.compiled import compile_once, part_compiled
+from lift3d_core.splat.distortion.compiled import compile_once
 from lift3d_core.splat.distortion.config import NUM_SPATIAL_AXES
+from lift3d_core.splat.speed import SWITCHES
 
 if TYPE_CHECKING:
     from lift3d_core.splat.distortion.field import DistortionField
-
-
-# How the fused path gets its lines: "torch" (:func:`_kernel_lines`, compiled with ``compiled``) or "triton"
-# (:mod:`~lift3d_core.splat.lines_triton`: one kernel forward and one backward per level, nothing to compile). A speed
-# switch only (the same values up to float rounding), module-level so that benchmarks can compare the two; "torch"
-# until a GPU profile shows the kernels pay.
-LINES_KERNEL = "torch"
 
 
 def frame_lines(frame: torch.Tensor, uv: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -56,8 +50,8 @@ def kernel_lines(field: DistortionField, codes: torch.Tensor, compiled: bool = F
     backward), a few kernels instead of ~40 small ones per level and step. Recompiled once if the number of codes
     changes (then with that size dynamic)."""
     frames, uvs = [level.frame for level in field.levels], [level.uv for level in field.levels]
-    if LINES_KERNEL == "triton" and all(lines_triton.supports(f) for f in frames):
+    if SWITCHES.lines == "triton" and all(lines_triton.supports(f) for f in frames):
         return [lines_triton.kernel_lines(f, uv, codes) for f, uv in zip(frames, uvs)]
-    if not (compiled and part_compiled("lines")):
+    if not (compiled and "lines" in SWITCHES.compiled_parts):
         return _kernel_lines(frames, uvs, codes)
     return compile_once(_kernel_lines, None)(frames, uvs, codes)
