@@ -4,37 +4,7 @@ T0=$(date +%s)
 ext=$(python3 -c "import torch.utils.cpp_extension as c; print(c.get_default_build_root())" 2>/dev/null)
 if [ -f .whl/gsplat_ext.tgz ] && [ ! -d "$ext/gsplat_cuda" ]; then mkdir -p $ext && tar xzf .whl/gsplat_ext.tgz -C $ext && echo "gsplat build carried in"; fi
 . bench/device_setup.sh
-timeout 150 python3 - <<'PY' 2>&1 | tail -12
-import json, sys
-sys.path.insert(0, ".")
-from tests import test_field_triton as f, test_image_motion_triton as m, test_field_mlp_triton as p
-for case, kw in p.CASES.items():
-    for bf16 in (False, True):
-        try:
-            err = p.compare("cuda", bf16=bf16, **kw); p._check(err, 5e-2 if bf16 else 1e-4)
-            print("mlp kernels OK", case, bf16, max(err["fused"].values()), max(err["torch"].values()))
-        except Exception as exc:
-            print("mlp kernels FAIL", case, bf16, repr(exc)[:300])
-for sizes in ((8, 8), (5, 6)):
-    try:
-        err = f.compare_lines("cuda", rows=sizes[0], channels=sizes[1]); f._check(err); print("lines kernels OK", sizes, err)
-    except Exception as exc:
-        print("lines kernels FAIL", sizes, repr(exc)[:300])
-for case, kw in f.CASES.items():
-    try:
-        err = f.compare("cuda", **kw); f._check(err); print("field kernels OK", case, max(err.values()))
-    except Exception as exc:
-        print("field kernels FAIL", case, repr(exc)[:300])
-try:
-    import tests.test_distortion as d
-    err = d.regulariser_errors("triton", device="cuda"); assert max(err.values()) < 1e-5, err; print("regularisers OK", max(err.values()))
-except Exception as exc:
-    print("regularisers FAIL", repr(exc)[:300])
-try:
-    r = m.compare("cuda"); m._check(r); print("image motion OK", json.dumps(r))
-except Exception as exc:
-    print("image motion FAIL", repr(exc)[:300])
-PY
+timeout 150 python3 bench/kernel_checks_cuda.py 2>&1 | tail -14
 timeout 240 python3 bench/compile_cache.py --device cuda --what field > $OUT/compile_cache_field.json 2>$OUT/compile_cache.err; echo "compile_cache rc $?"; cat $OUT/compile_cache_field.json
 # a fresh process with nothing of the field compiled: its first step is the whole compile cost of that set-up
 timeout 150 python3 bench/profile_distortion.py --n 600000 --steps 30 \
