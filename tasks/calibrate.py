@@ -9,6 +9,7 @@ from lift3d_core.calibrate import calibrate as calibrate_frames
 from lift3d_core.generate import distinct_frames
 from lift3d_core.trajectory import CameraTree
 from tasks.common import RunContext, StageResult, cached_stage
+from tasks.progress import stage_progress
 
 
 @task(name="calibrate", cache_policy=NO_CACHE)
@@ -17,14 +18,17 @@ def calibrate(ctx: RunContext) -> StageResult:
         video = ctx.read("generate").arrays
         tree = CameraTree.from_dict(ctx.read("trajectory").attrs["tree"])
         hint = video.get("depth_hint")
-        cal = calibrate_frames(
-            distinct_frames(tree, video["frames"]),
-            tree.distinct_c2w(),
-            video["K"],
-            ctx.config("calibrate"),
-            layout=FrameLayout.from_tree(tree),
-            depth_hint=None if hint is None else distinct_frames(tree, hint),
-        )
+        frames = distinct_frames(tree, video["frames"])
+        with stage_progress("calibrate", len(frames)) as advance:
+            cal = calibrate_frames(
+                frames,
+                tree.distinct_c2w(),
+                video["K"],
+                ctx.config("calibrate"),
+                layout=FrameLayout.from_tree(tree),
+                depth_hint=None if hint is None else distinct_frames(tree, hint),
+                progress=advance,
+            )
         arrays = {k: getattr(cal, k) for k in ("c2w", "K", "depth", "confidence", "points", "colors", "center")}
         arrays.update(cal.to_commanded.to_arrays())
         arrays["registered"] = cal.registered.astype(np.uint8)

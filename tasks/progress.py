@@ -6,16 +6,25 @@ from contextlib import contextmanager
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from tasks.common import stage_logger
+
 
 @contextmanager
 def stage_progress(label: str, total: int):
-    """Yield ``advance(done, total)``, a callback for lift3d_core's ``progress=`` arguments."""
-    columns = (TextColumn(f"[bold]{label:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    """Yield ``advance(done, total=None, phase=None)``, a callback for lift3d_core's ``progress=`` arguments
+    (:mod:`lift3d_core.progress`). A named phase relabels the bar and restarts its count and ETA, and is logged
+    once as it starts, so a log (a batch, a terminal-less run) shows which phase a long stage is in."""
+    columns = (TextColumn("[bold]{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
+    phases: list[str] = []
     with Progress(*columns, transient=True) as bar:
         task_id = bar.add_task(label, total=total)
 
-        def advance(done: int, total_: int | None = None) -> None:
+        def advance(done: int, total_: int | None = None, phase: str | None = None) -> None:
+            if phase is not None and (not phases or phases[-1] != phase):
+                phases.append(phase)
+                bar.reset(task_id, total=total_ or total, description=f"{label}: {phase}")
+                stage_logger().info("%-10s %s: %d to do", label, phase, total_ or total)
             bar.update(task_id, completed=done, total=total_ or total)
 
         yield advance

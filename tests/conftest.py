@@ -93,3 +93,35 @@ def configured_project(root: Path, params: dict):
     finally:
         torch.set_num_threads(threads)
 
+
+
+class ProgressRecorder:
+    """A ``progress=`` callback (:mod:`lift3d_core.progress`) that keeps its calls and checks their contract."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, int, str | None]] = []
+
+    def __call__(self, done: int, total: int, phase: str | None = None) -> None:
+        self.calls.append((int(done), int(total), phase))
+
+    def phases(self) -> list[str | None]:
+        """The phases in the order they started, each checked: counts within ``[0, total]``, never decreasing,
+        the total fixed, the last call ``done == total``."""
+        out: list[str | None] = []
+        runs: list[list[tuple[int, int]]] = []
+        for done, total, phase in self.calls:
+            if not out or out[-1] != phase:
+                out.append(phase)
+                runs.append([])
+            runs[-1].append((done, total))
+        for phase, run in zip(out, runs, strict=True):
+            dones = [d for d, _ in run]
+            assert len({t for _, t in run}) == 1, (phase, run)
+            assert all(0 <= d <= run[0][1] for d in dones) and dones == sorted(dones), (phase, run)
+            assert dones[-1] == run[0][1], (phase, run)
+        return out
+
+
+@pytest.fixture
+def progress_recorder() -> ProgressRecorder:
+    return ProgressRecorder()

@@ -67,19 +67,22 @@ def _rotation_errors_deg(c2w_est: np.ndarray, c2w_true: np.ndarray) -> np.ndarra
 
 
 @pytest.mark.slow
-def test_colmap_recovers_the_tree_cameras_of_the_synthetic_scene():
+def test_colmap_recovers_the_tree_cameras_of_the_synthetic_scene(progress_recorder):
     """Level 1 of the default tree (61 frames, 128x96), tabletop: every frame registered, every camera's rotation
     within 1 degree after the Sim(3) fit on the whole poses, the shared focal length the known one.
 
     Measured (bench/colmap_tree.py, params.yaml's defaults, 2026-12-07): rotation mean 0.21, max 0.78 degrees
     (before SIFT saw the frames upsampled to 384 px: 0.28 / 1.45); translation mean 0.6 % of the rig's RMS spread.
     The dense depth is the plane-sweep one's job, tested on its own below; here the planar interpolation keeps the
-    test short.
+    test short. The phases are reported as they run: features, matching, mapping frame by frame, interpolation.
     """
     tree, frames, K = _tree_frames("tabletop", 128)
     cfg = CalibrateConfig(backend="colmap", max_points=5000, colmap=ColmapConfig(densify="planar"))
-    cal = calibrate(frames, tree.distinct_c2w(), K, cfg, layout=FrameLayout.from_tree(tree))
+    cal = calibrate(frames, tree.distinct_c2w(), K, cfg, layout=FrameLayout.from_tree(tree), progress=progress_recorder)
     assert cal.registered.all() and cal.info["unregistered"] == []
+    assert progress_recorder.phases() == ["features", "matching", "mapping", "interpolation"]
+    mapping = [d for d, _, p in progress_recorder.calls if p == "mapping"]
+    assert len(mapping) > len(frames) // 2 and mapping[-1] == len(frames)  # frame by frame, not only 0 then all
     assert cal.info["focal_px"] == pytest.approx(K[0, 0], rel=1e-9)  # the known K is kept, not re-estimated
     np.testing.assert_allclose(cal.K, np.broadcast_to(K, cal.K.shape), rtol=1e-9)
     err = pose_errors(cal.c2w, tree.distinct_c2w())

@@ -325,12 +325,13 @@ def _tiny_run(tmp_path):
     return path, frames, c2w
 
 
-def test_calibrate_mast3r_runs_a_tiny_random_model_end_to_end(tmp_path):
+def test_calibrate_mast3r_runs_a_tiny_random_model_end_to_end(tmp_path, progress_recorder):
     path, frames, c2w = _tiny_run(tmp_path)
     cfg = Mast3rConfig(image_size=64, iterations=10, min_conf_thr=1.0, device="cpu")
     cal = calibrate_mast3r(frames, c2w, intrinsics_from_fov(60, 48, 36), np.array([0, 0, 0, 0]), cfg,
-                           checkpoint_path=path, max_points=500)
+                           checkpoint_path=path, max_points=500, progress=progress_recorder)
     assert cal.c2w.shape == (4, 4, 4) and cal.K.shape == (4, 3, 3)
+    assert progress_recorder.phases() == ["pairs", "alignment"]
     assert cal.depth.shape == cal.confidence.shape == (4, 36, 48)
     assert np.allclose(cal.c2w[0, :3, :3], np.eye(3), atol=1e-6)  # input view: identity rotation
     assert np.allclose(cal.K[:, 0, 0], cal.K[0, 0, 0]) and cal.K[0, 0, 0] == pytest.approx(cal.K[0, 1, 1], rel=0.01)

@@ -27,6 +27,7 @@ from lift3d_core.calibrate.contract import CONTRACTS, Similarity, confidence_wei
 from lift3d_core.calibrate.fusion import apply_similarity, fuse_depth, normalization
 from lift3d_core.calibrate.mast3r.config import Mast3rConfig
 from lift3d_core.errors import Lift3DError
+from lift3d_core.progress import Progress
 from lift3d_core.registry import Backend, active_section, check_backend, checkpoint_digests, section_key
 
 BACKENDS: dict[str, Backend] = {
@@ -155,12 +156,15 @@ def calibrate(
     *,
     layout: FrameLayout | None = None,
     depth_hint: np.ndarray | None = None,
+    progress: Progress | None = None,
 ) -> Calibration:
     """Calibrate distinct frames ``uint8 [F, H, W, 3]`` with ``cfg.backend``.
 
     c2w_commanded: ``[F, 4, 4]`` the trajectory's cameras (OpenCV, input camera = identity).
     K: ``[3, 3]`` or ``[F, 3, 3]`` nominal intrinsics. layout: clip membership (default: one sequence).
     depth_hint: ``[F, H, W]`` z-depth the generator vouches for, or None.
+    progress: called as ``progress(done, total, phase)`` as the backend's phases advance (COLMAP: features,
+        matching, mapping, plane sweep, filling holes; MASt3R: pairs, alignment); ``done`` counts within a phase.
     """
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise Lift3DError(f"calibrate expects frames uint8 [F, H, W, 3], got {frames.dtype} {frames.shape}")
@@ -170,7 +174,7 @@ def calibrate(
     if len(layout.frame_ids) != len(frames):
         raise Lift3DError(f"calibrate got {len(frames)} frames but a layout of {len(layout.frame_ids)}")
     backend = BACKENDS[cfg.backend].load("calibrate", cfg.backend)
-    return backend(frames, np.asarray(c2w_commanded, np.float64), K, cfg, layout, depth_hint)
+    return backend(frames, np.asarray(c2w_commanded, np.float64), K, cfg, layout, depth_hint, progress=progress)
 
 
 __all__ = [

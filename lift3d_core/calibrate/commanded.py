@@ -9,7 +9,7 @@ from lift3d_core.calibrate.fusion import apply_similarity, fuse_depth, normaliza
 from lift3d_core.errors import Lift3DError
 
 
-def calibrate_commanded(frames, c2w_commanded, K, cfg, layout, depth_hint):
+def calibrate_commanded(frames, c2w_commanded, K, cfg, layout, depth_hint, progress=None):
     """See :func:`lift3d_core.calibrate.calibrate`. The calibrated frame is the commanded one, normalised,
     so the similarity back to it is the inverse normalisation, exact (no fit)."""
     from lift3d_core.calibrate import Calibration

@@ -43,7 +43,7 @@ __all__ = ["ColmapConfig", "SparseModel", "calibrate_colmap", "calibrate_from_mo
            "pair_graph", "run_sfm"]
 
 
-def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint):
+def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint, progress=None):
     """See :func:`lift3d_core.calibrate.calibrate`; ``cfg.colmap`` holds this backend's settings. ``depth_hint``
     is ignored: the geometry comes from the images alone."""
     del depth_hint
@@ -51,7 +51,7 @@ def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint):
     n = len(frames)
     K0 = np.asarray(K, np.float64).reshape(-1, 3, 3)[0]
     pairs = pair_graph(layout, c2w_commanded, section)
-    model = run_sfm(frames, K0, pairs, section, cfg.seed)
+    model = run_sfm(frames, K0, pairs, section, cfg.seed, progress=progress)
     missing = [layout.frame_ids[i] for i in np.flatnonzero(~model.registered)]
     if missing and not section.allow_unregistered:
         raise Lift3DError(
@@ -61,14 +61,15 @@ def calibrate_colmap(frames, c2w_commanded, K, cfg, layout, depth_hint):
         )
     if model.registered.sum() < 3:
         raise Lift3DError(f"COLMAP registered only {int(model.registered.sum())} of {n} frames; cannot calibrate")
-    return calibrate_from_model(model, frames, c2w_commanded, cfg, missing, {"num_pairs": len(pairs)})
+    return calibrate_from_model(model, frames, c2w_commanded, cfg, missing, {"num_pairs": len(pairs)}, progress)
 
 
-def calibrate_from_model(model: SparseModel, frames, c2w_commanded, cfg, missing=(), info=None):
+def calibrate_from_model(model: SparseModel, frames, c2w_commanded, cfg, missing=(), info=None, progress=None):
     """Steps 4-5 on a sparse model: dense depth, fused cloud, normalisation, the similarity to the commanded frame.
 
     model: :func:`run_sfm`'s; frames: ``uint8 [F, H, W, 3]``; c2w_commanded: ``[F, 4, 4]``; cfg: the calibrate
-    section (``cfg.colmap`` this backend's); missing: ``(clip_id, t)`` of the unregistered frames.
+    section (``cfg.colmap`` this backend's); missing: ``(clip_id, t)`` of the unregistered frames; progress: see
+    :mod:`lift3d_core.progress`.
     """
     from lift3d_core.calibrate import Calibration
     from lift3d_core.calibrate.contract import fit_to_commanded
@@ -76,7 +77,7 @@ def calibrate_from_model(model: SparseModel, frames, c2w_commanded, cfg, missing
 
     n = len(frames)
     t0 = time.perf_counter()
-    depth_raw, conf = dense_depth(model, frames, cfg.colmap)
+    depth_raw, conf = dense_depth(model, frames, cfg.colmap, progress)
     Ks = np.broadcast_to(model.K, (n, 3, 3)).copy()
     if cfg.colmap.mvs_behind > 0:  # the cloud also gets the background continued behind the depth steps
         behind = behind_steps(depth_raw, cfg.colmap.mvs_behind, cfg.colmap.discontinuity)

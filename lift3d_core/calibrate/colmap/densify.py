@@ -6,6 +6,7 @@ import numpy as np
 
 from lift3d_core.calibrate.colmap.config import ColmapConfig
 from lift3d_core.calibrate.colmap.sfm import SparseModel
+from lift3d_core.progress import Progress, report
 
 
 def densify_depth(uv: np.ndarray, z: np.ndarray, point_confidence: np.ndarray, height: int, width: int,
@@ -51,32 +52,39 @@ def densify_depth(uv: np.ndarray, z: np.ndarray, point_confidence: np.ndarray, h
     return depth, conf
 
 
-def dense_depth(model: SparseModel, frames: np.ndarray, cfg: ColmapConfig) -> tuple[np.ndarray, np.ndarray]:
+def dense_depth(model: SparseModel, frames: np.ndarray, cfg: ColmapConfig,
+                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every registered frame's dense depth and confidence, ``float32 [F, H, W]`` each, COLMAP units.
 
     frames: ``uint8 [F, H, W, 3]``. ``cfg.densify`` picks plane-sweep stereo ("mvs") or the piecewise-planar
     interpolation of each frame's triangulated points ("planar"); pixels below ``cfg.min_confidence`` get none.
+    progress: phases ``plane sweep`` (or ``interpolation``) and ``filling holes``, in registered frames.
     """
     n, height, width = frames.shape[:3]
+    todo = np.flatnonzero(model.registered)
     if cfg.densify == "mvs":
+        report(progress, 0, len(todo), "plane sweep")
         from lift3d_core.calibrate.colmap.mvs import mvs_depth, select_sources
 
         sources = select_sources(model.c2w, model.points, model.observations, model.registered, cfg.mvs_sources,
                                  cfg.mvs_min_angle)
         depth, conf = mvs_depth(frames, model.c2w, model.K, sources, sparse_depth_ranges(model), cfg)
+        report(progress, len(todo), len(todo), "plane sweep")
     else:
         depth = np.zeros((n, height, width), np.float32)
         conf = np.zeros((n, height, width), np.float32)
-        for f in np.flatnonzero(model.registered):
+        for k, f in enumerate(todo):
             uv, z, pc = _frame_points(model, f)
             if len(z) >= 3:
                 depth[f], conf[f] = densify_depth(uv, z, pc, height, width, cfg.discontinuity)
+            report(progress, k + 1, len(todo), "interpolation")
     depth, conf = _confident(depth, conf, cfg.min_confidence)
     if cfg.densify == "mvs" and cfg.mvs_fill != "none":
-        for f in np.flatnonzero(model.registered):
+        for k, f in enumerate(todo):
             sparse = _frame_points(model, f) if cfg.mvs_fill == "sparse" else None
             depth[f], conf[f] = fill_depth(depth[f], conf[f], sparse, cfg.discontinuity, cfg.min_confidence,
                                            use_dense=cfg.mvs_fill == "dense")
+            report(progress, k + 1, len(todo), "filling holes")
         # a filled pixel's confidence is FILL_WEIGHT x its interpolation's: it stays where that clears the bar too
         depth, conf = _confident(depth, conf, cfg.min_confidence)
     return depth, conf

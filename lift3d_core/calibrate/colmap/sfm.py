@@ -13,6 +13,7 @@ import torch
 
 from lift3d_core.calibrate.colmap.config import ColmapConfig
 from lift3d_core.errors import Lift3DError
+from lift3d_core.progress import Progress, report
 
 
 @dataclass
@@ -56,11 +57,13 @@ def upsampled(frames: np.ndarray, K: np.ndarray, min_width: int) -> tuple[np.nda
     return out, K2, factor
 
 
-def run_sfm(frames: np.ndarray, K: np.ndarray, pairs: list[tuple[int, int]], cfg: ColmapConfig, seed: int) -> SparseModel:
+def run_sfm(frames: np.ndarray, K: np.ndarray, pairs: list[tuple[int, int]], cfg: ColmapConfig, seed: int,
+            progress: Progress | None = None) -> SparseModel:
     """SIFT, matching of ``pairs`` and incremental mapping of ``frames uint8 [F, H, W, 3]`` with nominal ``K [3, 3]``.
 
     SIFT sees the frames upsampled to ``cfg.feature_width`` when they are narrower (:func:`upsampled`); the model
-    returned is at the frames' own size (its K and keypoints scaled back).
+    returned is at the frames' own size (its K and keypoints scaled back). ``progress``: phases ``features`` and
+    ``matching`` (pycolmap reports neither inside, so 0 then all) and ``mapping`` (frames registered, one call each).
     """
     import pycolmap
     from PIL import Image
@@ -76,6 +79,8 @@ def run_sfm(frames: np.ndarray, K: np.ndarray, pairs: list[tuple[int, int]], cfg
         for name, frame in zip(names, frames, strict=True):
             Image.fromarray(frame).save(image_dir / name, compress_level=1)
         database = work / "database.db"
+        n = len(frames)
+        report(progress, 0, n, "features")
 
         t0 = time.perf_counter()
         reader = pycolmap.ImageReaderOptions()
@@ -89,6 +94,8 @@ def run_sfm(frames: np.ndarray, K: np.ndarray, pairs: list[tuple[int, int]], cfg
         pycolmap.extract_features(database, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
                                   reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
         seconds["features"] = time.perf_counter() - t0
+        report(progress, n, n, "features")
+        report(progress, 0, len(pairs), "matching")
 
         t0 = time.perf_counter()
         (work / "pairs.txt").write_text("\n".join(f"{names[i]} {names[j]}" for i, j in pairs) + "\n")
@@ -100,6 +107,7 @@ def run_sfm(frames: np.ndarray, K: np.ndarray, pairs: list[tuple[int, int]], cfg
         pycolmap.match_image_pairs(database, matching_options=matching, pairing_options=pairing,
                                    device=pycolmap.Device.cpu)
         seconds["matching"] = time.perf_counter() - t0
+        report(progress, len(pairs), len(pairs), "matching")
 
         t0 = time.perf_counter()
         pycolmap.set_random_seed(seed)
@@ -114,12 +122,24 @@ def run_sfm(frames: np.ndarray, K: np.ndarray, pairs: list[tuple[int, int]], cfg
         options.mapper.abs_pose_min_inlier_ratio = 0.1
         options.mapper.abs_pose_refine_focal_length = cfg.refine_focal
         options.mapper.init_min_num_inliers = max(4 * cfg.min_inliers, 30)
-        models = pycolmap.incremental_mapping(database, image_dir, work / "sparse", options=options)
+        registered = [0]
+
+        def registering(count: int):  # COLMAP's callbacks: the initial pair (2 frames), then each further frame
+            def call():
+                registered[0] = min(registered[0] + count, n)  # a second model, if any, saturates
+                report(progress, registered[0], n, "mapping")
+            return call if progress is not None else None
+
+        report(progress, 0, n, "mapping")
+        models = pycolmap.incremental_mapping(database, image_dir, work / "sparse", options=options,
+                                              initial_image_pair_callback=registering(2),
+                                              next_image_callback=registering(1))
         seconds["mapping"] = time.perf_counter() - t0
     if not models:
         raise Lift3DError(f"COLMAP could not start a reconstruction from {len(frames)} frames ({len(pairs)} pairs "
                           "matched): too few features or too little parallax; try larger frames or another backend")
     rec = max(models.values(), key=lambda r: r.num_reg_images())
+    report(progress, n, n, "mapping")
     model = _sparse_model(rec, names, len(frames))
     model.num_pairs, model.seconds = len(pairs), seconds
     if (factor != 1).any():

@@ -39,6 +39,7 @@ import torch
 
 from lift3d_core.calibrate.mast3r.config import INITS, SCHEDULES
 from lift3d_core.errors import Lift3DError
+from lift3d_core.progress import Progress, report
 
 BASE_SCALE = 0.5  # geometric mean of the pair scales (DUSt3R's base_scale)
 FOCAL_BREAK = 20.0  # the focal is optimised as 20 * log(f): its steps are 20x smaller (DUSt3R)
@@ -361,12 +362,13 @@ def global_alignment(
     schedule: str = "cosine",
     init: str = "commanded",
     c2w_commanded: np.ndarray | None = None,
+    progress: Progress | None = None,
 ) -> Alignment:
     """Align the pairs of ``pw`` into one world; see the module docstring.
 
     iterations, lr, schedule: Adam (betas 0.9, 0.9) from ``lr`` down to 1e-6 (reference: 400, 0.01, cosine).
     init: "mst" or "commanded" (needs ``c2w_commanded [F, 4, 4]``, OpenCV c2w of the distinct frames).
-    Runs on the device of ``pw``'s tensors, in float32.
+    Runs on the device of ``pw``'s tensors, in float32. ``progress``: phase ``alignment``, Adam iterations.
     """
     if init not in INITS:
         raise Lift3DError(f"calibrate.mast3r.init must be one of {INITS}, got {init!r}")
@@ -395,6 +397,8 @@ def global_alignment(
         loss = al()
         loss.backward()
         opt.step()
+        if (it + 1) % 10 == 0 or it + 1 == iterations:
+            report(progress, it + 1, iterations, "alignment")
     with torch.no_grad():
         loss_final = float(al())
         R, t = al.c2w()

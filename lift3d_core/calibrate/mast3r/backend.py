@@ -36,6 +36,7 @@ from lift3d_core.calibrate.mast3r.inference import network_view, pairwise_infere
 from lift3d_core.calibrate.mast3r.pairs import make_pairs
 from lift3d_core.checkpoints import resolve_device
 from lift3d_core.errors import Lift3DError
+from lift3d_core.progress import Progress
 
 CONFIDENCE_RANGE = (1.0, math.inf)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -58,6 +59,7 @@ def calibrate_mast3r(
     max_points: int = 60_000,
     normalize_extent: float = 10.0,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> Calibration:
     """Calibrate distinct frames with MASt3R.
 
@@ -65,6 +67,7 @@ def calibrate_mast3r(
     OpenCV c2w of the trajectory (initialisation only). K: ``[3, 3]`` or ``[F, 3, 3]`` nominal
     intrinsics, unused: MASt3R estimates one focal for all frames. clip_of_frame: ``int [F]``.
     max_points, normalize_extent, seed: the ``calibrate`` section's fusion and normalisation.
+    progress: phases ``pairs`` and ``alignment`` (:mod:`lift3d_core.progress`).
 
     Returns a :class:`Calibration` in the normalised frame: c2w ``[F, 4, 4]``, K ``[F, 3, 3]`` (one
     focal), depth ``[F, H, W]`` (0 = unknown), confidence ``[F, H, W]`` on MASt3R's [1, inf) scale
@@ -85,9 +88,9 @@ def calibrate_mast3r(
     view = network_view(frames.shape[1:3], cfg.image_size, model.cfg.patch_size)
     edges = make_pairs(clip_of_frame, neighbours=cfg.neighbours)
     pw = pairwise_inference(model, prepare_images(frames, view), edges,
-                            batch_size=cfg.batch_size, dtype=DTYPES[cfg.dtype])
+                            batch_size=cfg.batch_size, dtype=DTYPES[cfg.dtype], progress=progress)
     al = global_alignment(pw, iterations=cfg.iterations, lr=cfg.lr, schedule=cfg.schedule, init=cfg.init,
-                          c2w_commanded=c2w_commanded)
+                          c2w_commanded=c2w_commanded, progress=progress)
     del pw
     Ks = np.broadcast_to(view.intrinsics(al.focal), (n, 3, 3)).copy()
     depth = view.to_frame(al.depth)
@@ -110,7 +113,8 @@ def calibrate_mast3r(
     )
 
 
-def calibrate_from_layout(frames, c2w_commanded, K, cfg, layout: FrameLayout, depth_hint=None) -> Calibration:
+def calibrate_from_layout(frames, c2w_commanded, K, cfg, layout: FrameLayout, depth_hint=None,
+                          progress=None) -> Calibration:
     """The calibrate package's backend signature: ``cfg`` the whole ``calibrate`` section, ``layout`` the frames'
     clips; the generator's depth, if any, is not used (MASt3R measures its own). Adds the similarity to the
     commanded frame (the contract's Umeyama on the camera centres)."""
@@ -121,6 +125,7 @@ def calibrate_from_layout(frames, c2w_commanded, K, cfg, layout: FrameLayout, de
     m = cfg.mast3r
     cal = calibrate_mast3r(frames, c2w_commanded, K, clip_of_frame, m,
                            checkpoint_path=checkpoint_path("mast3r", m.checkpoint),
-                           max_points=cfg.max_points, normalize_extent=cfg.normalize_extent, seed=cfg.seed)
+                           max_points=cfg.max_points, normalize_extent=cfg.normalize_extent, seed=cfg.seed,
+                           progress=progress)
     cal.to_commanded = fit_to_commanded(cal.c2w, np.asarray(c2w_commanded, np.float64), cal.registered)
     return cal

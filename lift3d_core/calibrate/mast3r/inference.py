@@ -22,6 +22,7 @@ from PIL import Image
 from lift3d_core.calibrate.mast3r.align import PairPointmaps
 from lift3d_core.calibrate.mast3r.model import AsymmetricMASt3R
 from lift3d_core.errors import Lift3DError
+from lift3d_core.progress import Progress, report
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ def pairwise_inference(
     batch_size: int = 8,
     dtype: torch.dtype = torch.float32,
     with_desc: bool = False,
+    progress: Progress | None = None,
 ) -> PairPointmaps:
     """Run MASt3R on every pair ``(i, j)`` of ``edges [E, 2]`` over ``images [F, 3, h, w]`` (model's device).
 
@@ -102,6 +104,7 @@ def pairwise_inference(
     their confidences), ``[E, h, w, ...]`` on the model's device, float32. ``dtype``: the autocast
     precision of the encoder and decoders (the heads always run in float32). Pixels whose
     prediction is not finite get point 0 and confidence 1, i.e. zero weight in the alignment.
+    ``progress``: phase ``pairs``, pairs decoded (the encoder's pass over the frames comes first).
     """
     device = next(model.parameters()).device
     x = images.to(device)
@@ -117,6 +120,7 @@ def pairwise_inference(
     out: dict[str, list[torch.Tensor]] = {f"{k}_{v}": [] for k in keys for v in (1, 2)}
     ei = torch.as_tensor(edges[:, 0], device=device)
     ej = torch.as_tensor(edges[:, 1], device=device)
+    report(progress, 0, len(edges), "pairs")
     for s in range(0, len(edges), batch_size):
         a, b = ei[s : s + batch_size], ej[s : s + batch_size]
         p = pos.expand(len(a), -1, -1)
@@ -126,6 +130,7 @@ def pairwise_inference(
         for k in keys:
             for v, res in ((1, res1), (2, res2)):
                 out[f"{k}_{v}"].append(res[k])
+        report(progress, min(s + batch_size, len(edges)), len(edges), "pairs")
     cat = {k: torch.cat(v).contiguous() for k, v in out.items()}
     for v in (1, 2):
         bad = ~(torch.isfinite(cat[f"pts3d_{v}"]).all(-1) & torch.isfinite(cat[f"conf_{v}"]))
