@@ -164,7 +164,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     engine = _reference_engine(args.reference, t, steps, sizes)
     _perturb(engine, args.seed + 1)
-    official = {k: v for k, v in engine.state_dict().items()}
+    official = dict(engine.state_dict())
 
     ours = build_model(spec, dtype=torch.get_default_dtype())
     target = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
