@@ -9,23 +9,33 @@ state dict in the official layout, converts it with ``lift3d_core.generate.motio
 matching :class:`ModelSpec`, and compares, float32 on the CPU:
 
 * the sigma schedule (``edm_sigmas`` vs ``EDMDiscretization``, the official 50 steps, sigma_max 700);
-* the conditioning (CLIP image embedding with sgm's kornia resize + normalisation; KL-encoded noisy frame);
+* the pose preprocessing (the reference's ``get_RT``, read from its run script, on its 8 pose files, against
+  ``motionctrl_conditioning`` of the same rows and of our presets' rows; speed 1.6, axis scale (3, 1, 4));
+* the CLIP input (sgm's kornia resize + normalisation) at 576x1024, 768x1024 and the test size;
+* the conditioning (CLIP image embedding; KL-encoded noisy frame);
 * the raw UNet for random latents, noise levels, embeddings, time ids and camera poses (and without poses);
 * the whole sampler (``sample_latents`` vs the engine's sampler + denoiser, a few steps, CFG as a batch of 2);
 * the temporal decoder (one frame per call as the reference runs it, and all frames in one call).
 
-Usage (nothing is downloaded; the reference is a checkout of AbrahamYabo/LiftImage3D's ``motionctrlsvd`` folder
-or TencentARC/MotionCtrl's ``svd`` branch; ``--deps`` holds einops, kornia and open-clip-torch, installed with
-``pip install --no-deps --target DEPS einops kornia kornia-rs open-clip-torch ftfy wcwidth``)::
+``--float64`` runs both sides in float64 (sgm's float32 GroupNorm32 and sinusoids lifted; our sampler's own float32
+casts stay), which tells a difference in the maths from float32 round-off.
 
-    OMP_NUM_THREADS=1 python bench/motionctrl_parity.py /tmp/mcref/motionctrlsvd --deps /tmp/mcdeps
+Usage (nothing is downloaded). REF is AbrahamYabo/LiftImage3D's ``motionctrlsvd`` folder (its ``sgm/``,
+``configs/``, ``main/inference/`` and ``examples/camera_poses/`` are used), exported from a checkout outside this
+repository; ``--deps`` holds einops, kornia and open-clip-torch, installed with
+``pip install --no-deps --target DEPS einops kornia kornia-rs open-clip-torch ftfy wcwidth``; pytorch_lightning and
+torchvision are stubbed (sgm only subclasses LightningModule; open_clip's image transforms are not used)::
 
-Prints one JSON object of max abs errors, each relative to the reference output's max abs value.
+    OMP_NUM_THREADS=1 python bench/motionctrl_parity.py REF --deps DEPS [--float64] [--out FILE]
+
+Ends with one JSON object of max abs errors, each relative to the reference output's max abs value (poses:
+absolute), and ``ok``: every error under 1e-5. Session 15's numbers are in bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import types
@@ -113,6 +123,25 @@ def _reference_engine(root: str, frames: int, steps: int, sizes: dict):
     return instantiate_from_config(cfg.model).eval()
 
 
+def _reference_pose_conditioning(root: str, speed: float) -> dict:
+    """Preset name -> the reference's ``get_RT`` output ``[16, 12]`` for its example pose files.
+
+    ``get_RT`` and ``to_relative_RT2`` are taken from the reference's run script at run time (parsed with ast, the
+    rest of the script, with its cv2 / torchvision / fire imports, is not run).
+    """
+    import numpy as np
+
+    script = Path(root) / "main/inference/motionctrl_cmcm_run.py"
+    tree = ast.parse(script.read_text())
+    wanted = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("get_RT", "to_relative_RT2")]
+    names = ["D", "U", "L", "R", "I", "O", "Round-RI_90", "Round-RI_f90"]
+    scope = {"np": np, "json": json, "torch": torch, "camera_poses": [f"test_camera_{n}" for n in names]}
+    exec(compile(ast.Module(body=wanted, type_ignores=[]), str(script), "exec"), scope)
+    rts, got_names = scope["get_RT"](pose_dir=str(Path(root) / "examples/camera_poses"), video_frames=16,
+                                      frame_stride=1, speed=speed)
+    return dict(zip(got_names, rts, strict=True))
+
+
 def _perturb(module: nn.Module, seed: int) -> None:
     """Add noise to every parameter so that zero-initialised and identity-initialised layers matter."""
     g = torch.Generator().manual_seed(seed)
@@ -134,6 +163,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=128)
     ap.add_argument("--width", type=int, default=192)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="also write the JSON report to this file")
     ap.add_argument("--float64", action="store_true",
                     help="build and run both in float64 (the sampler's own float32 casts stay), to tell round-off "
                          "from a difference in the maths")
@@ -187,6 +217,31 @@ def main() -> None:
 
     ref_sigmas = EDMDiscretization(sigma_max=700.0)(50)
     report["sigmas_50"] = _rel(edm_sigmas(50, 0.002, 700.0, 7.0), ref_sigmas)
+
+    # ---- pose preprocessing (float64 ours, float32 theirs) on the reference's pose files, and our presets' rows
+    import numpy as np
+
+    from lift3d_core.trajectory import motionctrl_conditioning
+    from lift3d_core.trajectory.presets import PRESETS
+
+    poses = {}
+    for name, ref_rt in _reference_pose_conditioning(args.reference, 1.6).items():
+        rows = np.asarray(json.loads((Path(args.reference) / f"examples/camera_poses/test_camera_{name}.json").read_text()))
+        ours_rt = torch.from_numpy(motionctrl_conditioning(rows, 1.6, (3.0, 1.0, 4.0)))
+        preset_rt = torch.from_numpy(motionctrl_conditioning(PRESETS[name].json_rows(16), 1.6, (3.0, 1.0, 4.0)))
+        poses[name] = {"file_rows_abs": float((ours_rt - ref_rt.double()).abs().max()),
+                       "preset_rows_abs": float((preset_rt - ref_rt.double()).abs().max()),
+                       "max_abs": float(ref_rt.abs().max())}
+    report["pose_conditioning"] = poses
+
+    # ---- CLIP preprocessing at the sizes the reference runs (kornia resize with antialias, align_corners)
+    from lift3d_core.generate.motionctrl_svd.sampler import _clip_pixels
+
+    clip_embedder = engine.conditioner.embedders[0].open_clip
+    gp = torch.Generator().manual_seed(args.seed + 3)
+    for ph, pw in ((576, 1024), (768, 1024), (args.height, args.width)):
+        px = torch.rand((1, 3, ph, pw), generator=gp) * 2 - 1
+        report[f"clip_pixels_{ph}x{pw}"] = _rel(_clip_pixels(px, 224), clip_embedder.preprocess(px))
 
     # ---- conditioning
     g = torch.Generator().manual_seed(args.seed + 2)
@@ -253,7 +308,11 @@ def main() -> None:
     our_rgbt = ours.vae.decode(z / spec.vae_scale_factor, num_frames=t).sample
     report["decoder_all_frames_per_call"] = _rel(our_rgbt, ref_rgbt)
     report["ok"] = all(v < 1e-5 for k, v in report.items() if isinstance(v, float) and k != "pose_effect")
-    print(json.dumps(report, indent=1))
+    report["config"]["float64"] = args.float64
+    text = json.dumps(report, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

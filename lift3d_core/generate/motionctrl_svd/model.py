@@ -37,6 +37,11 @@ output_blocks.{9,10,11}.1.time_stack.0  up_blocks.3.attentions.{0,1,2}.temporal_
 ``cross_attention_dim 1024``, added time ids (fps id, motion bucket, cond_aug) embedded with 256 sinusoids each;
 the temporal VAE (:class:`AutoencoderKLTemporalDecoder`, scale 0.18215); the CLIP ViT-H/14 image tower
 (transformers :class:`CLIPVisionModelWithProjection`, exact GELU as open_clip's ViT-H, projection to 1024).
+
+Checked against the reference's own sgm classes (``bench/motionctrl_parity.py``, a scratch run, not a test: the
+reference code is not a dependency) on a shrunken config with the same perturbed random weights: UNet with poses,
+whole guided sampler, CLIP embedding and temporal decoder equal to 6e-6 of their largest value in float32 (4e-15
+in float64), once diffusers' 1e-6 GroupNorm eps of some res blocks was set to sgm's 1e-5 (:func:`set_resnet_eps`).
 """
 
 from __future__ import annotations
