@@ -91,6 +91,27 @@ def test_official_checkpoint_loads_exactly(tiny_model, tiny_ckpt):
     assert all(torch.equal(got[k], ours[k]) for k in ours)  # bit-identical
 
 
+def test_unet_group_norms_have_the_reference_eps(tiny_model, tiny_ckpt):
+    # sgm's SVD UNet normalises every ResBlock (both halves of a VideoResBlock) with GroupNorm eps 1e-5, the
+    # spatial-video transformers' input with 1e-6, its output with 1e-5. diffusers alone builds the res blocks
+    # of its cross-attention down blocks and of all up blocks with 1e-6: against the reference code
+    # (bench/motionctrl_parity.py) that moved the UNet's output by 1.4e-5 of its max even in float64.
+    with torch.device("meta"):
+        official = OFFICIAL.unet()
+    clear_model_cache()
+    loaded = load_model(tiny_ckpt, spec=TINY, dtype=torch.float32)
+    for unet, spec in ((official, OFFICIAL), (tiny_model.unet, TINY), (loaded.unet, TINY)):
+        levels, attn = len(spec.unet_channels), sum(spec.unet_attention)
+        eps = {n: m.eps for n, m in unet.named_modules() if isinstance(m, torch.nn.GroupNorm)}
+        res = [e for n, e in eps.items() if n.endswith(("_res_block.norm1", "_res_block.norm2"))]
+        res_blocks = levels * spec.layers_per_block + 2 + levels * (spec.layers_per_block + 1)
+        assert res == [1e-5] * (4 * res_blocks)  # 22 res blocks x 2 halves x 2 norms in the official UNet
+        transformers = [e for n, e in eps.items() if n.endswith(".norm") and ".attentions." in n]
+        assert transformers == [1e-6] * (attn * spec.layers_per_block + 1 + attn * (spec.layers_per_block + 1))
+        assert eps["conv_norm_out"] == 1e-5
+        assert len(eps) == len(res) + len(transformers) + 1
+
+
 def test_broken_checkpoints_fail_with_one_clear_error(tmp_path, tiny_ckpt):
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(tiny_ckpt.read_bytes()[: tiny_ckpt.stat().st_size // 2])

@@ -37,6 +37,11 @@ output_blocks.{9,10,11}.1.time_stack.0  up_blocks.3.attentions.{0,1,2}.temporal_
 ``cross_attention_dim 1024``, added time ids (fps id, motion bucket, cond_aug) embedded with 256 sinusoids each;
 the temporal VAE (:class:`AutoencoderKLTemporalDecoder`, scale 0.18215); the CLIP ViT-H/14 image tower
 (transformers :class:`CLIPVisionModelWithProjection`, exact GELU as open_clip's ViT-H, projection to 1024).
+
+Checked against the reference's own sgm classes (``bench/motionctrl_parity.py``, a scratch run, not a test: the
+reference code is not a dependency) on a shrunken config with the same perturbed random weights: UNet with poses,
+whole guided sampler, CLIP embedding and temporal decoder equal to 6e-6 of their largest value in float32 (4e-15
+in float64), once diffusers' 1e-6 GroupNorm eps of some res blocks was set to sgm's 1e-5 (:func:`set_resnet_eps`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ __all__ = [
     "ModelSpec",
     "MotionCtrlSVD",
     "build_model",
+    "set_resnet_eps",
 ]
 
 POSE_DIM = 12  # a row-major 3x4 [R | t] per frame
@@ -94,6 +100,7 @@ class ModelSpec:
             cross_attention_dim=self.cross_attention_dim, transformer_layers_per_block=1,
             num_attention_heads=tuple(c // self.unet_head_dim for c in self.unet_channels), num_frames=16,
         )
+        set_resnet_eps(unet)
         add_camera_motion_control(unet)
         return unet
 
@@ -120,6 +127,26 @@ TINY = ModelSpec(
     clip_width=32, clip_layers=2, clip_heads=2, clip_mlp=64, clip_image_size=28, clip_patch=14,
     clip_text_width=16, clip_vocab=64,
 )
+
+
+RESNET_EPS = 1e-5  # sgm openaimodel ``normalization()``: GroupNorm32(32, C), torch's default eps
+
+
+def set_resnet_eps(unet: UNetSpatioTemporalConditionModel) -> int:
+    """Give every GroupNorm of the UNet's res blocks sgm's eps, 1e-5; returns how many norms changed.
+
+    diffusers builds the res blocks of ``CrossAttnDownBlockSpatioTemporal`` and of both up-block kinds with
+    eps 1e-6 (only ``DownBlockSpatioTemporal`` and the mid block get 1e-5), while SVD's sgm UNet normalises
+    every ResBlock, spatial and temporal half, with 1e-5. Found by ``bench/motionctrl_parity.py``: with 1e-6
+    the UNet differed from the reference by 1.4e-5 of its output's max even in float64, and by 4e-15 with 1e-5.
+    """
+    changed = 0
+    for name, module in unet.named_modules():
+        if name.endswith(("spatial_res_block", "temporal_res_block")):
+            for norm in (module.norm1, module.norm2):
+                changed += norm.eps != RESNET_EPS
+                norm.eps = RESNET_EPS
+    return changed
 
 
 class _PoseSlot:
