@@ -37,7 +37,9 @@ class StageSpec:
     """One stage: its name, code version, config and upstream stages.
 
     Bump ``version`` when the stage's outputs change for the same settings and inputs (a stored artifact of the old
-    code would otherwise be served under the same key); ``tests/test_golden_digests.py`` fails until you do.
+    code would otherwise be served under the same key); ``tests/test_golden_digests.py`` fails until you do. A change
+    in one backend's outputs moves that backend's own version instead (:attr:`lift3d_core.registry.Backend.version`,
+    appended to this one in its keys), so the stage's other backends keep their artifacts.
     """
 
     name: str
@@ -181,7 +183,8 @@ def plan(params: dict[str, Any], source: str, models: dict[str, dict[str, str]] 
         inputs = {up: planned[up].key for up in spec.upstream}
         if name == "ingest":
             inputs = {"image": input_digest(source)}
-        key, doc = artifact_key(name, spec.version, key_params(configs[name]), inputs, models.get(name, {}))
+        version = spec.version + (configs[name].backend_version() if hasattr(configs[name], "backend_version") else "")
+        key, doc = artifact_key(name, version, key_params(configs[name]), inputs, models.get(name, {}))
         planned[name] = PlannedStage(name, key, doc, configs[name])
     return planned
 

@@ -23,12 +23,17 @@ from lift3d_core.errors import Lift3DError
 class Backend:
     """factory: ``"module:function"``. section: the stage config's field holding this backend's settings (None: it
     has none). extra: the ``lift3d[...]`` extra its imports need (None: the base install). checkpoints: checkpoint
-    name (:data:`lift3d_core.checkpoints.CHECKPOINTS`) -> the section's field holding that file's path."""
+    name (:data:`lift3d_core.checkpoints.CHECKPOINTS`) -> the section's field holding that file's path.
+    version: the backend's own output version, moved when its outputs change (a fix in one backend re-keys that
+    backend's artifacts only, not the stage's other backends'): it extends the stage's code version in the key, and
+    "1" adds nothing, so backends that never moved keep the keys they had before the field existed
+    (:func:`version_suffix`)."""
 
     factory: str
     section: str | None = None
     extra: str | None = None
     checkpoints: Mapping[str, str] = field(default_factory=dict)
+    version: str = "1"
 
     def load(self, stage: str, name: str) -> Callable[..., Any]:
         """The backend's function, imported now; a missing package raises one Lift3DError saying what to install."""
@@ -51,6 +56,12 @@ def active_section(cfg: Any, backends: Mapping[str, Backend]) -> Any:
     """The active backend's settings (a config dataclass), or None."""
     name = backends[cfg.backend].section
     return None if name is None else getattr(cfg, name)
+
+
+def version_suffix(name: str, backends: Mapping[str, Backend]) -> str:
+    """What the active backend ``name`` adds to its stage's code version: ``"+name.version"``, nothing for "1"."""
+    version = backends[name].version
+    return "" if version == "1" else f"+{name}.{version}"
 
 
 def section_key(section: Any) -> dict[str, Any]:
