@@ -123,7 +123,7 @@ class ModelSpec:
 OFFICIAL = ModelSpec()
 TINY = ModelSpec(
     unet_channels=(32, 64), unet_attention=(True, False), unet_head_dim=16, layers_per_block=2,
-    cross_attention_dim=32, time_id_dim=8, vae_channels=(32, 32, 32, 32), vae_layers_per_block=1,
+    cross_attention_dim=32, time_id_dim=8, vae_channels=(32, 32, 32, 32), vae_layers_per_block=2,
     clip_width=32, clip_layers=2, clip_heads=2, clip_mlp=64, clip_image_size=28, clip_patch=14,
     clip_text_width=16, clip_vocab=64,
 )
