@@ -348,11 +348,12 @@ def _mvs_depth(frames, c2w, K, sources, depth_ranges, cfg, device) -> tuple[np.n
         todo = [f for f in range(n) if sources[f] and depth_ranges[f] is not None]
         visible = None
         if cfg.mvs_photo_tolerance is not None and cfg.mvs_photo_visible is not None:
-            # a first pass without the check: what each source's own sweep puts in front (halos included)
-            visible = torch.zeros((n, H, W), dtype=torch.float32, device=device)
+            # a first pass without the check, consistency-checked: what each source sees in front (halos included)
+            first = torch.zeros((n, H, W), dtype=torch.float32, device=device)
             for f in todo:
-                visible[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes, cfg.mvs_window,
-                                         cfg.mvs_shift)[0]
+                first[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes, cfg.mvs_window,
+                                       cfg.mvs_shift)[0]
+            visible = _checked(first, torch.ones_like(first), sources, c2w, K, cfg)[0]
         depth = torch.zeros((n, H, W), dtype=torch.float32, device=device)
         ncc = torch.full((n, H, W), -1.0, dtype=torch.float32, device=device)
         for f in todo:
@@ -360,17 +361,23 @@ def _mvs_depth(frames, c2w, K, sources, depth_ranges, cfg, device) -> tuple[np.n
                                            cfg.mvs_window, cfg.mvs_shift, rgb, cfg.mvs_photo_tolerance,
                                            cfg.mvs_photo_retry, cfg.mvs_photo_interval, cfg.mvs_photo_far_best,
                                            visible, cfg.mvs_photo_visible or 0.0)
-        conf = torch.zeros_like(depth)
-        fused = depth.clone()  # every check reads the single-view depths; the averages are written apart
-        for f in range(n):
-            if not sources[f]:
-                continue
-            agree, mean = consistent_views(depth, f, sources[f], c2w, K, cfg.mvs_depth_tolerance)
-            ok = (agree >= min(cfg.mvs_min_consistent, len(sources[f]))) & (depth[f] > 0)
-            if cfg.mvs_edge_margin > 0:
-                ok &= ~near_side_of_step(depth[f], cfg.mvs_edge_margin, cfg.discontinuity)
-            conf[f] = torch.where(ok, ncc[f].clamp(0.0, 1.0), torch.zeros_like(conf[f]))
-            if cfg.mvs_average:
-                fused[f] = mean
-        depth = torch.where(conf > 0, fused if cfg.mvs_average else depth, torch.zeros_like(depth))
+        depth, conf = _checked(depth, ncc, sources, c2w, K, cfg)
     return depth.cpu().numpy().astype(np.float32), conf.cpu().numpy().astype(np.float32)
+
+
+def _checked(depth: torch.Tensor, ncc: torch.Tensor, sources, c2w, K, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 5-7 on the sweep's ``depth`` and correlation ``ncc`` (``[F, H, W]``): the kept depth and its confidence
+    (0 where a check fails)."""
+    conf = torch.zeros_like(depth)
+    fused = depth.clone()  # every check reads the single-view depths; the averages are written apart
+    for f in range(len(depth)):
+        if not sources[f]:
+            continue
+        agree, mean = consistent_views(depth, f, sources[f], c2w, K, cfg.mvs_depth_tolerance)
+        ok = (agree >= min(cfg.mvs_min_consistent, len(sources[f]))) & (depth[f] > 0)
+        if cfg.mvs_edge_margin > 0:
+            ok &= ~near_side_of_step(depth[f], cfg.mvs_edge_margin, cfg.discontinuity)
+        conf[f] = torch.where(ok, ncc[f].clamp(0.0, 1.0), torch.zeros_like(conf[f]))
+        if cfg.mvs_average:
+            fused[f] = mean
+    return torch.where(conf > 0, fused if cfg.mvs_average else depth, torch.zeros_like(depth)), conf
