@@ -344,6 +344,34 @@ def test_best_source_behind_keeps_more_of_the_halo():
     assert floaters(best) < 0.8 * floaters(plain), (floaters(best), floaters(plain))
 
 
+def test_colour_pick_gives_more_of_the_halo_the_wall_depth():
+    """``mvs_photo_pick: colour``: a halo pixel (plane sweep gives it the square's depth) whose cheapest plane fails the
+    colour check takes, of the planes behind it that pass, the one whose colour agrees best, instead of the cheapest
+    that passes: more of the halo gets the wall's depth, and fewer floaters are left.
+
+    Measured (all five frames, tolerance 0.02): of the 2.5 % of the pixels that are floaters without the check, 22 %
+    get a depth within 10 % of the truth with the cost pick, 36 % with the colour pick (54 % with
+    ``mvs_photo_far_best``); floaters left 0.8 / 0.2 / 0.1 % of the pixels.
+    """
+    from lift3d_core.calibrate.colmap.mvs import mvs_depth
+
+    frames, c2w, K, truth = _square_before_a_wall()
+    sources = [[j for j in range(len(frames)) if j != i] for i in range(len(frames))]
+    ranges = [(0.9, 5.0)] * len(frames)
+    plain, cost, colour = (mvs_depth(frames, c2w, K, sources, ranges, ColmapConfig(**kw))[0] for kw in (
+        {}, {"mvs_photo_tolerance": 0.02}, {"mvs_photo_tolerance": 0.02, "mvs_photo_pick": "colour"}))
+    halo = (plain > 0) & (plain < 0.9 * truth)
+
+    def corrected(d):
+        return (np.abs(d[halo] / truth[halo] - 1.0) < 0.1).mean()
+
+    def floaters(d):
+        return ((d > 0) & (d < 0.9 * truth)).mean()
+
+    assert corrected(colour) > corrected(cost) + 0.1, (corrected(colour), corrected(cost))
+    assert floaters(colour) < floaters(cost), (floaters(colour), floaters(cost))
+
+
 def test_downsampled_depth_is_the_median_of_enough_sub_pixels():
     """``mvs_upsample``'s way back: a pixel takes the lower median of its sub-pixels' depths where at least half of
     them have one, the mean of their confidences; else no depth."""

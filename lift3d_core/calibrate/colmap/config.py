@@ -64,6 +64,9 @@ class ColmapConfig:
         is hidden behind it in the sources on one side). Doubles the sweep's time.
     mvs_photo_far_best: with ``mvs_photo_tolerance`` and the retry, the planes farther than a pixel's cheapest one
         pass on their best source instead of the median of the sources.
+    mvs_photo_pick: with ``mvs_photo_tolerance`` and the retry, what a pixel whose cheapest plane fails takes:
+        "cost" (the cheapest plane that passes) or "colour" (of the planes behind the cheapest that pass, the one whose
+        colour agrees best: the background beside an object, which the window straddling its silhouette hid).
     mvs_upsample: the plane sweep runs on the frames upsampled (bicubic) by this factor (1: as they are), each pixel
         then the median of its sub-pixels' depths: the correlation window straddles a depth step over fewer of the
         frame's pixels. Costs the factor squared in time.
@@ -107,6 +110,7 @@ class ColmapConfig:
     mvs_photo_interval: bool = False
     mvs_photo_visible: float | None = None
     mvs_photo_far_best: bool = False
+    mvs_photo_pick: str = "cost"
     mvs_upsample: int = 1
     mvs_fill: str = "dense"
     min_confidence: float = 0.3
@@ -138,6 +142,8 @@ class ColmapConfig:
             raise Lift3DError(f"calibrate.colmap.mvs_photo_tolerance must be > 0 or null, got {self.mvs_photo_tolerance}")
         if self.mvs_photo_visible is not None and not 0 < self.mvs_photo_visible < 1:
             raise Lift3DError(f"calibrate.colmap.mvs_photo_visible must be in (0, 1) or null, got {self.mvs_photo_visible}")
+        if self.mvs_photo_pick not in ("cost", "colour"):
+            raise Lift3DError(f"calibrate.colmap.mvs_photo_pick must be 'cost' or 'colour', got {self.mvs_photo_pick!r}")
         if self.mvs_upsample < 1:
             raise Lift3DError(f"calibrate.colmap.mvs_upsample must be >= 1, got {self.mvs_upsample}")
         if self.mvs_sources < 1 or self.mvs_planes < 2 or self.mvs_window < 1 or self.mvs_window % 2 == 0:

@@ -184,7 +184,7 @@ def plane_sweep(
     grey: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth_range: tuple[float, float],
     planes: int, window: int, shift: int = 0, rgb: torch.Tensor | None = None, photo_tolerance: float | None = None,
     photo_retry: bool = True, photo_interval: bool = False, photo_far_best: bool = False,
-    visible_depth: torch.Tensor | None = None, photo_occlusion: float = 0.1,
+    visible_depth: torch.Tensor | None = None, photo_occlusion: float = 0.1, photo_pick: str = "cost",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One reference frame's winner-take-all depth ``[H, W]`` and its correlation ``[H, W]`` in [-1, 1].
 
@@ -195,7 +195,9 @@ def plane_sweep(
     else the cheapest plane if it is photo-consistent), no depth where there is none. photo_interval,
     visible_depth, photo_occlusion: :func:`photo_errors`'s ``interval``, ``visible_depth`` and ``occlusion``.
     photo_far_best: the planes farther than the cheapest are judged by their best source instead of the median (the
-    background beside an object is hidden in the sources on one side).
+    background beside an object is hidden in the sources on one side). photo_pick: with the retry, a pixel whose
+    cheapest plane fails takes the cheapest plane that passes ("cost") or, of the planes behind the cheapest that
+    pass, the one whose colour agrees best ("colour": the background a window straddling a silhouette hid).
     """
     dev = grey.device
     H, W = grey.shape[1:]
@@ -232,13 +234,18 @@ def plane_sweep(
     if photo_tolerance is not None:
         errs = photo_errors(rgb, ref, sources, c2w, K, depth[..., 0].expand(planes, H, W), photo_interval,
                             visible_depth, photo_occlusion)  # [S, D, H, W]
-        consistent = errs.nanmedian(0).values <= photo_tolerance  # [D, H, W]; NaN (no source sees it): False
+        inf = torch.full_like(errs, float("inf"))
+        err = errs.nanmedian(0).values  # [D, H, W] over the sources that see the point
+        err = torch.where(torch.isnan(err), inf[0], err)  # none does: fails
+        farther = torch.arange(planes, device=dev)[:, None, None] > best[None]  # inv runs near to far
         if photo_far_best:
-            least = torch.where(torch.isnan(errs), torch.full_like(errs, float("inf")), errs).min(0).values
-            farther = torch.arange(planes, device=dev)[:, None, None] > best[None]  # inv runs near to far
-            consistent = torch.where(farther, least <= photo_tolerance, consistent)
-        if photo_retry:
-            best = torch.where(consistent, cost, torch.full_like(cost, float("inf"))).argmin(0)
+            err = torch.where(farther, torch.where(torch.isnan(errs), inf, errs).min(0).values, err)
+        consistent = err <= photo_tolerance
+        if photo_retry and photo_pick == "colour":
+            behind = torch.where(consistent & farther, err, inf[0]).argmin(0)
+            best = torch.where(consistent.gather(0, best[None])[0], best, behind)
+        elif photo_retry:
+            best = torch.where(consistent, cost, inf[0]).argmin(0)
         found = consistent.gather(0, best[None])[0]
     c0 = cost.gather(0, best[None])[0]
     lo = cost.gather(0, (best - 1).clamp_min(0)[None])[0]
@@ -360,7 +367,7 @@ def _mvs_depth(frames, c2w, K, sources, depth_ranges, cfg, device) -> tuple[np.n
             depth[f], ncc[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes,
                                            cfg.mvs_window, cfg.mvs_shift, rgb, cfg.mvs_photo_tolerance,
                                            cfg.mvs_photo_retry, cfg.mvs_photo_interval, cfg.mvs_photo_far_best,
-                                           visible, cfg.mvs_photo_visible or 0.0)
+                                           visible, cfg.mvs_photo_visible or 0.0, cfg.mvs_photo_pick)
         depth, conf = _checked(depth, ncc, sources, c2w, K, cfg)
     return depth.cpu().numpy().astype(np.float32), conf.cpu().numpy().astype(np.float32)
 
