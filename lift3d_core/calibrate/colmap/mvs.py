@@ -13,7 +13,10 @@ For every registered frame (the reference):
    costs nothing in the others);
 4. each pixel takes its cheapest plane, refined between planes by a parabola through the costs; with
    ``mvs_photo_tolerance``, its cheapest plane whose point has the pixel's own colour in the sources (single pixels,
-   :func:`photo_error`; ``mvs_photo_retry`` false: its cheapest plane only if so), else no depth;
+   :func:`photo_error`; ``mvs_photo_retry`` false: its cheapest plane only if so), else no depth; the check's
+   variants: the colour interval of the pixel's 3x3 neighbourhood (``mvs_photo_interval``), only the sources that
+   see the point (``mvs_photo_visible``, from a first pass), the best source for the planes behind the cheapest
+   (``mvs_photo_far_best``), the best-coloured passing plane behind instead of the cheapest (``mvs_photo_pick``);
 5. geometric consistency: a depth is kept where at least ``mvs_min_consistent`` sources' own depth maps, carried
    back into the reference, agree with it (within 1 px and ``mvs_depth_tolerance`` of the depth), and the window
    has texture (grey-level standard deviation at least 1/255);
@@ -22,6 +25,8 @@ For every registered frame (the reference):
    pixels pass the consistency check (every view fattens alike);
 7. with ``mvs_average``, a kept pixel's depth is the mean of its own and the agreeing sources' carried-back depths
    (the fusion step of multi-view stereo: independent errors of the views partly cancel).
+
+With ``mvs_upsample``, all of it on the frames upsampled (bicubic), each pixel then the median of its sub-pixels.
 
 Confidence: the kept pixel's correlation, in [0, 1] (``min_confidence`` is then the least correlation kept).
 Pixels that fail get no depth: a fused cloud holds only what frames agree on.
