@@ -324,7 +324,7 @@ def test_best_source_behind_keeps_more_of_the_halo():
     square case's halo pixels, fewer lose their depth than with the median, and the floaters stay fewer than with
     no check.
 
-    Measured (reference frame 0, tolerance 0.02): halo pixels left without depth 64 -> 44 %; floaters 2.5 % of the
+    Measured (all five frames, tolerance 0.02): halo pixels left without depth 64 -> 44 %; floaters 2.5 % of the
     pixels without the check, 0.8 % with it, 1.6 % with the best source behind.
     """
     from lift3d_core.calibrate.colmap.mvs import mvs_depth
