@@ -254,8 +254,9 @@ def test_photometric_check_rejects_the_halo_and_keeps_the_surface():
 
 
 def _square_photo_pass(ref: int, depth_of, supersample=1, **kw):
-    """Share of the square case's ``ref`` pixels selected by ``depth_of`` -> ``(mask, depth)`` whose
-    :func:`photo_error` passes 0.02, with :func:`photo_errors`'s ``kw``; also returns the case."""
+    """Of the square case's (``supersample``) pixels of frame ``ref`` that ``depth_of(frames, c2w, K, truth, sources)
+    -> (mask [H, W], depth [H, W])`` selects, the share whose :func:`photo_error` at that depth is at most 0.02
+    (``kw``: its ``interval``, ``visible_depth``)."""
     import torch
 
     from lift3d_core.calibrate.colmap.mvs import photo_error
@@ -302,19 +303,18 @@ def test_visible_sources_let_the_hidden_background_pass():
 
     from lift3d_core.calibrate.colmap.mvs import mvs_depth
 
-    def halo_at(which):
-        def pick(frames, c2w, K, truth, sources):
-            depth = mvs_depth(frames, c2w, K, sources, [(0.9, 5.0)] * len(frames), ColmapConfig())[0][3]
-            return (depth > 0) & (depth < 0.9 * truth[3]), truth[3] if which == "true" else depth
-        return pick
-
     frames, c2w, K, truth = _square_before_a_wall()
     sources = [[j for j in range(len(frames)) if j != i] for i in range(len(frames))]
-    first = torch.as_tensor(mvs_depth(frames, c2w, K, sources, [(0.9, 5.0)] * len(frames), ColmapConfig())[0])
-    every = _square_photo_pass(3, halo_at("true"))
-    seen_true = _square_photo_pass(3, halo_at("true"), visible_depth=torch.as_tensor(truth, dtype=torch.float32))
-    seen_first = _square_photo_pass(3, halo_at("true"), visible_depth=first)
-    wrong = _square_photo_pass(3, halo_at("sweep"), visible_depth=first)
+    first = mvs_depth(frames, c2w, K, sources, [(0.9, 5.0)] * len(frames), ColmapConfig())[0]
+    halo = (first[3] > 0) & (first[3] < 0.9 * truth[3])
+
+    def at(depth):
+        return lambda *_: (halo, depth)
+
+    every = _square_photo_pass(3, at(truth[3]))
+    seen_true = _square_photo_pass(3, at(truth[3]), visible_depth=torch.as_tensor(truth, dtype=torch.float32))
+    seen_first = _square_photo_pass(3, at(truth[3]), visible_depth=torch.as_tensor(first))
+    wrong = _square_photo_pass(3, at(first[3]), visible_depth=torch.as_tensor(first))
     assert every < 0.5 and seen_true > 0.7 and seen_first > every + 0.15 and wrong < 0.15, (
         every, seen_true, seen_first, wrong)
 
