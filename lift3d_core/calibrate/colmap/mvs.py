@@ -328,7 +328,7 @@ def mvs_depth(
         return _mvs_depth(frames, c2w, K, sources, depth_ranges, cfg, device)
     from lift3d_core.calibrate.colmap.sfm import upsampled
 
-    big, K_big, _ = upsampled(frames, K, factor * frames.shape[2])  # factor x both sides: round(H W f / W)
+    big, K_big, _ = upsampled(frames, K, factor * frames.shape[2])  # both sides exactly x factor
     depth, conf = _mvs_depth(big, c2w, K_big, sources, depth_ranges, cfg, device)
     return _downsampled(depth, conf, factor)
 
