@@ -13,7 +13,9 @@ commanded frame, COLMAP's arrays moved there by the calibration's similarity:
 
 ``--variant section.key=value[;...]`` (repeatable) re-runs only the COLMAP backend's dense depth with those settings
 of ``calibrate.colmap`` on the same sparse model (structure from motion once per preset, cached under ``--store``)
-and reports the same numbers; ``--variant base`` is the setting as it stands. ``--why`` says why the plane sweep's pixels are empty.
+and reports the same numbers; ``--variant base`` is the setting as it stands. Every variant after ``base`` also says
+what became of base's floaters (its pixels more than twice ``--outlier`` nearer than the truth): the shares of them
+now within that bound of the truth (corrected), without depth (dropped) and still floaters. ``--why`` says why the plane sweep's pixels are empty.
 ``--train`` also trains each variant's calibration as the train stage does (COLMAP's cameras, pose refinement on) and
 reports the evaluate stage's held-out PSNR: variants compared on one sparse model, without the SfM's run-to-run
 spread. ``--skip-stored`` leaves out the stored COLMAP calibration (whose key a code change would move, re-running SfM).
@@ -63,6 +65,25 @@ def depth_stats(depth: np.ndarray, true: np.ndarray, outlier: float) -> dict:
             "outlier_share": round(float((rel > outlier).mean()), 4),
             # floaters: more than twice the outlier bound nearer than the surface (a foreground depth on the background)
             "too_near_share": round(float((ratio < 1.0 - 2 * outlier).mean()), 4)}
+
+
+def floater_fate(depth: np.ndarray, base: np.ndarray, true: np.ndarray, outlier: float) -> dict:
+    """What became of ``base``'s floaters (more than ``2 outlier`` nearer than ``true``) in ``depth`` (all ``[F, H,
+    W]``, 0: none): shares of them corrected (within ``2 outlier`` of the truth), dropped (no depth), still floaters;
+    and of the pixels without depth in ``base``, the share given one within ``2 outlier``."""
+    bound = 2 * outlier
+    ratio = depth / np.where(true > 0, true, np.inf)
+    floaters = (base > 0) & (base < (1.0 - bound) * true)
+    empty = base <= 0
+    has = depth > 0
+    right = has & (np.abs(ratio - 1.0) < bound)
+    return {"base_floaters": int(floaters.sum()),
+            "floaters_corrected": round(float(right[floaters].mean()), 4),
+            "floaters_dropped": round(float((~has)[floaters].mean()), 4),
+            "floaters_still": round(float((has & (ratio < 1.0 - bound))[floaters].mean()), 4),
+            "base_right_kept": round(float(right[(base > 0) & (np.abs(base / np.where(true > 0, true, np.inf) - 1.0)
+                                                                  < bound)].mean()), 4),
+            "empty_now_right": round(float(right[empty].mean()), 4)}
 
 
 def cloud_stats(points: np.ndarray, true_dense: np.ndarray, true_fused: np.ndarray, extent: float,
@@ -227,6 +248,7 @@ def main() -> None:
         model = sparse_model(colmap, args.store, args.preset)
         print(f"sparse model: {time.time() - t0:.0f} s", flush=True)
         c2w_cmd = colmap["tree"].distinct_c2w()
+        base_depth = None
         for variant in args.variant:
             sets = [] if variant == "base" else variant.split(";")
             section = replace(cfg.colmap, **{k.split(".")[-1]: yaml.safe_load(v)
@@ -234,9 +256,15 @@ def main() -> None:
             t0 = time.time()
             cal = calibrate_from_model(model, frames, c2w_cmd, replace(cfg, colmap=section))
             seconds = time.time() - t0
-            report(variant, cal.depth.astype(np.float64) * cal.to_commanded.scale,
-                   cal.to_commanded.apply_points(cal.points.astype(np.float64)))
+            depth_cmd = cal.depth.astype(np.float64) * cal.to_commanded.scale
+            report(variant, depth_cmd, cal.to_commanded.apply_points(cal.points.astype(np.float64)))
             rows[-1]["dense_s"] = round(seconds, 1)
+            if variant == "base":
+                base_depth = depth_cmd
+            elif base_depth is not None:
+                rows[-1].update(floater_fate(depth_cmd, base_depth, true_depth, args.outlier))
+                print(json.dumps({k: rows[-1][k] for k in rows[-1] if k.startswith(("floaters_", "base_", "empty_"))}),
+                      flush=True)
             if args.train:
                 rows[-1].update(train_and_evaluate(cal, colmap, frames, args.train_seed))
                 print(json.dumps({k: rows[-1][k] for k in ("variant", "psnr", "train_s")}), flush=True)
