@@ -55,28 +55,6 @@ class ColmapConfig:
         (bench/RESULTS.md).
     mvs_photo_retry: with ``mvs_photo_tolerance``, a pixel whose cheapest plane fails the check takes the cheapest
         plane that passes (True) or no depth (False).
-    mvs_photo_interval: with ``mvs_photo_tolerance``, the colour difference is to the interval of the pixel's 3x3
-        neighbourhood's colours (per channel, 0 inside it) instead of to its own colour: a silhouette pixel, whose
-        colour mixes both sides, and a pixel of misregistration are not penalised. It lets the halo pass as well: on
-        tabletop 5.7 % of the pixels stay floaters against 3.1 % without it (bench/RESULTS.md).
-    mvs_photo_visible: None (off) or, with ``mvs_photo_tolerance``, the check leaves out the sources that do not see
-        the point: a first sweep without the check, consistency-checked, gives every frame a depth map; a source whose depth at the
-        point's projection is more than this fraction nearer than the point is not asked (the wall beside an object
-        is hidden behind it in the sources on one side). Doubles the sweep's time. At 0.1 on tabletop: floaters 3.2 %
-        (3.1 % without it), 3.5 % of the former floaters corrected (2.9 %) (bench/RESULTS.md).
-    mvs_photo_far_best: with ``mvs_photo_tolerance`` and the retry, the planes farther than a pixel's cheapest one
-        pass on their best source instead of the median of the sources (tabletop: fewer floaters dropped, 61 against
-        72 %, more left, 4.3 against 3.1 %).
-    mvs_photo_pick: with ``mvs_photo_tolerance`` and the retry, what a pixel whose cheapest plane fails takes:
-        "cost" (the cheapest plane that passes) or "colour" (of the planes behind the cheapest that pass, the one whose
-        colour agrees best: the background beside an object, which the window straddling its silhouette hid). With
-        ``mvs_photo_far_best``, 4.7 % of tabletop's floaters get a depth within 10 % of the truth (2.9 % with "cost");
-        held-out PSNR against "cost": +0.44 / -1.09 / -0.05 dB (three training seeds) (bench/RESULTS.md).
-    mvs_upsample: the plane sweep runs on the frames upsampled (bicubic) by this factor (1: as they are), each pixel
-        then the median of its sub-pixels' depths: the correlation window straddles a depth step over fewer of the
-        frame's pixels. Costs the factor squared in time. At 2 with ``mvs_photo_tolerance: 0.02`` on tabletop:
-        floaters as with the check alone (3.1 %), completeness 0.746 -> 0.783, held-out PSNR against the check alone
-        +0.28 / -0.66 / -0.74 dB (three training seeds): off (bench/RESULTS.md).
     mvs_fill: what fills the pixels plane-sweep stereo leaves without depth ("mvs" only): "none"; "sparse" (the
         frame's triangulated points) or "dense" (its stereo depth itself, every pixel with a depth a vertex)
         interpolated piecewise-planarly as ``densify: planar`` does
@@ -114,11 +92,6 @@ class ColmapConfig:
     mvs_edge_margin: int = 0
     mvs_photo_tolerance: float | None = None
     mvs_photo_retry: bool = True
-    mvs_photo_interval: bool = False
-    mvs_photo_visible: float | None = None
-    mvs_photo_far_best: bool = False
-    mvs_photo_pick: str = "cost"
-    mvs_upsample: int = 1
     mvs_fill: str = "dense"
     min_confidence: float = 0.3
     discontinuity: float = 0.15
@@ -147,12 +120,6 @@ class ColmapConfig:
             raise Lift3DError(f"calibrate.colmap.mvs_edge_margin must be >= 0, got {self.mvs_edge_margin}")
         if self.mvs_photo_tolerance is not None and not self.mvs_photo_tolerance > 0:
             raise Lift3DError(f"calibrate.colmap.mvs_photo_tolerance must be > 0 or null, got {self.mvs_photo_tolerance}")
-        if self.mvs_photo_visible is not None and not 0 < self.mvs_photo_visible < 1:
-            raise Lift3DError(f"calibrate.colmap.mvs_photo_visible must be in (0, 1) or null, got {self.mvs_photo_visible}")
-        if self.mvs_photo_pick not in ("cost", "colour"):
-            raise Lift3DError(f"calibrate.colmap.mvs_photo_pick must be 'cost' or 'colour', got {self.mvs_photo_pick!r}")
-        if self.mvs_upsample < 1:
-            raise Lift3DError(f"calibrate.colmap.mvs_upsample must be >= 1, got {self.mvs_upsample}")
         if self.mvs_sources < 1 or self.mvs_planes < 2 or self.mvs_window < 1 or self.mvs_window % 2 == 0:
             raise Lift3DError("calibrate.colmap.mvs_sources must be >= 1, mvs_planes >= 2 and mvs_window odd")
         if not (0 <= self.mvs_min_angle < 90 and self.mvs_min_consistent >= 1 and self.mvs_depth_tolerance > 0):

@@ -13,10 +13,7 @@ For every registered frame (the reference):
    costs nothing in the others);
 4. each pixel takes its cheapest plane, refined between planes by a parabola through the costs; with
    ``mvs_photo_tolerance``, its cheapest plane whose point has the pixel's own colour in the sources (single pixels,
-   :func:`photo_error`; ``mvs_photo_retry`` false: its cheapest plane only if so), else no depth; the check's
-   variants: the colour interval of the pixel's 3x3 neighbourhood (``mvs_photo_interval``), only the sources that
-   see the point (``mvs_photo_visible``, from a first pass), the best source for the planes behind the cheapest
-   (``mvs_photo_far_best``), the best-coloured passing plane behind instead of the cheapest (``mvs_photo_pick``);
+   :func:`photo_error`; ``mvs_photo_retry`` false: its cheapest plane only if so), else no depth;
 5. geometric consistency: a depth is kept where at least ``mvs_min_consistent`` sources' own depth maps, carried
    back into the reference, agree with it (within 1 px and ``mvs_depth_tolerance`` of the depth), and the window
    has texture (grey-level standard deviation at least 1/255);
@@ -25,8 +22,6 @@ For every registered frame (the reference):
    pixels pass the consistency check (every view fattens alike);
 7. with ``mvs_average``, a kept pixel's depth is the mean of its own and the agreeing sources' carried-back depths
    (the fusion step of multi-view stereo: independent errors of the views partly cancel).
-
-With ``mvs_upsample``, all of it on the frames upsampled (bicubic), each pixel then the median of its sub-pixels.
 
 Confidence: the kept pixel's correlation, in [0, 1] (``min_confidence`` is then the least correlation kept).
 Pixels that fail get no depth: a fused cloud holds only what frames agree on.
@@ -134,8 +129,7 @@ def _sample(img: torch.Tensor, uv: torch.Tensor, mode: str = "bilinear") -> torc
 
 
 def photo_error(
-    rgb: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth: torch.Tensor,
-    interval: bool = False, visible_depth: torch.Tensor | None = None, occlusion: float = 0.1,
+    rgb: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth: torch.Tensor
 ) -> torch.Tensor:
     """Per-pixel photometric disagreement of depth maps ``depth [B, H, W]`` of the reference -> ``[B, H, W]``.
 
@@ -144,52 +138,26 @@ def photo_error(
     (the lower of the middle two) of the mean absolute RGB difference to the pixel's own colour, NaN where no source
     sees the point. On a Lambertian surface a right depth lands on the same surface point in every source; a
     background pixel given a foreground object's depth lands on a different background point in each.
-    ``interval``, ``visible_depth``, ``occlusion``: :func:`photo_errors`.
-    """
-    return photo_errors(rgb, ref, sources, c2w, K, depth, interval, visible_depth, occlusion).nanmedian(0).values
-
-
-def photo_errors(
-    rgb: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth: torch.Tensor,
-    interval: bool = False, visible_depth: torch.Tensor | None = None, occlusion: float = 0.1,
-) -> torch.Tensor:
-    """:func:`photo_error` per source, ``[S, B, H, W]`` (NaN where the source does not see the point).
-
-    interval: the difference is to the interval of the colours of the pixel's 3x3 neighbourhood (per channel; 0
-    inside it): a pixel at a silhouette, whose colour mixes both sides, then matches either side, and a pixel of
-    misregistration costs nothing. visible_depth: ``[F, H, W]`` depth maps (0: none) of a first pass; a source is
-    left out where its depth at the point's projection (nearest pixel) is more than ``occlusion`` times nearer than
-    the point (something hides the point there).
     """
     dev = rgb.device
     H, W = rgb.shape[2:]
     Kt = torch.as_tensor(K, dtype=torch.float32, device=dev)
     rays = _pixel_rays(K, H, W, dev)
-    own = rgb[ref][None]  # [1, 3, H, W]
-    if interval:
-        hi = F.max_pool2d(own, 3, stride=1, padding=1)
-        lo = -F.max_pool2d(-own, 3, stride=1, padding=1)
     errs = []
     for s in sources:
         R, t = _relative(c2w[ref], c2w[s])
         cam = (rays @ torch.as_tensor(R, dtype=torch.float32, device=dev).T)[None] * depth[..., None] + torch.as_tensor(
             t, dtype=torch.float32, device=dev)
         uv, z = _project(cam, Kt)
-        sampled = _sample(rgb[s], uv)
-        diff = ((torch.relu(sampled - hi) + torch.relu(lo - sampled)) if interval else (sampled - own).abs()).mean(1)
-        seen = z > 1e-6
-        if visible_depth is not None:
-            d_s = _sample(visible_depth[s], uv, mode="nearest")  # NaN outside: the comparisons are False, seen
-            seen &= ~((d_s > 0) & (d_s < (1.0 - occlusion) * z))
-        errs.append(torch.where(seen, diff, torch.full_like(diff, float("nan"))))
-    return torch.stack(errs)
+        diff = (_sample(rgb[s], uv) - rgb[ref][None]).abs().mean(1)
+        errs.append(torch.where(z > 1e-6, diff, torch.full_like(diff, float("nan"))))
+    return torch.stack(errs).nanmedian(0).values
 
 
 def plane_sweep(
     grey: torch.Tensor, ref: int, sources: list[int], c2w: np.ndarray, K: np.ndarray, depth_range: tuple[float, float],
     planes: int, window: int, shift: int = 0, rgb: torch.Tensor | None = None, photo_tolerance: float | None = None,
-    photo_retry: bool = True, photo_interval: bool = False, photo_far_best: bool = False,
-    visible_depth: torch.Tensor | None = None, photo_occlusion: float = 0.1, photo_pick: str = "cost",
+    photo_retry: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One reference frame's winner-take-all depth ``[H, W]`` and its correlation ``[H, W]`` in [-1, 1].
 
@@ -197,12 +165,7 @@ def plane_sweep(
     shift: 0 for windows centred on their pixel, else shiftable windows (:func:`_shiftable`).
     photo_tolerance: with ``rgb [F, 3, H, W]`` in [0, 1], a plane is photo-consistent at a pixel where its
     :func:`photo_error` is at most this; the winner is then the cheapest photo-consistent plane (``photo_retry``;
-    else the cheapest plane if it is photo-consistent), no depth where there is none. photo_interval,
-    visible_depth, photo_occlusion: :func:`photo_errors`'s ``interval``, ``visible_depth`` and ``occlusion``.
-    photo_far_best: the planes farther than the cheapest are judged by their best source instead of the median (the
-    background beside an object is hidden in the sources on one side). photo_pick: with the retry, a pixel whose
-    cheapest plane fails takes the cheapest plane that passes ("cost") or, of the planes behind the cheapest that
-    pass, the one whose colour agrees best ("colour": the background a window straddling a silhouette hid).
+    else the cheapest plane if it is photo-consistent), no depth where there is none.
     """
     dev = grey.device
     H, W = grey.shape[1:]
@@ -237,20 +200,10 @@ def plane_sweep(
     best = cost.argmin(0)
     found = torch.ones_like(best, dtype=torch.bool)
     if photo_tolerance is not None:
-        errs = photo_errors(rgb, ref, sources, c2w, K, depth[..., 0].expand(planes, H, W), photo_interval,
-                            visible_depth, photo_occlusion)  # [S, D, H, W]
-        inf = torch.full_like(errs, float("inf"))
-        err = errs.nanmedian(0).values  # [D, H, W] over the sources that see the point
-        err = torch.where(torch.isnan(err), inf[0], err)  # none does: fails
-        farther = torch.arange(planes, device=dev)[:, None, None] > best[None]  # inv runs near to far
-        if photo_far_best:
-            err = torch.where(farther, torch.where(torch.isnan(errs), inf, errs).min(0).values, err)
-        consistent = err <= photo_tolerance
-        if photo_retry and photo_pick == "colour":
-            behind = torch.where(consistent & farther, err, inf[0]).argmin(0)
-            best = torch.where(consistent.gather(0, best[None])[0], best, behind)
-        elif photo_retry:
-            best = torch.where(consistent, cost, inf[0]).argmin(0)
+        err = photo_error(rgb, ref, sources, c2w, K, depth[..., 0].expand(planes, H, W))
+        consistent = err <= photo_tolerance  # [D, H, W]; NaN (no source sees the point): False
+        if photo_retry:
+            best = torch.where(consistent, cost, torch.full_like(cost, float("inf"))).argmin(0)
         found = consistent.gather(0, best[None])[0]
     c0 = cost.gather(0, best[None])[0]
     lo = cost.gather(0, (best - 1).clamp_min(0)[None])[0]
@@ -320,76 +273,29 @@ def mvs_depth(
 
     c2w: ``[F, 4, 4]``; K: ``[3, 3]``; sources: :func:`select_sources`; depth_ranges: per frame ``(near, far)`` or
     None (no depth); cfg: the ``mvs_*`` fields of :class:`~lift3d_core.calibrate.colmap.config.ColmapConfig`.
-    With ``mvs_upsample`` > 1 the stereo runs on the frames upsampled (bicubic) by that factor, and each pixel takes
-    the median of its sub-pixels' depths where at least half of them have one (:func:`_downsampled`).
     """
-    factor = cfg.mvs_upsample
-    if factor == 1:
-        return _mvs_depth(frames, c2w, K, sources, depth_ranges, cfg, device)
-    from lift3d_core.calibrate.colmap.sfm import upsampled
-
-    big, K_big, _ = upsampled(frames, K, factor * frames.shape[2])  # both sides exactly x factor
-    depth, conf = _mvs_depth(big, c2w, K_big, sources, depth_ranges, cfg, device)
-    return _downsampled(depth, conf, factor)
-
-
-def _downsampled(depth: np.ndarray, conf: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
-    """Depth and confidence ``[F, f H, f W]`` (0: none) -> ``[F, H, W]``: each pixel the median (lower middle) of its
-    ``f x f`` sub-pixels' depths and the mean of their confidences, where at least half of them have a depth."""
-    n, Hf, Wf = depth.shape
-    H, W = Hf // factor, Wf // factor
-
-    def blocks(x):
-        return torch.as_tensor(x).reshape(n, H, factor, W, factor).permute(0, 1, 3, 2, 4).reshape(n, H, W, -1)
-
-    d, c = blocks(depth), blocks(conf)
-    has = d > 0
-    enough = 2 * has.sum(-1) >= factor * factor
-    med = torch.where(has, d, torch.full_like(d, float("nan"))).nanmedian(-1).values
-    mean_conf = (c * has).sum(-1) / has.sum(-1).clamp_min(1)
-    return (torch.where(enough, med, torch.zeros_like(med)).numpy().astype(np.float32),
-            torch.where(enough, mean_conf, torch.zeros_like(mean_conf)).numpy().astype(np.float32))
-
-
-def _mvs_depth(frames, c2w, K, sources, depth_ranges, cfg, device) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`mvs_depth` at the frames' own size."""
     n, H, W = frames.shape[:3]
     with torch.no_grad():
         grey = _grey(frames, device)
         rgb = torch.as_tensor(frames, device=device).permute(0, 3, 1, 2).float() / 255.0
-        todo = [f for f in range(n) if sources[f] and depth_ranges[f] is not None]
-        visible = None
-        if cfg.mvs_photo_tolerance is not None and cfg.mvs_photo_visible is not None:
-            # a first pass without the check, consistency-checked: what each source sees in front (halos included)
-            first = torch.zeros((n, H, W), dtype=torch.float32, device=device)
-            for f in todo:
-                first[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes, cfg.mvs_window,
-                                       cfg.mvs_shift)[0]
-            visible = _checked(first, torch.ones_like(first), sources, c2w, K, cfg)[0]
         depth = torch.zeros((n, H, W), dtype=torch.float32, device=device)
         ncc = torch.full((n, H, W), -1.0, dtype=torch.float32, device=device)
-        for f in todo:
-            depth[f], ncc[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes,
-                                           cfg.mvs_window, cfg.mvs_shift, rgb, cfg.mvs_photo_tolerance,
-                                           cfg.mvs_photo_retry, cfg.mvs_photo_interval, cfg.mvs_photo_far_best,
-                                           visible, cfg.mvs_photo_visible or 0.0, cfg.mvs_photo_pick)
-        depth, conf = _checked(depth, ncc, sources, c2w, K, cfg)
+        for f in range(n):
+            if sources[f] and depth_ranges[f] is not None:
+                depth[f], ncc[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes,
+                                               cfg.mvs_window, cfg.mvs_shift, rgb, cfg.mvs_photo_tolerance,
+                                               cfg.mvs_photo_retry)
+        conf = torch.zeros_like(depth)
+        fused = depth.clone()  # every check reads the single-view depths; the averages are written apart
+        for f in range(n):
+            if not sources[f]:
+                continue
+            agree, mean = consistent_views(depth, f, sources[f], c2w, K, cfg.mvs_depth_tolerance)
+            ok = (agree >= min(cfg.mvs_min_consistent, len(sources[f]))) & (depth[f] > 0)
+            if cfg.mvs_edge_margin > 0:
+                ok &= ~near_side_of_step(depth[f], cfg.mvs_edge_margin, cfg.discontinuity)
+            conf[f] = torch.where(ok, ncc[f].clamp(0.0, 1.0), torch.zeros_like(conf[f]))
+            if cfg.mvs_average:
+                fused[f] = mean
+        depth = torch.where(conf > 0, fused if cfg.mvs_average else depth, torch.zeros_like(depth))
     return depth.cpu().numpy().astype(np.float32), conf.cpu().numpy().astype(np.float32)
-
-
-def _checked(depth: torch.Tensor, ncc: torch.Tensor, sources, c2w, K, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps 5-7 on the sweep's ``depth`` and correlation ``ncc`` (``[F, H, W]``): the kept depth and its confidence
-    (0 where a check fails)."""
-    conf = torch.zeros_like(depth)
-    fused = depth.clone()  # every check reads the single-view depths; the averages are written apart
-    for f in range(len(depth)):
-        if not sources[f]:
-            continue
-        agree, mean = consistent_views(depth, f, sources[f], c2w, K, cfg.mvs_depth_tolerance)
-        ok = (agree >= min(cfg.mvs_min_consistent, len(sources[f]))) & (depth[f] > 0)
-        if cfg.mvs_edge_margin > 0:
-            ok &= ~near_side_of_step(depth[f], cfg.mvs_edge_margin, cfg.discontinuity)
-        conf[f] = torch.where(ok, ncc[f].clamp(0.0, 1.0), torch.zeros_like(conf[f]))
-        if cfg.mvs_average:
-            fused[f] = mean
-    return torch.where(conf > 0, fused if cfg.mvs_average else depth, torch.zeros_like(depth)), conf
