@@ -94,7 +94,7 @@ def test_colmap_recovers_the_tree_cameras_of_the_synthetic_scene(progress_record
     assert (cal.depth > 0).mean() > 0.1 and cal.points.shape == (5000, 3)
 
 
-def _plane_sweep_cases(cfg: ColmapConfig):
+def _plane_sweep_cases(cfg: ColmapConfig, progress=None):
     """Per clip (an orbit and an up clip of the level-1 tree, room, 128x96): ``(clip, (depth, confidence, truth))``,
     plane-sweep stereo of its frames 1-7 from their true cameras, each frame against its four nearest, and the
     analytic surface's depth, ``[7, H, W]`` each."""
@@ -110,17 +110,20 @@ def _plane_sweep_cases(cfg: ColmapConfig):
         truth = np.stack([raycast_depth(scene, c) for c in c2w])
         sources = [sorted((j for j in range(7) if j != i), key=lambda j, i=i: (abs(j - i), j))[:4] for i in range(7)]
         ranges = [(float(np.quantile(t, 0.02) / 1.3), float(np.quantile(t, 0.98) * 1.3)) for t in truth]
-        yield clip, (*mvs_depth(frames, c2w, scene.K, sources, ranges, cfg), truth)
+        yield clip, (*mvs_depth(frames, c2w, scene.K, sources, ranges, cfg, progress=progress), truth)
 
 
-def test_plane_sweep_depth_is_the_scene_depth():
+def test_plane_sweep_depth_is_the_scene_depth(progress_recorder):
     """Plane-sweep stereo from the true cameras of seven frames of an orbit and of an up clip (128x96, room), each
     frame against its four nearest: most pixels get a depth, and that depth is the analytic surface's to about
     1.5 % (median); a tenth are wrong by more (repeated texture, occlusion edges).
 
     Measured: 82 / 87 % of the pixels kept, median error 1.3 / 1.6 %, 82 / 77 % within 5 %, 87 / 87 % within 10 %.
     """
-    for clip, (depth, conf, truth) in _plane_sweep_cases(ColmapConfig()):
+    for clip, (depth, conf, truth) in _plane_sweep_cases(ColmapConfig(), progress_recorder):
+        assert progress_recorder.phases() == ["plane sweep"]
+        assert [d for d, _, _ in progress_recorder.calls] == list(range(8))  # 0, then frame by frame
+        progress_recorder.calls.clear()
         kept = depth > 0
         err = np.abs(depth[kept] / truth[kept] - 1.0)
         assert kept.mean() > 0.7, clip

@@ -63,13 +63,11 @@ def dense_depth(model: SparseModel, frames: np.ndarray, cfg: ColmapConfig,
     n, height, width = frames.shape[:3]
     todo = np.flatnonzero(model.registered)
     if cfg.densify == "mvs":
-        report(progress, 0, len(todo), "plane sweep")
         from lift3d_core.calibrate.colmap.mvs import mvs_depth, select_sources
 
         sources = select_sources(model.c2w, model.points, model.observations, model.registered, cfg.mvs_sources,
                                  cfg.mvs_min_angle)
-        depth, conf = mvs_depth(frames, model.c2w, model.K, sources, sparse_depth_ranges(model), cfg)
-        report(progress, len(todo), len(todo), "plane sweep")
+        depth, conf = mvs_depth(frames, model.c2w, model.K, sources, sparse_depth_ranges(model), cfg, progress=progress)
     else:
         depth = np.zeros((n, height, width), np.float32)
         conf = np.zeros((n, height, width), np.float32)

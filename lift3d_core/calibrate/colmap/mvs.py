@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lift3d_core.progress import Progress, report
+
 _GREY = (0.299, 0.587, 0.114)
 _MIN_STD = 1.0 / 255.0  # a window flatter than this has no texture to correlate
 
@@ -268,11 +270,13 @@ def near_side_of_step(depth: torch.Tensor, margin: int, step: float) -> torch.Te
 def mvs_depth(
     frames: np.ndarray, c2w: np.ndarray, K: np.ndarray, sources: list[list[int]], depth_ranges: list, cfg,
     device: str = "cpu",
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plane-sweep depth and confidence, ``float32 [F, H, W]`` each (0: no depth), of ``frames uint8 [F, H, W, 3]``.
 
     c2w: ``[F, 4, 4]``; K: ``[3, 3]``; sources: :func:`select_sources`; depth_ranges: per frame ``(near, far)`` or
     None (no depth); cfg: the ``mvs_*`` fields of :class:`~lift3d_core.calibrate.colmap.config.ColmapConfig`.
+    progress: phase ``plane sweep``, frames swept (:mod:`lift3d_core.progress`).
     """
     n, H, W = frames.shape[:3]
     with torch.no_grad():
@@ -280,11 +284,13 @@ def mvs_depth(
         rgb = torch.as_tensor(frames, device=device).permute(0, 3, 1, 2).float() / 255.0
         depth = torch.zeros((n, H, W), dtype=torch.float32, device=device)
         ncc = torch.full((n, H, W), -1.0, dtype=torch.float32, device=device)
-        for f in range(n):
-            if sources[f] and depth_ranges[f] is not None:
-                depth[f], ncc[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes,
-                                               cfg.mvs_window, cfg.mvs_shift, rgb, cfg.mvs_photo_tolerance,
-                                               cfg.mvs_photo_retry)
+        todo = [f for f in range(n) if sources[f] and depth_ranges[f] is not None]
+        report(progress, 0, len(todo), "plane sweep")
+        for k, f in enumerate(todo):
+            depth[f], ncc[f] = plane_sweep(grey, f, sources[f], c2w, K, depth_ranges[f], cfg.mvs_planes,
+                                           cfg.mvs_window, cfg.mvs_shift, rgb, cfg.mvs_photo_tolerance,
+                                           cfg.mvs_photo_retry)
+            report(progress, k + 1, len(todo), "plane sweep")
         conf = torch.zeros_like(depth)
         fused = depth.clone()  # every check reads the single-view depths; the averages are written apart
         for f in range(n):
