@@ -77,13 +77,16 @@ def floater_fate(depth: np.ndarray, base: np.ndarray, true: np.ndarray, outlier:
     empty = base <= 0
     has = depth > 0
     right = has & (np.abs(ratio - 1.0) < bound)
+
+    def share(mask: np.ndarray, of: np.ndarray) -> float | None:  # None where there is nothing to take a share of
+        return round(float(mask[of].mean()), 4) if of.any() else None
+
     return {"base_floaters": int(floaters.sum()),
-            "floaters_corrected": round(float(right[floaters].mean()), 4),
-            "floaters_dropped": round(float((~has)[floaters].mean()), 4),
-            "floaters_still": round(float((has & (ratio < 1.0 - bound))[floaters].mean()), 4),
-            "base_right_kept": round(float(right[(base > 0) & (np.abs(base / np.where(true > 0, true, np.inf) - 1.0)
-                                                                  < bound)].mean()), 4),
-            "empty_now_right": round(float(right[empty].mean()), 4)}
+            "floaters_corrected": share(right, floaters),
+            "floaters_dropped": share(~has, floaters),
+            "floaters_still": share(has & (ratio < 1.0 - bound), floaters),
+            "base_right_kept": share(right, (base > 0) & (np.abs(base / np.where(true > 0, true, np.inf) - 1.0) < bound)),
+            "empty_now_right": share(right, empty)}
 
 
 def cloud_stats(points: np.ndarray, true_dense: np.ndarray, true_fused: np.ndarray, extent: float,

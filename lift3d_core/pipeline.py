@@ -12,18 +12,23 @@ from __future__ import annotations
 import json
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lift3d_core.calibrate import BACKENDS as CALIBRATE_BACKENDS
 from lift3d_core.calibrate import CalibrateConfig
 from lift3d_core.config import build_config, check_types, config_to_dict
+from lift3d_core.depth import BACKENDS as DEPTH_BACKENDS
 from lift3d_core.depth import DepthConfig
 from lift3d_core.errors import Lift3DError
 from lift3d_core.evaluate import EvaluateConfig
 from lift3d_core.export import ExportConfig
+from lift3d_core.generate import BACKENDS as GENERATE_BACKENDS
 from lift3d_core.generate import GenerateConfig
 from lift3d_core.image import IngestConfig, input_digest
+from lift3d_core.registry import Backend, version_suffix
 from lift3d_core.splat.render import BACKENDS as RENDER_BACKENDS
 from lift3d_core.splat.train_config import TrainConfig
 from lift3d_core.splat.train_distortion import DistortionTrainConfig
@@ -39,13 +44,19 @@ class StageSpec:
     Bump ``version`` when the stage's outputs change for the same settings and inputs (a stored artifact of the old
     code would otherwise be served under the same key); ``tests/test_golden_digests.py`` fails until you do. A change
     in one backend's outputs moves that backend's own version instead (:attr:`lift3d_core.registry.Backend.version`,
-    appended to this one in its keys), so the stage's other backends keep their artifacts.
+    appended to this one in its keys by :meth:`code_version`), so the stage's other backends keep their artifacts.
     """
 
     name: str
     version: str
     config_cls: type
     upstream: tuple[str, ...]
+    backends: Mapping[str, Backend] | None = None  # a multi-backend stage's registry: each backend's own version
+
+    def code_version(self, config: Any) -> str:
+        """What the key hashes as this stage's code version: :attr:`version`, extended by the active backend's own
+        version where it is not "1" (:func:`lift3d_core.registry.version_suffix`)."""
+        return self.version + (version_suffix(config.backend, self.backends) if self.backends else "")
 
 
 STAGES: dict[str, StageSpec] = {
@@ -53,11 +64,11 @@ STAGES: dict[str, StageSpec] = {
     for s in (
         StageSpec("ingest", "2", IngestConfig, ()),  # 2: transparency over white, 16-bit scaled (not clipped)
         StageSpec("trajectory", "3", TrajectoryConfig, ()),  # 3: the tree keeps its axis weights
-        StageSpec("generate", "3", GenerateConfig, ("ingest", "trajectory")),  # 3: synthetic surfaces composited in a fixed order
+        StageSpec("generate", "3", GenerateConfig, ("ingest", "trajectory"), GENERATE_BACKENDS),  # 3: synthetic surfaces composited in a fixed order
         # 3: MASt3R runs at its network view's resolution (the reference's crop), 58ccbd1
-        StageSpec("calibrate", "6", CalibrateConfig, ("generate", "trajectory")),  # 4: the similarity to the commanded frame fitted on whole poses; 5: COLMAP SIFT on upsampled frames, plane-sweep depth; 6: plane-sweep holes filled (colmap.mvs_fill)
+        StageSpec("calibrate", "6", CalibrateConfig, ("generate", "trajectory"), CALIBRATE_BACKENDS),  # 4: the similarity to the commanded frame fitted on whole poses; 5: COLMAP SIFT on upsampled frames, plane-sweep depth; 6: plane-sweep holes filled (colmap.mvs_fill)
         # 2: + validity mask; 3: min_confidence is a weight in [0, 1] for every calibration (2b07d7e)
-        StageSpec("depth", "3", DepthConfig, ("calibrate", "generate", "trajectory")),
+        StageSpec("depth", "3", DepthConfig, ("calibrate", "generate", "trajectory"), DEPTH_BACKENDS),
         # 2: the artifact records the training PSNR curve (attrs psnr_curve), for the report
         StageSpec("train", "2", TrainStageConfig, ("calibrate", "depth", "generate", "trajectory")),
         StageSpec("export", "1", ExportConfig, ("train", "calibrate")),
@@ -183,8 +194,8 @@ def plan(params: dict[str, Any], source: str, models: dict[str, dict[str, str]] 
         inputs = {up: planned[up].key for up in spec.upstream}
         if name == "ingest":
             inputs = {"image": input_digest(source)}
-        version = spec.version + (configs[name].backend_version() if hasattr(configs[name], "backend_version") else "")
-        key, doc = artifact_key(name, version, key_params(configs[name]), inputs, models.get(name, {}))
+        key, doc = artifact_key(name, spec.code_version(configs[name]), key_params(configs[name]), inputs,
+                                models.get(name, {}))
         planned[name] = PlannedStage(name, key, doc, configs[name])
     return planned
 

@@ -25,7 +25,8 @@ class Backend:
     has none). extra: the ``lift3d[...]`` extra its imports need (None: the base install). checkpoints: checkpoint
     name (:data:`lift3d_core.checkpoints.CHECKPOINTS`) -> the section's field holding that file's path.
     version: the backend's own output version, moved when its outputs change (a fix in one backend re-keys that
-    backend's artifacts only, not the stage's other backends'): it extends the stage's code version in the key, and
+    backend's artifacts only, not the stage's other backends'): it extends the stage's code version in the key
+    (``pipeline.StageSpec.code_version``; the stage must name its registry in ``STAGES``), and
     "1" adds nothing, so backends that never moved keep the keys they had before the field existed
     (:func:`version_suffix`)."""
 
@@ -34,6 +35,10 @@ class Backend:
     extra: str | None = None
     checkpoints: Mapping[str, str] = field(default_factory=dict)
     version: str = "1"
+
+    def __post_init__(self):
+        if not isinstance(self.version, str) or not self.version:
+            raise Lift3DError(f"Backend {self.factory}: version must be a non-empty string, got {self.version!r}")
 
     def load(self, stage: str, name: str) -> Callable[..., Any]:
         """The backend's function, imported now; a missing package raises one Lift3DError saying what to install."""

@@ -21,10 +21,11 @@ def stage_progress(label: str, total: int):
         task_id = bar.add_task(label, total=total)
 
         def advance(done: int, total_: int | None = None, phase: str | None = None) -> None:
+            size = total if total_ is None else total_  # a phase may have nothing to do (0)
             if phase is not None and (not phases or phases[-1] != phase):
                 phases.append(phase)
-                bar.reset(task_id, total=total_ or total, description=f"{label}: {phase}")
-                stage_logger().info("%-10s %s: %d to do", label, phase, total_ or total)
-            bar.update(task_id, completed=done, total=total_ or total)
+                bar.reset(task_id, total=size, description=f"{label}: {phase}")
+                stage_logger().info("%-10s %s: %d to do", label, phase, size)
+            bar.update(task_id, completed=done, total=size)
 
         yield advance

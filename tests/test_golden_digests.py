@@ -167,7 +167,8 @@ def compare(golden: dict, current: dict[str, dict[str, Any]]) -> tuple[list[str]
             moved = [u for u in STAGES[name].upstream
                      if golden["stages"].get(u, {}).get(STAGES[u].version, {}).get("key") != current[u]["key"]]
             why = (f"the key of {', '.join(moved)} moved" if moved
-                   else "a hashed setting moved: params.yaml's default or this test's overrides")
+                   else "a hashed setting moved: params.yaml's default or this test's overrides, or the "
+                        "default backend's own version (registry.Backend.version)")
             stale.append(f"{name} (version {version}): its key moved since the golden digest was recorded ({why})")
         elif entry["digest"] != now["digest"]:
             differs.add(name)

@@ -320,3 +320,25 @@ def test_checkpoints_verify_reads_where_params_point_and_exits_nonzero_when_any_
     code, out = _cli(["checkpoints", "verify"], capsys)
     assert code == 0, out.out
     assert "missing" not in out.out and out.out.count("present") == 3
+
+
+@pytest.mark.parametrize("stage, moved, kept", [("generate", "synthetic", None), ("calibrate", "colmap", "commanded"),
+                                                ("depth", "calibrated", None)])
+def test_a_backend_version_moves_that_backends_keys_only(monkeypatch, stage, moved, kept):
+    """Moving one backend's ``registry.Backend.version`` moves the key of its stage (and what follows) when that
+    backend is active, and no key of a run on another backend of the same stage; "1" adds nothing."""
+    from dataclasses import replace
+
+    backends = STAGES[stage].backends
+
+    def keys(backend):
+        return {n: s.key for n, s in plan({stage: {"backend": backend}}, "skimage:astronaut").items()}
+
+    before = {b: keys(b) for b in (moved, kept) if b}
+    monkeypatch.setitem(backends, moved, replace(backends[moved], version="2"))
+    after = {b: keys(b) for b in (moved, kept) if b}
+    assert after[moved][stage] != before[moved][stage] and after[moved]["evaluate"] != before[moved]["evaluate"]
+    assert all(after[moved][u] == before[moved][u] for u in STAGES[stage].upstream)
+    assert plan({stage: {"backend": moved}}, "skimage:astronaut")[stage].doc["stage_version"].endswith(f"+{moved}.2")
+    if kept:
+        assert after[kept] == before[kept]

@@ -26,7 +26,7 @@ from lift3d_core.errors import Lift3DError
 from lift3d_core.generate.motionctrl_svd.config import MotionCtrlSVDConfig
 from lift3d_core.generate.synthetic import SyntheticGeneratorConfig, synthetic_scene_config
 from lift3d_core.generate.video import GeneratedVideo
-from lift3d_core.registry import Backend, active_section, check_backend, checkpoint_digests, section_key, version_suffix
+from lift3d_core.registry import Backend, active_section, check_backend, checkpoint_digests, section_key
 from lift3d_core.trajectory import CameraTree
 
 __all__ = ["BACKENDS", "Backend", "GenerateConfig", "GeneratedVideo", "MotionCtrlSVDConfig",
@@ -56,10 +56,6 @@ class GenerateConfig:
     def key_params(self) -> dict:
         """What the store key hashes: the backend, the seed and only that backend's section."""
         return {"backend": self.backend, "seed": self.seed, self.backend: section_key(active_section(self, BACKENDS))}
-
-    def backend_version(self) -> str:
-        """What the active backend adds to the stage's code version in the key (:attr:`Backend.version`)."""
-        return version_suffix(self.backend, BACKENDS)
 
     def models(self) -> dict[str, str]:
         """Checkpoint name -> SHA-256 digest, for the store key (``pipeline.plan``'s ``models``).

@@ -63,7 +63,9 @@ def run_sfm(frames: np.ndarray, K: np.ndarray, pairs: list[tuple[int, int]], cfg
 
     SIFT sees the frames upsampled to ``cfg.feature_width`` when they are narrower (:func:`upsampled`); the model
     returned is at the frames' own size (its K and keypoints scaled back). ``progress``: phases ``features`` and
-    ``matching`` (pycolmap reports neither inside, so 0 then all) and ``mapping`` (frames registered, one call each).
+    ``matching`` (pycolmap reports neither inside, so 0 then all) and ``mapping`` (frames registered, one call each;
+    registrations of a discarded start or a second model count too, so it is an upper bound that can reach all
+    frames before the last bundle adjustment ends).
     """
     import pycolmap
     from PIL import Image
