@@ -16,14 +16,15 @@ def stage_progress(label: str, total: int):
     once as it starts, so a log (a batch, a terminal-less run) shows which phase a long stage is in."""
     columns = (TextColumn("[bold]{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
-    phases: list[str] = []
+    current: str | None = None
     with Progress(*columns, transient=True) as bar:
         task_id = bar.add_task(label, total=total)
 
         def advance(done: int, total_: int | None = None, phase: str | None = None) -> None:
+            nonlocal current
             size = total if total_ is None else total_  # a phase may have nothing to do (0)
-            if phase is not None and (not phases or phases[-1] != phase):
-                phases.append(phase)
+            if phase is not None and phase != current:
+                current = phase
                 bar.reset(task_id, total=size, description=f"{label}: {phase}")
                 stage_logger().info("%-10s %s: %d to do", label, phase, size)
             bar.update(task_id, completed=done, total=size)

@@ -124,12 +124,13 @@ def run_sfm(frames: np.ndarray, K: np.ndarray, pairs: list[tuple[int, int]], cfg
         options.mapper.abs_pose_min_inlier_ratio = 0.1
         options.mapper.abs_pose_refine_focal_length = cfg.refine_focal
         options.mapper.init_min_num_inliers = max(4 * cfg.min_inliers, 30)
-        registered = [0]
+        registered = 0
 
         def registering(count: int):  # COLMAP's callbacks: the initial pair (2 frames), then each further frame
             def call():
-                registered[0] = min(registered[0] + count, n)  # a second model, if any, saturates
-                report(progress, registered[0], n, "mapping")
+                nonlocal registered
+                registered = min(registered + count, n)  # a second model, if any, saturates
+                report(progress, registered, n, "mapping")
             return call if progress is not None else None
 
         report(progress, 0, n, "mapping")
