@@ -1,0 +1,21 @@
+# usage: bash bench/session16_gpu.sh <limit_s> <distortion_full args...> (carry .whl/splat .whl/xmin .whl/gsplat_ext.tgz):
+# device setup, the CUDA kernel checks (first call on a machine only), then bench/distortion_full.py with the
+# variants file chosen by the checks: session15_b_kernels.json when every kernel check passes, session14_b.json
+# (the same settings through PyTorch) when one fails. Results to $OUT.
+T0=$(date +%s); LIMIT=$1; shift
+ext=$(python3 -c "import torch.utils.cpp_extension as c; print(c.get_default_build_root())" 2>/dev/null)
+if [ -f .whl/gsplat_ext.tgz ] && [ ! -d "$ext/gsplat_cuda" ]; then mkdir -p $ext && tar xzf .whl/gsplat_ext.tgz -C $ext && echo "gsplat build carried in"; fi
+. bench/device_setup.sh
+mkdir -p /tmp/bench
+if [ ! -f /tmp/bench/kernels_rc ]; then
+  timeout 150 python3 bench/kernel_checks_cuda.py > /tmp/bench/kernel_checks.log 2>&1; echo $? > /tmp/bench/kernels_rc
+fi
+tail -16 /tmp/bench/kernel_checks.log; cp /tmp/bench/kernel_checks.log $OUT/
+variants=bench/variants/session14_b.json
+[ "$(cat /tmp/bench/kernels_rc)" = 0 ] && variants=bench/variants/session15_b_kernels.json
+echo "kernel checks rc $(cat /tmp/bench/kernels_rc): variants $variants"
+left=$(( LIMIT - ($(date +%s) - T0) - 25 ))
+echo "bench budget ${left}s"
+timeout --signal=INT $left python3 bench/distortion_full.py --variants $variants "$@"
+echo "bench rc $?"
+cp /tmp/bench/*.json $OUT/ 2>/dev/null
