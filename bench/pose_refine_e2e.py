@@ -16,6 +16,7 @@ the demo's 0.03).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -40,6 +41,8 @@ def run_row(row: str, store: str) -> dict:
     if distortion != "default":
         sets.append(f"generate.synthetic.distortion={distortion}")
     name = "pr_" + "_".join(s.replace("=", "-").replace(".", "-") for s in (preset, distortion, backend, refine, *extra))
+    if len(name) > 100:  # the CLI takes run names up to 128 characters: keep the head, name the rest by its digest
+        name = name[:80] + "_" + hashlib.sha256(name.encode()).hexdigest()[:12]
     cmd = [sys.executable, "-m", "flows.cli", "lift", "skimage:astronaut"]
     for s in sets:
         cmd += ["--set", s]
