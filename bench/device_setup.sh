@@ -5,6 +5,9 @@
 # puts it and the repository on PYTHONPATH and builds gsplat's CUDA extension once (about 60 s on H100).
 # Fetch the wheels beforehand on a machine with the package registries (see bench/RESULTS.md, "Device setup").
 set -e
+# a gsplat CUDA build carried from an earlier machine (.whl/gsplat_ext.tgz) saves the build
+ext=$(python3 -c "import torch.utils.cpp_extension as c; print(c.get_default_build_root())" 2>/dev/null)
+if [ -f .whl/gsplat_ext.tgz ] && [ ! -d "$ext/gsplat_cuda" ]; then mkdir -p "$ext" && tar xzf .whl/gsplat_ext.tgz -C "$ext" && echo "gsplat build carried in"; fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/splat/*.whl
 missing=()
 for pair in skimage:scikit_image zarr:zarr numcodecs:numcodecs donfig:donfig rich:rich markdown_it:markdown_it_py \

@@ -1,8 +1,6 @@
 # usage: bash bench/session15_gpu.sh (carry .whl/splat .whl/xmin .whl/gsplat_ext.tgz): session 15's first GPU call: CUDA checks of the new kernels, the field's compile cold/warm,
 # and the speed variants' profile; results to $OUT
 T0=$(date +%s)
-ext=$(python3 -c "import torch.utils.cpp_extension as c; print(c.get_default_build_root())" 2>/dev/null)
-if [ -f .whl/gsplat_ext.tgz ] && [ ! -d "$ext/gsplat_cuda" ]; then mkdir -p $ext && tar xzf .whl/gsplat_ext.tgz -C $ext && echo "gsplat build carried in"; fi
 . bench/device_setup.sh
 timeout 150 python3 bench/kernel_checks_cuda.py 2>&1 | tail -14
 timeout 240 python3 bench/compile_cache.py --device cuda --what field > $OUT/compile_cache_field.json 2>$OUT/compile_cache.err; echo "compile_cache rc $?"; cat $OUT/compile_cache_field.json

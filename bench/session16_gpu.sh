@@ -4,8 +4,6 @@
 # (the same settings through PyTorch) when one fails; with KERNELS_OR_PROFILE=1, a failed check profiles the PyTorch
 # fine step instead of starting a run that cannot finish. Results to $OUT.
 T0=$(date +%s); LIMIT=$1; shift
-ext=$(python3 -c "import torch.utils.cpp_extension as c; print(c.get_default_build_root())" 2>/dev/null)
-if [ -f .whl/gsplat_ext.tgz ] && [ ! -d "$ext/gsplat_cuda" ]; then mkdir -p $ext && tar xzf .whl/gsplat_ext.tgz -C $ext && echo "gsplat build carried in"; fi
 . bench/device_setup.sh
 mkdir -p /tmp/bench
 if [ ! -f /tmp/bench/kernels_rc ]; then

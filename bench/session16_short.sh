@@ -2,8 +2,6 @@
 # GPU call: the CUDA kernel checks, then the fine step with every kernel and nothing compiled in the field against
 # plain 3DGS's step (no compile in either, so no cold-cache wait). Results to $OUT.
 T0=$(date +%s); LIMIT=$1
-ext=$(python3 -c "import torch.utils.cpp_extension as c; print(c.get_default_build_root())" 2>/dev/null)
-if [ -f .whl/gsplat_ext.tgz ] && [ ! -d "$ext/gsplat_cuda" ]; then mkdir -p $ext && tar xzf .whl/gsplat_ext.tgz -C $ext && echo "gsplat build carried in"; fi
 . bench/device_setup.sh
 timeout 120 python3 bench/kernel_checks_cuda.py > $OUT/kernel_checks.log 2>&1; echo "kernel checks rc $?"; tail -16 $OUT/kernel_checks.log
 left=$(( LIMIT - ($(date +%s) - T0) - 10 )); echo "profile budget ${left}s"
